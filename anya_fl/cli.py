@@ -1,0 +1,125 @@
+"""The `anya-fl` command."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from anya_fl.console import console, err_console, progress, table
+from core.errors import AnyaError
+
+app = typer.Typer(
+    name="anya-fl",
+    help="Federated learning for Bitcoin node operators: DP-trained fraud, fee and anomaly models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _parse_floats(text: str, setting: str) -> tuple[float, ...]:
+    from core.errors import ConfigError
+
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(setting, f"{text!r} is not a comma-separated list of numbers") from None
+
+
+@app.command()
+def baseline(
+    transactions: Annotated[int, typer.Option(help="Transactions in the simulated chain.")] = 200_000,
+    seed: Annotated[int, typer.Option(help="Seed for the chain and every model.")] = 0,
+    epsilons: Annotated[str, typer.Option(help="DP budgets to train at (comma-separated).")] = "1,3,8",
+    delta: Annotated[float, typer.Option(help="DP delta.")] = 1e-5,
+    tasks: Annotated[str, typer.Option(help="Tasks (comma-separated): fraud, fee, anomaly.")] = "fraud,fee,anomaly",
+    out: Annotated[Path, typer.Option(help="Directory for baseline.json and baseline.png.")] = Path("runs/baseline"),
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Train each task centrally (non-private and DP) next to reference baselines; print the quality table."""
+    from anya_fl.baseline import BaselineConfig, run_baseline, table_rows, write_report
+
+    cfg = BaselineConfig(
+        n_transactions=transactions, seed=seed, epsilons=_parse_floats(epsilons, "epsilons"), delta=delta,
+        tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()), device=device,
+    ).validate()
+    with progress() as prog:
+        report = run_baseline(cfg, prog)
+    for task, rows in report["tasks"].items():
+        cols, body = table_rows(task, rows)
+        console.print(table(f"{task} — test split ({report['rows']['test'][task]:,} rows)", cols, body))
+    console.print(table("targets", ["target", "measured", "met"], [[t["target"], t["measured"], t["met"]] for t in report["targets"]]))
+    paths = write_report(report, out)
+    console.print(f"wrote {paths['json']} and {paths['png']} ({report['seconds']:.0f} s)")
+
+
+@app.command()
+def data(
+    out: Annotated[Path, typer.Argument(help="Directory to write (one sub-directory per node with --nodes).")],
+    transactions: Annotated[int, typer.Option(help="Transactions in the simulated chain.")] = 200_000,
+    seed: Annotated[int, typer.Option(help="Seed of the chain and the partition.")] = 0,
+    nodes: Annotated[int, typer.Option(help="Split into this many non-IID node datasets (0: one central dataset).")] = 0,
+) -> None:
+    """Simulate a chain and write task datasets (a node points its --data-dir at one of them)."""
+    from core.data.chain import ChainConfig, simulate_chain
+    from core.data.datasets import partition_nodes, save_dataset, task_arrays
+
+    chain = simulate_chain(ChainConfig(n_transactions=transactions, seed=seed))
+    info = {"seed": seed, "transactions": transactions}
+    if nodes <= 0:
+        save_dataset(out, task_arrays(chain), info)
+        console.print(f"wrote {out}")
+        return
+    for shard in partition_nodes(chain, nodes, seed):
+        d = out / f"node-{shard.node_id}"
+        save_dataset(d, task_arrays(chain, shard.tx_index, shard.snapshot_index),
+                     {**info, "node_id": shard.node_id, "profile": shard.profile})
+        console.print(f"wrote {d} ({shard.profile})")
+
+
+@app.command()
+def bench(
+    names: Annotated[list[str] | None, typer.Argument(help="Benchmarks or prefixes to run (default: all).")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON to this file.")] = None,
+    list_only: Annotated[bool, typer.Option("--list", help="List benchmarks and exit.")] = False,
+) -> None:
+    """Run named benchmarks; print ours next to the seed's figure and the target."""
+    from anya_fl.bench import BENCHMARKS, run_benchmarks
+
+    if list_only:
+        console.print(table("benchmarks", ["name", "unit", "seed", "target"],
+                            [[b.name, b.unit, b.seed, b.target] for b in BENCHMARKS.values()]))
+        return
+    results = run_benchmarks(names or [])
+    rows = []
+    for name, r in results.items():
+        b = BENCHMARKS[name]
+        ratio = (r["value"] / b.seed if b.higher_is_better else b.seed / r["value"]) if b.seed and r["value"] else None
+        met = None if b.target is None else (r["value"] >= b.target if b.higher_is_better else r["value"] <= b.target)
+        rows.append([name, r["value"], b.unit, b.seed, ratio, b.target, met])
+    console.print(table("anya-fl bench", ["benchmark", "ours", "unit", "seed", "x better", "target", "met"], rows))
+    if json_out:
+        from core.storage import atomic_write_json
+
+        atomic_write_json(json_out, results)
+        console.print(f"wrote {json_out}")
+
+
+def main() -> None:
+    """Entry point: user errors print one line, never a traceback."""
+    try:
+        app()
+    except AnyaError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Torch-free foundation: data, Bitcoin schema, scoring, node health, inference, serving."""

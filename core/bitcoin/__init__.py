@@ -1,0 +1,1 @@
+"""Bitcoin-facing code: the feature schema, Core JSON parsing, fee estimation."""

@@ -1,0 +1,164 @@
+"""Task datasets cut from a chain: time splits, node partitions, and the on-disk format.
+
+* ``task_arrays`` turns a chain (or a node's share of it) into (x, y) arrays per task and split.
+* Splits are by time, as in the Elliptic study: train on earlier blocks, validate and test on later
+  ones. Fee labels whose look-ahead window crosses a split boundary are dropped (no leakage).
+* ``partition_nodes`` gives each simulated node a non-IID share: transactions are dealt to nodes by
+  the node's profile (exchange, merchant, hobbyist, miner), so category mix and illicit rate differ.
+* ``save_dataset`` / ``load_dataset`` store task arrays in a directory with a schema version, so a
+  node can be pointed at its data directory.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from core.bitcoin.features import SCHEMA_VERSION, TASK_SCHEMAS, anomaly_rows, fee_rows
+from core.data.categories import PROFILE_ORDER, affinity_matrix
+from core.data.chain import Chain
+from core.errors import ConfigError, DatasetError
+from core.seeding import categorical, stream
+from core.storage import atomic_write_json, atomic_write_npz
+
+TASKS = ("fraud", "fee", "anomaly")
+SPLITS = ("train", "val", "test")
+FEE_TARGETS = (1, 2, 3, 6, 12)
+DEFAULT_SPLIT = (0.6, 0.2, 0.2)
+MANIFEST = "manifest.json"
+ARRAYS = "arrays.npz"
+
+
+@dataclass
+class TaskSplits:
+    """x/y arrays of one task for train, val and test (y is the label; k for fee rows is in x)."""
+
+    x: dict[str, np.ndarray]
+    y: dict[str, np.ndarray]
+    index: dict[str, np.ndarray] | None = None  # chain transaction (fraud, anomaly) or snapshot (fee) index
+
+    def size(self, split: str) -> int:
+        return len(self.y[split])
+
+
+def split_times(chain: Chain, fractions: tuple[float, float, float] = DEFAULT_SPLIT) -> tuple[float, float]:
+    """Boundary times (train|val, val|test) at block times by cumulative transaction share."""
+    if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1) > 1e-6:
+        raise ConfigError("split", f"{fractions} must be three positive fractions summing to 1")
+    arrival = chain.tx["arrival_time"]
+    q1, q2 = np.quantile(arrival, [fractions[0], fractions[0] + fractions[1]])
+    bt = chain.block_time
+    t1 = bt[min(int(np.searchsorted(bt, q1)), len(bt) - 1)]
+    t2 = bt[min(int(np.searchsorted(bt, q2)), len(bt) - 1)]
+    return float(t1), float(t2)
+
+
+def task_arrays(
+    chain: Chain,
+    tx_index: np.ndarray | None = None,
+    snapshot_index: np.ndarray | None = None,
+    fractions: tuple[float, float, float] = DEFAULT_SPLIT,
+    targets: tuple[int, ...] = FEE_TARGETS,
+) -> dict[str, TaskSplits]:
+    """x/y per task and split for the given transactions and snapshots (all when None)."""
+    t1, t2 = split_times(chain, fractions)
+    txi = np.arange(chain.n_transactions) if tx_index is None else np.asarray(tx_index)
+    t_tx = chain.tx["arrival_time"][txi]
+    tx_split = np.where(t_tx < t1, 0, np.where(t_tx < t2, 1, 2))
+
+    snap_of_tx = chain.tx_snapshot()[txi]
+    fraud_x = chain.tx_rows[txi]
+    anomaly_x = anomaly_rows(chain.tx_rows[txi], chain.snapshot_rows[snap_of_tx])
+
+    s_idx, k, y_fee = chain.fee_labels(targets)
+    if snapshot_index is not None:
+        keep = np.isin(s_idx, snapshot_index)
+        s_idx, k, y_fee = s_idx[keep], k[keep], y_fee[keep]
+    t_snap = chain.snapshot_time[s_idx]
+    t_end = chain.label_block_end(s_idx, k)
+    fee_split = np.where(t_end < t1, 0, np.where((t_snap >= t1) & (t_end < t2), 1, np.where(t_snap >= t2, 2, -1)))
+    fee_x = fee_rows(chain.snapshot_rows[s_idx], k)
+
+    out: dict[str, TaskSplits] = {}
+    for task, x, y, split, index in (
+        ("fraud", fraud_x, chain.tx["illicit"][txi].astype(np.float32), tx_split, txi),
+        ("anomaly", anomaly_x, chain.tx["anomaly"][txi].astype(np.float32), tx_split, txi),
+        ("fee", fee_x, y_fee, fee_split, s_idx),
+    ):
+        out[task] = TaskSplits(
+            x={s: np.ascontiguousarray(x[split == i], dtype=np.float32) for i, s in enumerate(SPLITS)},
+            y={s: np.ascontiguousarray(y[split == i], dtype=np.float32) for i, s in enumerate(SPLITS)},
+            index={s: index[split == i] for i, s in enumerate(SPLITS)},
+        )
+    return out
+
+
+@dataclass
+class NodeShard:
+    """One simulated node's share of the chain."""
+
+    node_id: int
+    profile: str
+    tx_index: np.ndarray
+    snapshot_index: np.ndarray
+
+
+def partition_nodes(chain: Chain, num_nodes: int, seed: int = 0, snapshot_share: float = 0.6) -> list[NodeShard]:
+    """Deal transactions to nodes by profile affinity (non-IID); each node sees a share of snapshots."""
+    if num_nodes < 1:
+        raise ConfigError("num_nodes", f"{num_nodes} must be at least 1")
+    if not 0 < snapshot_share <= 1:
+        raise ConfigError("snapshot_share", f"{snapshot_share} must be in (0, 1]")
+    rng = stream(seed, "partition")
+    profiles = [PROFILE_ORDER[i % len(PROFILE_ORDER)] for i in range(num_nodes)]
+    aff = affinity_matrix(profiles)
+    node_of_tx = categorical(rng, aff, chain.tx["category"])
+    n_snap = len(chain.snapshot_time)
+    shards = []
+    for j in range(num_nodes):
+        snaps = np.sort(rng.choice(n_snap, size=max(1, int(round(snapshot_share * n_snap))), replace=False))
+        shards.append(NodeShard(j, profiles[j], np.flatnonzero(node_of_tx == j), snaps))
+    return shards
+
+
+def save_dataset(directory: str | Path, data: dict[str, TaskSplits], info: dict | None = None) -> Path:
+    """Write task arrays and a manifest (schema version, columns, sizes) atomically."""
+    d = Path(directory)
+    arrays = {f"{t}.{part}.{s}": getattr(data[t], part)[s] for t in data for part in ("x", "y") for s in SPLITS}
+    atomic_write_npz(d / ARRAYS, arrays)
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "tasks": {t: {"columns": TASK_SCHEMAS[t].names, "rows": {s: data[t].size(s) for s in SPLITS}} for t in data},
+        "info": info or {},
+    }
+    atomic_write_json(d / MANIFEST, manifest)
+    return d
+
+
+def load_dataset(directory: str | Path) -> tuple[dict[str, TaskSplits], dict]:
+    """Read a dataset directory; refuse a missing file, another schema version or other columns."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise DatasetError(f"data directory {d} does not exist")
+    mpath = d / MANIFEST
+    if not mpath.is_file() or not (d / ARRAYS).is_file():
+        raise DatasetError(f"data directory {d} lacks {MANIFEST} or {ARRAYS}; create it with `anya-fl data`")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{mpath}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise DatasetError(f"{mpath}: schema_version {manifest.get('schema_version')!r}, this build reads {SCHEMA_VERSION}")
+    out: dict[str, TaskSplits] = {}
+    with np.load(d / ARRAYS) as z:
+        for task, meta in manifest.get("tasks", {}).items():
+            if task not in TASK_SCHEMAS or meta.get("columns") != TASK_SCHEMAS[task].names:
+                raise DatasetError(f"{mpath}: task {task!r} has columns that do not match this build's schema")
+            out[task] = TaskSplits(
+                x={s: z[f"{task}.x.{s}"] for s in SPLITS},
+                y={s: z[f"{task}.y.{s}"] for s in SPLITS},
+            )
+    return out, manifest

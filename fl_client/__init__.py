@@ -1,0 +1,1 @@
+"""Flower ClientApp (filled by the federation issue)."""

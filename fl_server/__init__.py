@@ -1,0 +1,1 @@
+"""Flower ServerApp (filled by the federation issue)."""

@@ -1,0 +1,1 @@
+"""Torch models for the three tasks, the one DP training loop, ONNX export."""

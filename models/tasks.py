@@ -1,0 +1,175 @@
+"""The three tasks: fraud classifier, fee-rate estimator, anomaly autoencoder.
+
+Each model starts with a ``Normalizer`` built from its schema's *typical ranges* (public knowledge,
+no node data), so the module - and the ONNX graph exported from it - takes raw feature rows. That is
+our answer to "normalization must not leak a node's raw data": nothing is fitted to data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from core import scoring
+from core.bitcoin.features import DEFAULT_MIN_RELAY_SAT_VB, TASK_SCHEMAS, Schema
+from core.errors import ConfigError
+
+NORM_CLIP = 6.0  # normalized values are clipped to +-6 typical half-widths
+FEE_QUANTILE = 0.95  # the fee model predicts the 95th percentile of the required rate (Core's 95 % threshold)
+
+
+class Normalizer(nn.Module):
+    """Raw features -> clipped z-scores using the schema's typical ranges (log columns in log space)."""
+
+    def __init__(self, schema: Schema) -> None:
+        super().__init__()
+        mask, offset, loc, scale = schema.normalization()
+        self.register_buffer("log_mask", torch.tensor(mask, dtype=torch.bool))
+        self.register_buffer("log_offset", torch.tensor(offset))
+        self.register_buffer("loc", torch.tensor(loc))
+        self.register_buffer("scale", torch.tensor(scale))
+
+    def forward(self, x: Tensor) -> Tensor:
+        logged = torch.log(torch.clamp(x + self.log_offset, min=1e-12))
+        t = torch.where(self.log_mask, logged, x)
+        return torch.clamp((t - self.loc) / self.scale, -NORM_CLIP, NORM_CLIP)
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class FraudNet(nn.Module):
+    """Transaction features -> logit of P(illicit)."""
+
+    def __init__(self, hidden: tuple[int, ...] = (64, 32)) -> None:
+        super().__init__()
+        schema = TASK_SCHEMAS["fraud"]
+        self.norm = Normalizer(schema)
+        self.body = _mlp([schema.width, *hidden, 1])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(self.norm(x)).squeeze(-1)
+
+    def infer(self, x: Tensor) -> Tensor:
+        return torch.sigmoid(self.forward(x))
+
+
+class FeeNet(nn.Module):
+    """Mempool state + confirmation target k -> log of the fee rate (sat/vB) to confirm within k blocks."""
+
+    def __init__(self, hidden: tuple[int, ...] = (64, 32)) -> None:
+        super().__init__()
+        schema = TASK_SCHEMAS["fee"]
+        self.norm = Normalizer(schema)
+        self.body = _mlp([schema.width, *hidden, 1])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(self.norm(x)).squeeze(-1)
+
+    def infer(self, x: Tensor) -> Tensor:
+        return torch.clamp(torch.exp(self.forward(x)), min=DEFAULT_MIN_RELAY_SAT_VB)
+
+
+class AnomalyAE(nn.Module):
+    """Autoencoder over normalized transaction + mempool features; forward returns the residual."""
+
+    def __init__(self, hidden: tuple[int, ...] = (32, 8)) -> None:
+        super().__init__()
+        schema = TASK_SCHEMAS["anomaly"]
+        self.norm = Normalizer(schema)
+        self.encoder = _mlp([schema.width, *hidden])
+        self.decoder = _mlp([hidden[-1], *reversed(hidden[:-1]), schema.width])
+        self.act = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = self.norm(x)
+        return self.decoder(self.act(self.encoder(z))) - z
+
+    def infer(self, x: Tensor) -> Tensor:
+        return self.forward(x).pow(2).mean(dim=-1)
+
+
+def fraud_loss(out: Tensor, y: Tensor) -> Tensor:
+    return nn.functional.binary_cross_entropy_with_logits(out, y)
+
+
+def fee_loss(out: Tensor, y: Tensor) -> Tensor:
+    """Pinball loss at FEE_QUANTILE on log fee rate."""
+    u = torch.log(torch.clamp(y, min=1e-3)) - out
+    return torch.maximum(FEE_QUANTILE * u, (FEE_QUANTILE - 1.0) * u).mean()
+
+
+def anomaly_loss(out: Tensor, y: Tensor) -> Tensor:
+    return out.pow(2).mean()
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Everything the training loop, the federation and export need to know about one task."""
+
+    name: str
+    build: Callable[[], nn.Module]
+    loss: Callable[[Tensor, Tensor], Tensor]
+    output_name: str
+    epochs: int
+    batch_size: int
+    lr: float
+    primary_metric: str
+
+    @property
+    def schema(self) -> Schema:
+        return TASK_SCHEMAS[self.name]
+
+
+TASK_SPECS: dict[str, TaskSpec] = {
+    "fraud": TaskSpec("fraud", FraudNet, fraud_loss, "fraud_probability", 10, 512, 2e-3, "pr_auc"),
+    "fee": TaskSpec("fee", FeeNet, fee_loss, "fee_rate_sat_vb", 30, 256, 3e-3, "hit_rate"),
+    "anomaly": TaskSpec("anomaly", AnomalyAE, anomaly_loss, "anomaly_score", 10, 512, 2e-3, "roc_auc"),
+}
+
+
+def task_spec(name: str) -> TaskSpec:
+    if name not in TASK_SPECS:
+        raise ConfigError("task", f"unknown task {name!r}; choose one of {', '.join(TASK_SPECS)}")
+    return TASK_SPECS[name]
+
+
+def build_model(task: str, seed: int = 0) -> nn.Module:
+    """A freshly initialized model of ``task``; the same seed gives the same weights."""
+    spec = task_spec(task)
+    gen_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        return spec.build()
+    finally:
+        torch.random.set_rng_state(gen_state)
+
+
+@torch.no_grad()
+def infer(model: nn.Module, x: np.ndarray, batch_size: int = 65_536) -> np.ndarray:
+    """The task output (probability, fee rate or anomaly score) for raw feature rows."""
+    model.eval()
+    outs = [model.infer(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32)))
+            for i in range(0, len(x), batch_size)]
+    return torch.cat(outs).cpu().numpy() if outs else np.zeros(0, dtype=np.float32)
+
+
+def evaluate_outputs(task: str, output: np.ndarray, x: np.ndarray, y: np.ndarray, threshold: float | None = None) -> dict[str, float]:
+    """Task metrics for model outputs (or any baseline's outputs in the same units)."""
+    if task == "fraud":
+        thr = 0.5 if threshold is None else threshold
+        return scoring.fraud_metrics(y, output, thr)
+    if task == "anomaly":
+        return scoring.anomaly_metrics(y, output)
+    k = x[:, TASK_SCHEMAS["fee"].index("conf_target_blocks")].astype(int)
+    return scoring.fee_metrics(output, y, k)
