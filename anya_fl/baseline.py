@@ -20,14 +20,15 @@ from core.data.datasets import TASKS, TaskSplits, task_arrays
 from core.data.replay import bucket_estimates
 from core.errors import ConfigError
 from core.storage import atomic_write_json
-from models.tasks import build_model, evaluate_outputs, infer, task_spec
+from models.tasks import build_model, calibrate_fee_model, evaluate_outputs, infer, task_spec
 from models.training import DPConfig, TrainConfig, train
 
-# metrics shown per task, in order
-TABLE_METRICS: dict[str, list[str]] = {
-    "fraud": ["pr_auc", "f1", "recall_at_1pct_fpr", "roc_auc"],
-    "fee": ["hit_rate_k1", "hit_rate_k3", "hit_rate_k6", "median_overpay_sat_vb", "hit_rate"],
-    "anomaly": ["roc_auc", "pr_auc"],
+# metrics shown per task, in order, with their column headings
+TABLE_METRICS: dict[str, dict[str, str]] = {
+    "fraud": {"pr_auc": "PR-AUC", "f1": "F1", "recall_at_1pct_fpr": "recall@1%FPR", "roc_auc": "ROC-AUC"},
+    "fee": {"hit_rate_k1": "hit k=1", "hit_rate_k3": "hit k=3", "hit_rate_k6": "hit k=6", "hit_rate": "hit all k",
+            "median_overpay_sat_vb": "overpay sat/vB"},
+    "anomaly": {"roc_auc": "ROC-AUC", "pr_auc": "PR-AUC"},
 }
 
 
@@ -35,7 +36,7 @@ TABLE_METRICS: dict[str, list[str]] = {
 class BaselineConfig:
     """Settings of `anya-fl baseline`."""
 
-    n_transactions: int = 200_000
+    n_transactions: int = 400_000
     seed: int = 0
     epsilons: tuple[float, ...] = (1.0, 3.0, 8.0)
     delta: float = 1e-5
@@ -64,6 +65,8 @@ def _train_variant(task: str, data: TaskSplits, cfg: BaselineConfig, epsilon: fl
     threshold = None
     if task == "fraud":
         threshold = scoring.best_f1_threshold(data.y["val"], infer(model, data.x["val"]))
+    if task == "fee":
+        calibrate_fee_model(model, data.x["val"], data.y["val"])
     metrics = evaluate_outputs(task, infer(model, data.x["test"]), data.x["test"], data.y["test"], threshold)
     return {
         "model": "MLP" if task != "anomaly" else "autoencoder",
@@ -87,7 +90,7 @@ def _references(task: str, data: TaskSplits, cfg: BaselineConfig, chain) -> list
     x_tr, x_va, x_te = data.x["train"], data.x["val"], data.x["test"]
     if task == "fraud":
         for name, est in (
-            ("tree ensemble (HistGradientBoosting)", HistGradientBoostingClassifier(random_state=cfg.seed)),
+            ("gradient-boosted trees", HistGradientBoostingClassifier(random_state=cfg.seed)),
             ("logistic regression", LogisticRegression(max_iter=2000)),
         ):
             t0 = time.perf_counter()
@@ -107,7 +110,7 @@ def _references(task: str, data: TaskSplits, cfg: BaselineConfig, chain) -> list
         t0 = time.perf_counter()
         k = x_te[:, schema.index("conf_target_blocks")].astype(int)
         est, fallback = bucket_estimates(chain, data.index["test"], k)
-        rows.append({"model": "Core-style bucket estimator", "private": False, "fallback_share": fallback,
+        rows.append({"model": "Core-style buckets", "private": False, "fallback_share": fallback,
                      "train_seconds": time.perf_counter() - t0, **evaluate_outputs("fee", est, x_te, data.y["test"])})
     return rows
 
@@ -206,29 +209,32 @@ def _plot(report: dict[str, Any], path: Path) -> None:
 
     from core.storage import atomic_write_bytes
 
-    tasks = list(report["tasks"])
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 4.2), squeeze=False)
-    primary = {"fraud": "pr_auc", "fee": "hit_rate", "anomaly": "roc_auc"}
-    for ax, task in zip(axes[0], tasks, strict=True):
+    panels = [(t, m) for t in report["tasks"] for m in PLOT_METRICS[t]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.2), squeeze=False)
+    for ax, (task, metric) in zip(axes[0], panels, strict=True):
         rows = report["tasks"][task]
-        labels = [_label(r) for r in rows]
-        vals = [r[primary[task]] for r in rows]
+        vals = [r[metric] for r in rows]
         colors = ["#888888" if not r["model"].startswith(("MLP", "autoencoder")) else
                   ("#1f77b4" if not r["private"] else "#ff7f0e") for r in rows]
         ax.barh(range(len(rows)), vals, color=colors)
-        ax.set_yticks(range(len(rows)), labels, fontsize=8)
+        ax.set_yticks(range(len(rows)), [_label(r) for r in rows], fontsize=8)
         ax.invert_yaxis()
-        ax.set_xlim(0, 1)
-        ax.set_xlabel(primary[task].replace("_", " "))
+        top = 1.0 if metric != "median_overpay_sat_vb" else max(vals) * 1.15
+        ax.set_xlim(0, top)
+        ax.set_xlabel(TABLE_METRICS[task][metric] + (" (lower is better)" if metric.startswith("median_overpay") else ""))
         ax.set_title(task)
         for i, v in enumerate(vals):
-            ax.text(min(v, 0.98), i, f" {v:.3f}", va="center", fontsize=8, ha="right" if v > 0.85 else "left")
+            inside = v > 0.85 * top
+            ax.text(v, i, f" {v:.3f} " if top <= 1 else f" {v:.2f} ", va="center", fontsize=8, ha="right" if inside else "left")
     fig.suptitle("anya-fl centralized quality (test split: later blocks); orange = DP, grey = reference")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
+
+
+PLOT_METRICS = {"fraud": ["pr_auc"], "fee": ["hit_rate", "median_overpay_sat_vb"], "anomaly": ["roc_auc"]}
 
 
 def _label(row: dict[str, Any]) -> str:
@@ -242,7 +248,7 @@ def _label(row: dict[str, Any]) -> str:
 def table_rows(task: str, rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
     """Columns and rows for the terminal and README tables."""
     metrics = TABLE_METRICS[task]
-    cols = ["model", "epsilon", *metrics, "train s"]
+    cols = ["model", "epsilon", *metrics.values(), "train s"]
     out = []
     for r in rows:
         eps = r.get("epsilon")

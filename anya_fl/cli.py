@@ -31,7 +31,7 @@ def _parse_floats(text: str, setting: str) -> tuple[float, ...]:
 
 @app.command()
 def baseline(
-    transactions: Annotated[int, typer.Option(help="Transactions in the simulated chain.")] = 200_000,
+    transactions: Annotated[int, typer.Option(help="Transactions in the simulated chain.")] = 400_000,
     seed: Annotated[int, typer.Option(help="Seed for the chain and every model.")] = 0,
     epsilons: Annotated[str, typer.Option(help="DP budgets to train at (comma-separated).")] = "1,3,8",
     delta: Annotated[float, typer.Option(help="DP delta.")] = 1e-5,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,7 +10,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-console = Console()
+
+def _width() -> int | None:
+    """Terminal width, or 120 columns when output goes to a file or pipe (rich would use 80)."""
+    return None if sys.stdout.isatty() else 120
+
+
+console = Console(width=_width())
 err_console = Console(stderr=True)
 
 

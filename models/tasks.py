@@ -16,10 +16,12 @@ from torch import Tensor, nn
 
 from core import scoring
 from core.bitcoin.features import DEFAULT_MIN_RELAY_SAT_VB, TASK_SCHEMAS, Schema
+from core.data.datasets import FEE_TARGETS
 from core.errors import ConfigError
 
 NORM_CLIP = 6.0  # normalized values are clipped to +-6 typical half-widths
 FEE_QUANTILE = 0.95  # the fee model predicts the 95th percentile of the required rate (Core's 95 % threshold)
+FEE_CALIBRATION_TARGETS = FEE_TARGETS
 
 
 class Normalizer(nn.Module):
@@ -65,19 +67,61 @@ class FraudNet(nn.Module):
 
 
 class FeeNet(nn.Module):
-    """Mempool state + confirmation target k -> log of the fee rate (sat/vB) to confirm within k blocks."""
+    """Mempool state + confirmation target k -> log of the fee rate (sat/vB) to confirm within k blocks.
+
+    Trained with a pinball loss at FEE_QUANTILE, then calibrated (conformalized quantile regression,
+    Romano et al. 2019): a log-space offset per confirmation target, set by ``calibrate_fee_model`` on
+    held-out rows, is added at inference (piecewise linear in log k between the calibrated targets).
+    """
 
     def __init__(self, hidden: tuple[int, ...] = (64, 32)) -> None:
         super().__init__()
         schema = TASK_SCHEMAS["fee"]
         self.norm = Normalizer(schema)
         self.body = _mlp([schema.width, *hidden, 1])
+        self.k_col = schema.index("conf_target_blocks")
+        self.register_buffer("calib_log_k", torch.log(torch.tensor(FEE_CALIBRATION_TARGETS, dtype=torch.float32)))
+        self.register_buffer("calib_offset", torch.zeros(len(FEE_CALIBRATION_TARGETS)))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.body(self.norm(x)).squeeze(-1)
 
+    def calibration(self, x: Tensor) -> Tensor:
+        """Log-space offset for each row's confirmation target."""
+        lk = torch.log(torch.clamp(x[:, self.k_col], min=1.0))
+        knots, off = self.calib_log_k, self.calib_offset
+        out = off[0].expand_as(lk)
+        for i in range(len(knots) - 1):
+            frac = torch.clamp((lk - knots[i]) / (knots[i + 1] - knots[i]), 0.0, 1.0)
+            out = out + (off[i + 1] - off[i]) * frac
+        return out
+
     def infer(self, x: Tensor) -> Tensor:
-        return torch.clamp(torch.exp(self.forward(x)), min=DEFAULT_MIN_RELAY_SAT_VB)
+        return torch.clamp(torch.exp(self.forward(x) + self.calibration(x)), min=DEFAULT_MIN_RELAY_SAT_VB)
+
+
+@torch.no_grad()
+def calibrate_fee_model(model: FeeNet, x: np.ndarray, y: np.ndarray, coverage: float = FEE_QUANTILE) -> list[float]:
+    """Set the per-target offsets so that ``coverage`` of held-out rows are hit; returns the offsets."""
+    model.calib_offset.zero_()
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    model.eval()
+    resid = np.log(np.maximum(y, 1e-3)) - model.forward(xt).numpy()
+    k = x[:, model.k_col]
+    found: dict[int, float] = {}
+    for target in FEE_CALIBRATION_TARGETS:
+        sel = k == target
+        n = int(sel.sum())
+        if n:
+            # finite-sample conformal quantile: the ceil((n + 1) * coverage)-th smallest residual
+            rank = min(int(np.ceil((n + 1) * coverage)), n) - 1
+            found[target] = float(np.sort(resid[sel])[rank])
+    if not found:
+        raise ConfigError("calibration", f"no held-out rows with a confirmation target in {FEE_CALIBRATION_TARGETS}")
+    # a target without held-out rows borrows the offset of the nearest calibrated target (in log k)
+    offsets = [found.get(t, found[min(found, key=lambda c: abs(np.log(c / t)))]) for t in FEE_CALIBRATION_TARGETS]
+    model.calib_offset.copy_(torch.tensor(offsets))
+    return offsets
 
 
 class AnomalyAE(nn.Module):
