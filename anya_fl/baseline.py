@@ -252,7 +252,7 @@ def table_rows(task: str, rows: list[dict[str, Any]]) -> tuple[list[str], list[l
     out = []
     for r in rows:
         eps = r.get("epsilon")
-        out.append([_label(r), eps if eps is not None else "inf", *[r.get(m) for m in metrics], r.get("train_seconds")])
+        out.append([_label(r), eps if eps is not None else "inf", *[r.get(m) for m in metrics], round(r.get("train_seconds", 0.0), 1)])
     return cols, out
 
 
@@ -265,12 +265,13 @@ def markdown_tables(report: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(cols) + " |")
         lines.append("|" + "---|" * len(cols))
         for r in body:
-            lines.append("| " + " | ".join(_md(v) for v in r) + " |")
+            lines.append("| " + " | ".join(_md(v, c) for v, c in zip(r, cols, strict=True)) + " |")
         lines.append("")
     return "\n".join(lines)
 
 
-def _md(v: Any) -> str:
+def _md(v: Any, column: str) -> str:
     if isinstance(v, float):
-        return f"{v:.3f}" if abs(v) < 100 else f"{v:,.0f}"
+        digits = {"train s": 1, "epsilon": 2}.get(column, 3)
+        return f"{v:,.{digits}f}"
     return str(v)
