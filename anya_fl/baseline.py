@@ -20,7 +20,7 @@ from core.data.datasets import TASKS, TaskSplits, task_arrays
 from core.data.replay import bucket_estimates
 from core.errors import ConfigError
 from core.storage import atomic_write_json
-from models.tasks import build_model, calibrate_fee_model, evaluate_outputs, infer, task_spec
+from models.tasks import build_model, evaluate_held_out, evaluate_outputs, task_spec
 from models.training import DPConfig, TrainConfig, train
 
 # metrics shown per task, in order, with their column headings
@@ -62,12 +62,7 @@ def _train_variant(task: str, data: TaskSplits, cfg: BaselineConfig, epsilon: fl
     x_tr = data.x["train"]
     y_tr = x_tr if task == "anomaly" else data.y["train"]
     result = train(model, spec.loss, x_tr, y_tr, tc)
-    threshold = None
-    if task == "fraud":
-        threshold = scoring.best_f1_threshold(data.y["val"], infer(model, data.x["val"]))
-    if task == "fee":
-        calibrate_fee_model(model, data.x["val"], data.y["val"])
-    metrics = evaluate_outputs(task, infer(model, data.x["test"]), data.x["test"], data.y["test"], threshold)
+    metrics = evaluate_held_out(task, model, data)
     return {
         "model": "MLP" if task != "anomaly" else "autoencoder",
         "private": epsilon is not None,

@@ -57,6 +57,88 @@ def baseline(
 
 
 @app.command()
+def simulate(
+    nodes: Annotated[int, typer.Option(help="Simulated nodes (Flower SuperNodes).")] = 10,
+    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 5,
+    strategy: Annotated[str, typer.Option(help="fedavg, fedprox, fedadam, krum, multikrum, bulyan, median, trimmed-mean.")] = "fedavg",
+    epsilon: Annotated[float, typer.Option(help="DP budget per node and task for the whole run.")] = 8.0,
+    dp: Annotated[bool, typer.Option("--dp/--no-dp", help="Train with DP-SGD (Opacus).")] = True,
+    seed: Annotated[int, typer.Option(help="Seed for the chain, the partition and every model.")] = 0,
+    transactions: Annotated[int, typer.Option(help="Transactions in the simulated chain.")] = 200_000,
+    local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = 2,
+    min_nodes: Annotated[int, typer.Option(help="Nodes that must take part in each round.")] = 2,
+    fraction_train: Annotated[float, typer.Option(help="Share of nodes sampled for training each round.")] = 1.0,
+    byzantine: Annotated[int, typer.Option(help="Malicious nodes assumed by krum, multikrum and bulyan.")] = 0,
+    run_dir: Annotated[Path | None, typer.Option(help="Run directory (default: runs/sim-<time>).")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory from its last round.")] = None,
+    compare: Annotated[bool, typer.Option("--compare/--no-compare", help="Also train centralized and local-only baselines.")] = True,
+) -> None:
+    """Run a whole federation on this machine (Flower Simulation Engine) and write the report."""
+    import time as _time
+
+    from anya_fl.simulation import check_finished, load_run, prepare_run, run_flower
+    from core.fedconfig import FederationConfig
+
+    if resume is not None:
+        cfg = load_run(resume)
+        target = resume
+        console.print(f"resuming {target} ({cfg.strategy}, {cfg.nodes} nodes, {cfg.rounds} rounds)")
+    else:
+        cfg = FederationConfig(
+            nodes=nodes, rounds=rounds, strategy=strategy, epsilon=epsilon, dp=dp, seed=seed, transactions=transactions,
+            local_epochs=local_epochs, min_nodes=min_nodes, fraction_train=fraction_train, byzantine=byzantine,
+        ).validate()
+        target = run_dir or Path("runs") / _time.strftime("sim-%Y%m%d-%H%M%S")
+        with console.status(f"simulating a {transactions:,}-transaction chain and dealing it to {nodes} nodes"):
+            cfg = prepare_run(cfg, target)
+    t0 = _time.perf_counter()
+    with progress() as prog:
+        job = prog.add_task("starting Flower (Ray)", total=cfg.rounds)
+
+        def show(state: dict) -> None:
+            done = state["round"] - (0 if state["phase"] == "done" else 1)
+            prog.update(job, completed=done, description=f"round {state['round']}/{cfg.rounds}: {state['phase']}")
+
+        rc = run_flower(target, show)
+    metrics = check_finished(target, rc)
+    console.print(f"federation finished in {_time.perf_counter() - t0:.0f} s")
+    _report(target, metrics, compare)
+
+
+def _report(run_dir: Path, metrics: dict, compare: bool) -> None:
+    from anya_fl.simulation_report import comparison_rows, plot_rounds, summarize, write_html_report
+    from core.storage import atomic_write_json
+
+    comparison = None
+    if compare:
+        from anya_fl.comparison import compare as run_compare
+
+        with progress() as prog:
+            comparison = run_compare(run_dir, metrics, prog)
+        atomic_write_json(run_dir / "comparison.json", comparison)
+    hist = metrics["history"]
+    tasks = [t for t in ("fraud", "fee", "anomaly") if t in hist[-1]["global"]]
+    primary = {"fraud": "pr_auc", "fee": "hit_rate", "anomaly": "roc_auc"}
+    rows = [[h["round"], *[h["global"][t][primary[t]] for t in tasks], h["nodes_replied"], len(h["nodes_failed"]),
+             round(h["seconds"], 1)] for h in hist]
+    console.print(table("global models on the coordinator's held-out set, per round",
+                        ["round", *[f"{t} {primary[t]}" for t in tasks], "nodes ok", "declined", "seconds"], rows))
+    if comparison:
+        console.print(table("federated vs centralized vs local-only (same epsilon, same test set)",
+                            ["task", "metric", "federated", "centralized", "local-only mean", "fed - local",
+                             "fed vs central", "epsilon"], comparison_rows(comparison)))
+    last = hist[-1]["nodes"]
+    console.print(table("epsilon spent per node (whole run)", ["node", *[f"{t}" for t in tasks], "transactions (fraud+anomaly)"],
+                        [[n, *[m.get(f"{t}.epsilon", 0.0) for t in tasks], m.get("epsilon-transactions", 0.0)]
+                         for n, m in last.items()]))
+    plots = plot_rounds(metrics, run_dir / "plots")
+    html = write_html_report(metrics, comparison, plots, run_dir / "report.html", title=f"anya-fl simulation {run_dir.name}")
+    summary = summarize(metrics)
+    atomic_write_json(run_dir / "summary.json", summary)
+    console.print(f"wrote {run_dir / 'metrics.json'}, {len(plots)} plots in {run_dir / 'plots'}, and {html}")
+
+
+@app.command()
 def data(
     out: Annotated[Path, typer.Argument(help="Directory to write (one sub-directory per node with --nodes).")],
     transactions: Annotated[int, typer.Option(help="Transactions in the simulated chain.")] = 200_000,

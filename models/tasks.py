@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from core import scoring
 from core.bitcoin.features import DEFAULT_MIN_RELAY_SAT_VB, TASK_SCHEMAS, Schema
-from core.data.datasets import FEE_TARGETS
+from core.data.datasets import FEE_TARGETS, TaskSplits
 from core.errors import ConfigError
 
 NORM_CLIP = 6.0  # normalized values are clipped to +-6 typical half-widths
@@ -217,3 +217,17 @@ def evaluate_outputs(task: str, output: np.ndarray, x: np.ndarray, y: np.ndarray
         return scoring.anomaly_metrics(y, output)
     k = x[:, TASK_SCHEMAS["fee"].index("conf_target_blocks")].astype(int)
     return scoring.fee_metrics(output, y, k)
+
+
+def evaluate_held_out(task: str, model: nn.Module, split: TaskSplits) -> dict[str, float]:
+    """Metrics on the test split; the validation split picks the fraud threshold and calibrates fee.
+
+    The fee model's calibration offsets are set in ``model`` itself, so a saved or exported model
+    carries them.
+    """
+    threshold = None
+    if task == "fraud":
+        threshold = scoring.best_f1_threshold(split.y["val"], infer(model, split.x["val"]))
+    if task == "fee":
+        calibrate_fee_model(model, split.x["val"], split.y["val"])
+    return evaluate_outputs(task, infer(model, split.x["test"]), split.x["test"], split.y["test"], threshold)

@@ -73,6 +73,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # "auto" (cuda if available else cpu) | "cpu" | "cuda"
     dp: DPConfig | None = None
+    proximal_mu: float = 0.0  # FedProx: after each step pull weights toward the starting (global) weights
 
 
 @dataclass
@@ -146,6 +147,8 @@ def _validate_config(config: TrainConfig) -> None:
         raise ConfigError("lr", f"must be > 0, got {config.lr}")
     if not config.weight_decay >= 0:
         raise ConfigError("weight_decay", f"must be >= 0, got {config.weight_decay}")
+    if not config.proximal_mu >= 0 or not math.isfinite(config.proximal_mu):
+        raise ConfigError("proximal_mu", f"must be >= 0, got {config.proximal_mu}")
     dp = config.dp
     if dp is None:
         return
@@ -188,6 +191,14 @@ def _load_history(state: dict | None, accountant: str) -> History:
     if accountant == "gdp" and len(history) > 1:
         raise ConfigError("accountant_state", "a gdp history holds a single (noise_multiplier, q, steps) entry")
     return history
+
+
+def epsilon_spent(accountant_state: dict | None, delta: float) -> float:
+    """Epsilon already spent according to a saved accountant state (0 for none)."""
+    if accountant_state is None:
+        return 0.0
+    mechanism = str(accountant_state.get("mechanism", ""))
+    return _epsilon(mechanism, _load_history(accountant_state, mechanism), delta)
 
 
 def _dump_history(history: History, accountant: str) -> dict[str, Any]:
@@ -405,6 +416,16 @@ def train(
             acc.history = list(history)
             optimizer.attach_step_hook(acc.get_optimizer_hook_fn(sample_rate=q))
 
+        anchor = [p.detach().clone() for p in params] if config.proximal_mu > 0 else None
+
+        def proximal_step() -> None:
+            # FedProx's proximal term as a proximal update: it depends only on the global weights (no
+            # data), so it sits outside the DP mechanism and costs no privacy.
+            if anchor is not None:
+                with torch.no_grad():
+                    for p, a in zip(params, anchor, strict=True):
+                        p.add_(p - a, alpha=-config.lr * config.proximal_mu)
+
         last_loss = float("nan")
         for epoch in range(1, config.epochs + 1):
             loss_sum = torch.zeros((), device=device)
@@ -421,11 +442,13 @@ def train(
                     for p in params:
                         p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
                     optimizer.step()
+                    proximal_step()
                     continue
                 xb, yb = xt[idx], yt[idx]
                 loss = loss_fn(_match(net(xb), yb), yb)
                 loss.backward()
                 optimizer.step()
+                proximal_step()
                 loss_sum += loss.detach()
                 n_batches += 1
             last_loss = float(loss_sum) / n_batches if n_batches else float("nan")

@@ -1,0 +1,607 @@
+"""Plots, tables and a self-contained HTML report for one federated run (``<run_dir>/metrics.json``).
+
+Reads only the metrics dict the coordinator writes (and, optionally, a federated / centralized /
+local-only comparison dict), so it needs neither torch nor Flower. Every optional key may be missing:
+what is absent is skipped, never guessed.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from core.storage import atomic_write_bytes
+
+PRIMARY = {"fraud": "pr_auc", "fee": "hit_rate", "anomaly": "roc_auc"}
+
+# Metrics of the comparison table, per task; lower is better only for overpayment.
+COMPARISON_METRICS: dict[str, list[str]] = {
+    "fraud": ["pr_auc"],
+    "fee": ["hit_rate", "median_overpay_sat_vb"],
+    "anomaly": ["roc_auc"],
+}
+COMPARISON_COLUMNS = [
+    "task",
+    "metric",
+    "federated",
+    "centralized",
+    "local-only mean",
+    "federated − local-only",
+    "federated vs centralized (relative %)",
+    "epsilon",
+]
+_VARIANT_NAMES = {"federated": "federated", "centralized": "centralized", "local_only_mean": "local-only"}
+
+
+# ----------------------------------------------------------------------------- small helpers
+
+
+def _num(v: Any) -> float | None:
+    """``v`` as a finite float, or None (bools, strings, NaN and inf are not metrics)."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    f = float(v)
+    return f if math.isfinite(f) else None
+
+
+def _history(metrics: dict) -> list[dict]:
+    """The rounds of ``metrics``, sorted by round number."""
+    rows = [r for r in metrics.get("history") or [] if isinstance(r, dict)]
+    return sorted(rows, key=lambda r: _num(r.get("round")) or 0.0)
+
+
+def _rounds(history: Sequence[dict]) -> list[int]:
+    return [int(_num(r.get("round")) or i + 1) for i, r in enumerate(history)]
+
+
+def run_tasks(metrics: dict) -> list[str]:
+    """The run's tasks: config "tasks" (comma separated string or list), else those in the history."""
+    raw = (metrics.get("config") or {}).get("tasks")
+    if isinstance(raw, str):
+        tasks = [t.strip() for t in raw.split(",") if t.strip()]
+    elif isinstance(raw, list | tuple):
+        tasks = [str(t).strip() for t in raw if str(t).strip()]
+    else:
+        tasks = []
+    if tasks:
+        return list(dict.fromkeys(tasks))
+    seen: dict[str, None] = {}
+    for r in _history(metrics):
+        for t in (r.get("global") or {}):
+            seen[str(t)] = None
+    return list(seen)
+
+
+def _failures(rec: dict) -> list[dict]:
+    return [f for f in rec.get("nodes_failed") or [] if isinstance(f, dict)]
+
+
+def _node_sort_key(node: str) -> tuple[int, float | str]:
+    try:
+        return (0, float(node))
+    except ValueError:
+        return (1, node)
+
+
+def _series(history: Sequence[dict], block: str, key: str, task: str | None = None) -> list[float]:
+    """``rec[block][key]`` (or ``rec[block][task][key]``) per round; NaN where missing."""
+    out = []
+    for rec in history:
+        src = rec.get(block) or {}
+        if task is not None:
+            src = src.get(task) or {}
+        v = _num(src.get(key)) if isinstance(src, dict) else None
+        out.append(math.nan if v is None else v)
+    return out
+
+
+def _has_data(values: Iterable[float]) -> bool:
+    return any(not math.isnan(v) for v in values)
+
+
+def _node_epsilons(rec: dict, key: str) -> list[float]:
+    """``key`` (e.g. "fraud.epsilon") of every node that replied in round ``rec``."""
+    vals = []
+    for m in (rec.get("nodes") or {}).values():
+        v = _num(m.get(key)) if isinstance(m, dict) else None
+        if v is not None:
+            vals.append(v)
+    return vals
+
+
+def _max_epsilon(rec: dict, key: str) -> float | None:
+    """Worst-case epsilon of one round: the aggregated train value, else the max over node replies."""
+    agg = _num((rec.get("train") or {}).get(key))
+    nodes = _node_epsilons(rec, key)
+    candidates = [v for v in [agg, *nodes] if v is not None]
+    return max(candidates) if candidates else None
+
+
+def _unit_group(metric: str) -> tuple[int, str]:
+    """Which panel (and y label) a global metric belongs to."""
+    if "sat_vb" in metric:
+        return 1, "overpayment (sat/vB, lower is better)"
+    if "ratio" in metric:
+        return 2, "overpay ratio (predicted / required fee rate)"
+    return 0, "rate or score (0 to 1)"
+
+
+def _fmt(v: Any) -> str:
+    """Display text of a table cell."""
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return "∞" if v > 0 else ("−∞" if v < 0 else "NaN")
+        if v == int(v) and abs(v) < 1e15 and abs(v) >= 1:
+            return f"{int(v):,}"
+        if abs(v) >= 1e4:
+            return f"{v:,.0f}"
+        return f"{v:.4g}"
+    return str(v)
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _round_axis(ax, rounds: Sequence[int]) -> None:
+    """Integer round ticks; a single round still gets a visible range."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlim(min(rounds) - 0.5, max(rounds) + 0.5)
+    if len(rounds) <= 20:
+        ax.set_xticks(list(rounds))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("round")
+    ax.grid(True, alpha=0.3)
+
+
+def _save(fig, path: Path) -> Path:
+    plt = _pyplot()
+    try:
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
+    finally:
+        plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def _plot_task(history: Sequence[dict], rounds: list[int], task: str, path: Path) -> Path | None:
+    names: dict[str, None] = {}
+    for rec in history:
+        block = (rec.get("global") or {}).get(task) or {}
+        if isinstance(block, dict):
+            names.update({k: None for k, v in block.items() if _num(v) is not None})
+    series = {m: _series(history, "global", m, task) for m in names}
+    series = {m: s for m, s in series.items() if _has_data(s)}
+    if not series:
+        return None
+    groups: dict[int, tuple[str, list[str]]] = {}
+    for m in series:
+        idx, label = _unit_group(m)
+        groups.setdefault(idx, (label, []))[1].append(m)
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.6 * len(groups), 4.4), squeeze=False)
+    for ax, idx in zip(axes[0], sorted(groups), strict=True):
+        label, members = groups[idx]
+        for m in members:
+            ax.plot(rounds, series[m], marker="o", label=m + (" (primary)" if m == PRIMARY.get(task) else ""))
+        _round_axis(ax, rounds)
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle(f"{task}: global model on the coordinator's held-out test set, per round")
+    return _save(fig, path)
+
+
+def _plot_epsilon(history: Sequence[dict], rounds: list[int], tasks: list[str], config: dict, path: Path) -> Path | None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(10.0, 4.6))
+    drawn = False
+    keys = [(f"{t}.epsilon", t) for t in tasks] + [("epsilon-transactions", "transactions (fraud + anomaly, composed)")]
+    markers = "os^Dv"
+    for i, (key, label) in enumerate(keys):
+        worst = [_max_epsilon(rec, key) for rec in history]
+        worst_f = [math.nan if v is None else v for v in worst]
+        if not _has_data(worst_f):
+            continue
+        drawn = True
+        color = f"C{i}"
+        style = ":" if key == "epsilon-transactions" else "-"
+        # Tasks usually spend the same budget per round, so their lines overlap: distinct markers keep them apart.
+        ax.plot(rounds, worst_f, style, marker=markers[i % len(markers)], markersize=8 - 1.5 * (i % 3),
+                color=color, label=label)
+        spread = [_node_epsilons(rec, key) for rec in history]
+        lo = [min(v) if v else math.nan for v in spread]
+        hi = [max(v) if v else math.nan for v in spread]
+        if _has_data(lo):
+            if len(rounds) > 1:
+                ax.fill_between(rounds, lo, hi, color=color, alpha=0.15)
+            else:
+                ax.vlines(rounds, lo, hi, color=color, alpha=0.5, linewidth=6)
+    if not drawn:
+        plt.close(fig)
+        return None
+    budget = _num(config.get("epsilon"))
+    if budget is not None:
+        ax.axhline(budget, color="black", linestyle="--", linewidth=1, label=f"budget per task: ε = {budget:g}")
+    delta = _num(config.get("delta"))
+    _round_axis(ax, rounds)
+    ax.set_ylabel("ε spent, cumulative per node" + (f" (δ = {delta:g})" if delta is not None else ""))
+    ax.set_ylim(bottom=0)
+    ax.set_title("Privacy spent per round: max over nodes (line), min–max over nodes (band)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    return _save(fig, path)
+
+
+def _plot_nodes(history: Sequence[dict], rounds: list[int], path: Path) -> Path | None:
+    from matplotlib.ticker import MaxNLocator
+
+    replied = [_num(r.get("nodes_replied")) for r in history]
+    missing = [_num(r.get("nodes_missing")) for r in history]
+    failed = [float(len(_failures(r))) if "nodes_failed" in r else None for r in history]
+    sampled = [_num(r.get("nodes_sampled")) for r in history]
+    bars = [("replied", replied, "#2ca02c"), ("failed (error reply)", failed, "#d62728"),
+            ("missing (no reply in time)", missing, "#7f7f7f")]
+    bars = [(n, v, c) for n, v, c in bars if any(x is not None for x in v)]
+    if not bars:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    width = 0.8 / len(bars)
+    for i, (name, vals, color) in enumerate(bars):
+        xs = [r + (i - (len(bars) - 1) / 2) * width for r in rounds]
+        ax.bar(xs, [0.0 if v is None else v for v in vals], width=width, color=color, label=name)
+    if any(v is not None for v in sampled):
+        ax.plot(rounds, [math.nan if v is None else v for v in sampled], "k_", markersize=18, mew=2, label="sampled")
+    _round_axis(ax, rounds)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    top = max([v for _, vals, _ in bars for v in vals if v is not None] + [v for v in sampled if v is not None] + [1.0])
+    ax.set_ylim(0, top * 1.3)
+    ax.set_ylabel("nodes (count)")
+    ax.set_title("Training replies per round: replied / failed / missing")
+    ax.legend(fontsize=8, loc="upper center", ncol=4)
+    return _save(fig, path)
+
+
+def _plot_loss(history: Sequence[dict], rounds: list[int], tasks: list[str], path: Path) -> Path | None:
+    panels = []
+    for t in tasks:
+        train = _series(history, "train", f"{t}.loss")
+        fed = _series(history, "federated_eval", f"{t}.loss")
+        if _has_data(train) or _has_data(fed):
+            panels.append((t, train, fed))
+    if not panels:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 4.2), squeeze=False)
+    for ax, (task, train, fed) in zip(axes[0], panels, strict=True):
+        if _has_data(train):
+            ax.plot(rounds, train, "-", marker="o", label="train (weighted mean over nodes)")
+        if _has_data(fed):
+            ax.plot(rounds, fed, "--", marker="s", label="federated eval (nodes' local test data)")
+        _round_axis(ax, rounds)
+        ax.set_ylabel(f"{task} loss (training objective, lower is better)")
+        ax.set_title(task)
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle("Loss per round")
+    return _save(fig, path)
+
+
+def plot_rounds(metrics: dict, out_dir: Path) -> list[Path]:
+    """Per-round PNG figures in ``out_dir``; returns the files written (figures without data are skipped).
+
+    ``global_<task>.png`` for every task with global metrics, ``epsilon.png``, ``nodes.png`` and ``loss.png``.
+    """
+    history = _history(metrics)
+    if not history:
+        return []
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rounds = _rounds(history)
+    tasks = run_tasks(metrics)
+    config = metrics.get("config") or {}
+    written: list[Path | None] = [_plot_task(history, rounds, t, out_dir / f"global_{t}.png") for t in tasks]
+    written.append(_plot_epsilon(history, rounds, tasks, config, out_dir / "epsilon.png"))
+    written.append(_plot_nodes(history, rounds, out_dir / "nodes.png"))
+    written.append(_plot_loss(history, rounds, tasks, out_dir / "loss.png"))
+    return [p for p in written if p is not None]
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def _metric_label(metric: str) -> str:
+    if metric.startswith("median_overpay_sat_vb"):
+        return f"{metric} (sat/vB, lower is better)"
+    if "overpay" in metric:
+        return f"{metric} (lower is better)"
+    return f"{metric} (higher is better)"
+
+
+def _local_mean(block: dict, metric: str) -> float | None:
+    """The local-only mean of ``metric``: given, else the mean over the per-node local-only rows."""
+    v = _num((block.get("local_only_mean") or {}).get(metric))
+    if v is not None:
+        return v
+    vals = [_num(r.get(metric)) for r in block.get("local_only") or [] if isinstance(r, dict)]
+    vals_f = [x for x in vals if x is not None]
+    return sum(vals_f) / len(vals_f) if vals_f else None
+
+
+def _epsilon_cell(block: dict) -> float | str | None:
+    """One epsilon when every variant used the same (or only one says); else each variant's, as text."""
+    eps: dict[str, Any] = {}
+    for key, name in _VARIANT_NAMES.items():
+        sub = block.get(key)
+        if isinstance(sub, dict) and "epsilon" in sub:
+            eps[name] = sub["epsilon"]
+    values = {(_num(v) if v is not None else None) for v in eps.values()}
+    if not eps:
+        return None
+    if len(values) == 1:
+        return next(iter(values))
+    return ", ".join(f"{n} {'non-private' if v is None else _fmt(float(v))}" for n, v in eps.items())
+
+
+def comparison_rows(comparison: dict) -> list[list]:
+    """Rows of the federated / centralized / local-only table, columns as in ``COMPARISON_COLUMNS``.
+
+    Numbers stay numbers (None where unknown); the relative column is in percent,
+    ``100 * (federated - centralized) / |centralized|`` (e.g. -3.2 means 3.2 % below centralized).
+    Fee gets two rows: hit_rate and median_overpay_sat_vb (lower is better, said in the label).
+    """
+    rows: list[list] = []
+    for task, block in comparison.items():
+        if not isinstance(block, dict):
+            continue
+        fed_block = block.get("federated") or {}
+        metrics = COMPARISON_METRICS.get(task) or [k for k, v in fed_block.items() if k != "epsilon" and _num(v) is not None]
+        eps = _epsilon_cell(block)
+        for metric in metrics:
+            fed = _num(fed_block.get(metric))
+            cen = _num((block.get("centralized") or {}).get(metric))
+            loc = _local_mean(block, metric)
+            if fed is None and cen is None and loc is None:
+                continue
+            minus_local = fed - loc if fed is not None and loc is not None else None
+            rel = 100.0 * (fed - cen) / abs(cen) if fed is not None and cen not in (None, 0.0) else None
+            rows.append([task, _metric_label(metric), fed, cen, loc, minus_local, rel, eps])
+    return rows
+
+
+def format_comparison_rows(rows: list[list]) -> list[list[str]]:
+    """``comparison_rows`` as display text (relative column as e.g. "-3.2 %")."""
+    out = []
+    for row in rows:
+        cells = [_fmt(v) for v in row]
+        rel = row[6]
+        cells[6] = "–" if rel is None else f"{rel:+.1f} %"
+        if row[5] is not None:
+            cells[5] = f"{row[5]:+.4g}"
+        out.append(cells)
+    return out
+
+
+def summarize(metrics: dict) -> dict[str, Any]:
+    """Headline numbers of a run.
+
+    ``rounds``, ``final_round``, ``final_global`` (the last round's global metrics per task),
+    ``total_seconds``, ``max_epsilon`` (per task, over rounds and nodes), ``max_epsilon_transactions``,
+    ``failed_replies`` and ``missing_replies`` (summed over rounds).
+    """
+    history = _history(metrics)
+    tasks = run_tasks(metrics)
+    final_global: dict[str, dict[str, float]] = {}
+    for task in tasks:
+        for rec in reversed(history):
+            block = (rec.get("global") or {}).get(task)
+            if isinstance(block, dict) and block:
+                final_global[task] = {k: float(v) for k, v in block.items() if _num(v) is not None}
+                break
+
+    def worst(key: str) -> float | None:
+        vals = [v for v in (_max_epsilon(rec, key) for rec in history) if v is not None]
+        return max(vals) if vals else None
+
+    max_eps = {t: e for t in tasks if (e := worst(f"{t}.epsilon")) is not None}
+    return {
+        "rounds": len(history),
+        "final_round": _rounds(history)[-1] if history else None,
+        "final_global": final_global,
+        "total_seconds": float(sum(_num(r.get("seconds")) or 0.0 for r in history)),
+        "max_epsilon": max_eps,
+        "max_epsilon_transactions": worst("epsilon-transactions"),
+        "failed_replies": sum(len(_failures(r)) for r in history),
+        "missing_replies": int(sum(_num(r.get("nodes_missing")) or 0 for r in history)),
+    }
+
+
+def _node_epsilon_rows(history: Sequence[dict], tasks: list[str]) -> tuple[list[str], list[list[Any]]]:
+    """Each node's epsilon at its latest reply (the last round it replied in)."""
+    latest: dict[str, tuple[int, dict]] = {}
+    for rnd, rec in zip(_rounds(history), history, strict=True):
+        for node, m in (rec.get("nodes") or {}).items():
+            if isinstance(m, dict):
+                latest[str(node)] = (rnd, m)
+    cols = ["node", "round of latest reply", *[f"{t} ε" for t in tasks], "transactions ε (fraud + anomaly)"]
+    rows = []
+    for node in sorted(latest, key=_node_sort_key):
+        rnd, m = latest[node]
+        rows.append([node, rnd, *[_num(m.get(f"{t}.epsilon")) for t in tasks], _num(m.get("epsilon-transactions"))])
+    return cols, rows
+
+
+# ----------------------------------------------------------------------------- HTML
+
+_CSS = """
+body { font-family: -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif; margin: 2em auto;
+       max-width: 1200px; padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { border-bottom: 2px solid #f7931a; padding-bottom: .3em; }
+h2 { margin-top: 2em; border-bottom: 1px solid #ddd; padding-bottom: .2em; }
+table { border-collapse: collapse; margin: .8em 0; font-size: 14px; }
+th, td { border: 1px solid #ccc; padding: 4px 10px; text-align: right; }
+th { background: #f4f4f4; }
+td:first-child, th:first-child, td.text { text-align: left; }
+tr:nth-child(even) td { background: #fafafa; }
+figure { margin: 1.2em 0; }
+figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { color: #555; font-size: 13px; }
+.note { color: #555; font-size: 13px; }
+code { background: #f4f4f4; padding: 0 3px; }
+"""
+
+
+def _e(v: Any) -> str:
+    return html.escape(str(v), quote=True)
+
+
+def _table(columns: Sequence[str], rows: Iterable[Sequence[Any]], raw: bool = False, text_cols: int = 1) -> str:
+    """An HTML table; cells are formatted with ``_fmt`` unless ``raw`` (already text), always escaped.
+
+    The first ``text_cols`` columns (and, unless ``raw``, every string cell) are left aligned.
+    """
+    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
+    body = []
+    for row in rows:
+        cells = []
+        for i, v in enumerate(row):
+            text = str(v) if raw else _fmt(v)
+            cls = ' class="text"' if i < text_cols or (isinstance(v, str) and not raw) else ""
+            cells.append(f"<td{cls}>{_e(text)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    name = Path(path).stem
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{_e(name)}">'
+            f"<figcaption>{_e(Path(path).name)}</figcaption></figure>")
+
+
+def _config_value(v: Any) -> Any:
+    if isinstance(v, dict | list | tuple):
+        return str(v)
+    return v
+
+
+def write_html_report(metrics: dict, comparison: dict | None, plots: list[Path], out_path: Path, title: str) -> Path:
+    """One self-contained HTML page (PNG figures inline as base64, no scripts, no external resources)."""
+    history = _history(metrics)
+    tasks = run_tasks(metrics)
+    config = metrics.get("config") or {}
+    summary = summarize(metrics)
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{_e(title)}</h1>",
+    ]
+
+    # Summary.
+    srows: list[list[Any]] = [
+        ["rounds completed", summary["rounds"]],
+        ["total seconds", summary["total_seconds"]],
+        ["failed replies (all rounds)", summary["failed_replies"]],
+        ["missing replies (all rounds)", summary["missing_replies"]],
+    ]
+    for t, eps in summary["max_epsilon"].items():
+        srows.append([f"max ε spent, {t}", eps])
+    if summary["max_epsilon_transactions"] is not None:
+        srows.append(["max ε spent, transactions (fraud + anomaly)", summary["max_epsilon_transactions"]])
+    for t, block in summary["final_global"].items():
+        metric = PRIMARY.get(t)
+        if metric in block:
+            srows.append([f"final {t} {metric} (global model, held-out test)", block[metric]])
+    parts += ["<h2>Summary</h2>", _table(["", "value"], srows)]
+
+    # Config.
+    parts += ["<h2>Run configuration</h2>", _table(["key", "value"], [[str(k), _config_value(v)] for k, v in config.items()])]
+
+    # Comparison.
+    if comparison:
+        rows = comparison_rows(comparison)
+        parts.append("<h2>Federated vs centralized vs local-only</h2>")
+        if rows:
+            parts.append(_table(COMPARISON_COLUMNS, format_comparison_rows(rows), raw=True, text_cols=2))
+            parts.append('<p class="note">Relative difference = 100 × (federated − centralized) / |centralized|. '
+                         "For overpayment a negative difference is an improvement.</p>")
+        else:
+            parts.append('<p class="note">No comparable metrics.</p>')
+        for task, block in comparison.items():
+            local = [r for r in (block.get("local_only") or []) if isinstance(r, dict)] if isinstance(block, dict) else []
+            if not local:
+                continue
+            cols = list(dict.fromkeys(k for r in local for k in r))
+            parts.append(f"<h3>{_e(task)}: local-only models, per node</h3>")
+            parts.append(_table(cols, [[_config_value(r.get(c)) for c in cols] for r in local]))
+
+    # Per round.
+    if history:
+        cols = ["round", *[f"{t} {PRIMARY.get(t, '')}".strip() for t in tasks],
+                "nodes sampled", "nodes replied", "nodes failed", "nodes missing", "round seconds", "train seconds"]
+        rrows = []
+        for rnd, rec in zip(_rounds(history), history, strict=True):
+            glob = rec.get("global") or {}
+            prim = [_num((glob.get(t) or {}).get(PRIMARY[t])) if t in PRIMARY else None for t in tasks]
+            rrows.append([rnd, *prim, _num(rec.get("nodes_sampled")), _num(rec.get("nodes_replied")),
+                          len(_failures(rec)), _num(rec.get("nodes_missing")), _num(rec.get("seconds")),
+                          _num(rec.get("train_seconds"))])
+        parts += ["<h2>Per round</h2>",
+                  '<p class="note">Primary metrics of the global models on the coordinator\'s held-out test set.</p>',
+                  _table(cols, rrows)]
+
+    # Epsilon per node.
+    ecols, erows = _node_epsilon_rows(history, tasks)
+    parts.append("<h2>Privacy spent per node</h2>")
+    if erows:
+        parts.append('<p class="note">Cumulative ε of each node at its latest reply'
+                     + (f" (δ = {_e(_fmt(_num(config.get('delta'))))})" if _num(config.get("delta")) is not None else "")
+                     + (f"; budget per task ε = {_e(_fmt(_num(config.get('epsilon'))))}" if _num(config.get("epsilon")) is not None else "")
+                     + ".</p>")
+        parts.append(_table(ecols, erows))
+    else:
+        parts.append('<p class="note">No node replies recorded.</p>')
+
+    # Failures.
+    parts.append("<h2>Node failures</h2>")
+    fails = [(rnd, f) for rnd, rec in zip(_rounds(history), history, strict=True) for f in _failures(rec)]
+    if fails:
+        items = []
+        for rnd in dict.fromkeys(r for r, _ in fails):
+            lis = "".join(
+                f"<li>node <code>{_e(f.get('node', '?'))}</code>"
+                + (f" (code {_e(f.get('code'))})" if f.get("code") is not None else "")
+                + f": {_e(f.get('reason', ''))}</li>"
+                for r, f in fails if r == rnd)
+            items.append(f"<li>round {_e(rnd)}<ul>{lis}</ul></li>")
+        parts.append(f"<ul>{''.join(items)}</ul>")
+    else:
+        parts.append('<p class="note">No node failures.</p>')
+
+    # Figures.
+    if plots:
+        parts.append("<h2>Figures</h2>")
+        parts += [_img(p) for p in plots]
+    parts.append("</body></html>")
+    return atomic_write_bytes(Path(out_path), ("\n".join(parts) + "\n").encode("utf-8"))

@@ -1,0 +1,121 @@
+"""Flower ClientApp: local DP training and evaluation of the three tasks on the node's own data.
+
+One train message carries all three models in one ArrayRecord (task-prefixed keys), so a round costs
+one message per node. Each node spends its DP budget in equal shares per round; the accountant states
+live in a file in the node's data directory, so epsilon keeps accumulating across rounds, restarts
+and resumed runs. A node whose budget is spent declines with an error reply that says why.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+
+from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from core.errors import AnyaError
+from core.fedconfig import FederationConfig
+from fl_client.node_data import load_node_data, node_data_dir
+from fl_client.privacy_ledger import AccountantLedger
+
+app = ClientApp()
+
+DECLINED = 4100  # error code of a node that declines to train (reason in the message)
+
+
+def _node_seed(cfg: FederationConfig, data_dir: str, server_round: int) -> int:
+    return (cfg.seed * 1_000_003 + zlib.crc32(data_dir.encode()) + server_round * 7919) % (2**31)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train every task for ``local-epochs`` with DP; reply with the new weights and the metrics."""
+    try:
+        return _train(msg, context)
+    except AnyaError as exc:
+        return Message(Error(code=DECLINED, reason=str(exc)), reply_to=msg)
+
+
+def _train(msg: Message, context: Context) -> Message:
+    from models.params import pack, unpack_into
+    from models.tasks import build_model, task_spec
+    from models.training import BudgetExhausted, DPConfig, TrainConfig, epsilon_spent
+    from models.training import train as train_model
+
+    cfg = FederationConfig.from_run_config(context.run_config).validate()
+    data_dir = node_data_dir(context.node_config, cfg.data_dir)
+    data = load_node_data(data_dir)
+    server_round = int(msg.content["config"]["server-round"])
+    seed = _node_seed(cfg, str(data_dir), server_round)
+    models = {t: build_model(t, seed=cfg.seed) for t in cfg.task_list}
+    unpack_into(models, msg.content["arrays"].to_torch_state_dict())
+    ledger = AccountantLedger(data_dir, cfg.run_name)
+
+    metrics: dict[str, float] = {"num-examples": float(data["fraud"].size("train") if "fraud" in data else 0)}
+    share = cfg.epsilon / cfg.rounds
+    for task in cfg.task_list:
+        spec = task_spec(task)
+        split = data[task]
+        x = split.x["train"]
+        y = x if task == "anomaly" else split.y["train"]
+        dp = None
+        if cfg.dp:
+            spent = epsilon_spent(ledger.get(task), cfg.delta)
+            target = min(cfg.epsilon, spent + share)
+            if spent >= 0.995 * cfg.epsilon:
+                raise BudgetExhausted(cfg.epsilon, spent, f"task {task}: the node's budget for this run is spent")
+            dp = DPConfig(target_epsilon=target, delta=cfg.delta, max_grad_norm=cfg.max_grad_norm)
+        tc = TrainConfig(
+            epochs=cfg.local_epochs, batch_size=spec.batch_size, lr=spec.lr, seed=seed, device="auto", dp=dp,
+            proximal_mu=cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0,
+        )
+        t0 = time.perf_counter()
+        result = train_model(models[task], spec.loss, x, y, tc, accountant_state=ledger.get(task))
+        ledger.record(task, result.accountant_state)
+        metrics[f"{task}.loss"] = float(result.train_loss)
+        metrics[f"{task}.epsilon"] = float(result.epsilon or 0.0)
+        metrics[f"{task}.seconds"] = time.perf_counter() - t0
+        metrics[f"{task}.rows"] = float(len(x))
+    ledger.save()
+    # fraud and anomaly both learn from the node's transactions: their budgets add up (basic composition)
+    metrics["epsilon-transactions"] = metrics.get("fraud.epsilon", 0.0) + metrics.get("anomaly.epsilon", 0.0)
+    metrics["delta"] = cfg.delta if cfg.dp else 0.0
+    content = RecordDict({"arrays": ArrayRecord(pack(models)), "metrics": MetricRecord(metrics)})
+    return Message(content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Score the global models on the node's local test split (losses and the fee hit rate)."""
+    try:
+        return _evaluate(msg, context)
+    except AnyaError as exc:
+        return Message(Error(code=DECLINED, reason=str(exc)), reply_to=msg)
+
+
+def _evaluate(msg: Message, context: Context) -> Message:
+    import torch
+
+    from models.params import unpack_into
+    from models.tasks import build_model, infer, task_spec
+
+    cfg = FederationConfig.from_run_config(context.run_config).validate()
+    data_dir = node_data_dir(context.node_config, cfg.data_dir)
+    data = load_node_data(data_dir)
+    models = {t: build_model(t, seed=cfg.seed) for t in cfg.task_list}
+    unpack_into(models, msg.content["arrays"].to_torch_state_dict())
+    metrics: dict[str, float] = {"num-examples": float(data["fraud"].size("test") if "fraud" in data else 0)}
+    for task, model in models.items():
+        split = data[task]
+        x = split.x["test"]
+        y = x if task == "anomaly" else split.y["test"]
+        with torch.no_grad():
+            model.eval()
+            out = model(torch.from_numpy(x))
+            loss = float(task_spec(task).loss(out, torch.from_numpy(y))) if len(x) else 0.0
+        metrics[f"{task}.loss"] = loss
+        if task == "fee":
+            pred = infer(model, x)
+            metrics["fee.hit-rate-uncalibrated"] = float((pred >= split.y["test"]).mean()) if len(x) else 0.0
+    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

@@ -1,0 +1,140 @@
+"""Flower ServerApp: one run trains all three tasks, round by round, with checkpoints and resume.
+
+The round loop uses the chosen Flower strategy's own ``configure_train`` / ``aggregate_train`` /
+``configure_evaluate`` / ``aggregate_evaluate`` (Flower's ``Strategy.start`` always starts at round
+1; our loop can start at any round, which is what resume needs). After every round the coordinator
+evaluates the global models on its held-out set and writes a checkpoint atomically.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message
+from flwr.serverapp import Grid, ServerApp
+
+from core.data.datasets import load_dataset
+from core.errors import ConfigError
+from core.fedconfig import FederationConfig
+from core.storage import atomic_write_json
+from fl_server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fl_server.strategies import STATEFUL_ATTRS, build_strategy
+from models.params import pack, unpack_into
+from models.tasks import build_model, evaluate_held_out
+
+app = ServerApp()
+
+
+def _full_state(models: dict[str, torch.nn.Module]) -> dict[str, np.ndarray]:
+    return {f"{t}.{k}": v.detach().cpu().numpy() for t, m in models.items() for k, v in m.state_dict().items()}
+
+
+def _load_full_state(models: dict[str, torch.nn.Module], state: dict[str, np.ndarray]) -> None:
+    for task, model in models.items():
+        prefix = f"{task}."
+        sd = {k[len(prefix):]: torch.from_numpy(np.array(v)) for k, v in state.items() if k.startswith(prefix)}
+        model.load_state_dict(sd)
+
+
+def _strategy_state(strategy: Any) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for attr in STATEFUL_ATTRS:
+        value = getattr(strategy, attr, None)
+        if isinstance(value, dict):
+            out.update({f"{attr}.{k}": np.asarray(v) for k, v in value.items()})
+    return out
+
+
+def _restore_strategy(strategy: Any, state: dict[str, np.ndarray]) -> None:
+    for attr in STATEFUL_ATTRS:
+        prefix = f"{attr}."
+        value = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if value:
+            setattr(strategy, attr, value)
+
+
+def _progress(run_dir: Path, **fields: Any) -> None:
+    atomic_write_json(run_dir / "progress.json", {**fields, "updated": time.time()})
+
+
+def _node_rows(replies: list[Message]) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
+    """Per-node metrics of successful replies, and the nodes that declined or failed (with why)."""
+    ok: dict[str, dict[str, float]] = {}
+    failed: list[dict[str, Any]] = []
+    for m in replies:
+        node = str(m.metadata.src_node_id)
+        if m.has_error():
+            failed.append({"node": node, "code": int(m.error.code), "reason": str(m.error.reason)})
+        else:
+            rec = next(iter(m.content.metric_records.values()))
+            ok[node] = {k: float(v) for k, v in rec.items()}
+    return ok, failed
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = FederationConfig.from_run_config(context.run_config).validate()
+    run_federation(grid, cfg)
+
+
+def run_federation(grid: Grid, cfg: FederationConfig) -> list[dict[str, Any]]:
+    """Run (or resume) the rounds of ``cfg``; return the metrics history."""
+    if not cfg.run_dir:
+        raise ConfigError("run-dir", "is empty: the coordinator needs a directory for checkpoints and metrics")
+    if not cfg.data_dir:
+        raise ConfigError("data-dir", "is empty: the coordinator needs its held-out dataset at <data-dir>/coordinator")
+    run_dir = Path(cfg.run_dir)
+    held_out, _ = load_dataset(Path(cfg.data_dir) / "coordinator")
+    tasks = cfg.task_list
+    models = {t: build_model(t, seed=cfg.seed) for t in tasks}
+    strategy = build_strategy(cfg)
+    ckpt = load_checkpoint(run_dir)
+    history: list[dict[str, Any]] = []
+    start = 1
+    if ckpt is not None:
+        _load_full_state(models, ckpt.models)
+        _restore_strategy(strategy, ckpt.strategy)
+        history, start = ckpt.history, ckpt.round + 1
+    arrays = ArrayRecord(pack(models))
+
+    for rnd in range(start, cfg.rounds + 1):
+        t0 = time.perf_counter()
+        _progress(run_dir, round=rnd, rounds=cfg.rounds, phase="train")
+        messages = list(strategy.configure_train(rnd, arrays, ConfigRecord({}), grid))
+        replies = list(grid.send_and_receive(messages=messages, timeout=cfg.round_timeout))
+        nodes, failed = _node_rows(replies)
+        aggregated, train_metrics = strategy.aggregate_train(rnd, replies)
+        if aggregated is not None:
+            arrays = aggregated
+            unpack_into(models, aggregated.to_torch_state_dict())
+        train_seconds = time.perf_counter() - t0
+
+        _progress(run_dir, round=rnd, rounds=cfg.rounds, phase="evaluate")
+        central = {t: evaluate_held_out(t, m, held_out[t]) for t, m in models.items()}
+        eval_replies = list(grid.send_and_receive(
+            messages=strategy.configure_evaluate(rnd, arrays, ConfigRecord({}), grid), timeout=cfg.round_timeout))
+        federated = strategy.aggregate_evaluate(rnd, eval_replies)
+
+        record = {
+            "round": rnd,
+            "seconds": time.perf_counter() - t0,
+            "train_seconds": train_seconds,
+            "nodes_sampled": len(messages),
+            "nodes_replied": len(nodes),
+            "nodes_missing": len(messages) - len(replies),
+            "nodes_failed": failed,
+            "train": dict(train_metrics) if train_metrics is not None else {},
+            "nodes": nodes,
+            "global": central,
+            "federated_eval": dict(federated) if federated is not None else {},
+        }
+        history.append(record)
+        save_checkpoint(run_dir, Checkpoint(round=rnd, models=_full_state(models),
+                                            strategy=_strategy_state(strategy), history=history))
+        atomic_write_json(run_dir / "metrics.json", {"config": cfg.to_run_config(), "history": history})
+    _progress(run_dir, round=cfg.rounds, rounds=cfg.rounds, phase="done")
+    return history

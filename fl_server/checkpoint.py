@@ -1,0 +1,58 @@
+"""Round checkpoints: global models, round, strategy state and metrics history, written atomically.
+
+Layout: ``<run-dir>/checkpoints/round-0003/{models.npz,strategy.npz,state.json}`` and the pointer
+``<run-dir>/checkpoints/LATEST``, rewritten atomically only after the round directory is complete, so
+a crash at any moment leaves the previous complete round as the one to resume from.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.errors import DatasetError
+from core.storage import atomic_write_bytes, atomic_write_json, atomic_write_npz
+
+LATEST = "LATEST"
+
+
+@dataclass
+class Checkpoint:
+    """The state after a completed round."""
+
+    round: int
+    models: dict[str, np.ndarray]  # task-prefixed full state dicts (parameters and buffers)
+    strategy: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. "m_t.<key>" for FedAdam
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> Path:
+    """Write the round's directory, then point LATEST at it."""
+    root = run_dir / "checkpoints"
+    d = root / f"round-{ckpt.round:04d}"
+    atomic_write_npz(d / "models.npz", ckpt.models)
+    atomic_write_npz(d / "strategy.npz", ckpt.strategy)
+    atomic_write_json(d / "state.json", {"round": ckpt.round, "history": ckpt.history})
+    atomic_write_bytes(root / LATEST, (d.name + "\n").encode())
+    return d
+
+
+def load_checkpoint(run_dir: Path) -> Checkpoint | None:
+    """The latest complete checkpoint of a run, or None when the run has none yet."""
+    pointer = run_dir / "checkpoints" / LATEST
+    if not pointer.is_file():
+        return None
+    d = run_dir / "checkpoints" / pointer.read_text().strip()
+    try:
+        state = json.loads((d / "state.json").read_text())
+        with np.load(d / "models.npz") as z:
+            models = {k: z[k] for k in z.files}
+        with np.load(d / "strategy.npz") as z:
+            strategy = {k: z[k] for k in z.files}
+    except (OSError, ValueError, KeyError) as exc:
+        raise DatasetError(f"{d}: checkpoint unreadable ({exc})") from None
+    return Checkpoint(round=int(state["round"]), models=models, strategy=strategy, history=state["history"])

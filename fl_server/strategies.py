@@ -1,0 +1,61 @@
+"""Strategy choice: Flower's own strategy classes, configured from the run config."""
+
+from __future__ import annotations
+
+from flwr.app import MetricRecord, RecordDict
+from flwr.serverapp.strategy import Bulyan, FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum, MultiKrum
+from flwr.serverapp.strategy.strategy import Strategy
+
+from core.fedconfig import FederationConfig
+
+
+def aggregate_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
+    """Weighted mean of every metric, except privacy spent: the maximum over nodes (the worst case)."""
+    rows = [next(iter(r.metric_records.values())) for r in records]
+    weights = [float(m[weight_key]) for m in rows]
+    total = sum(weights) or 1.0
+    out: dict[str, float] = {}
+    for key in rows[0].keys():
+        values = [float(m[key]) for m in rows]
+        if "epsilon" in key or key == "delta":
+            out[key] = max(values)
+        elif key == weight_key:
+            out[key] = sum(values)
+        else:
+            out[key] = sum(v * w for v, w in zip(values, weights, strict=True)) / total
+    return MetricRecord(out)
+
+
+def build_strategy(cfg: FederationConfig) -> Strategy:
+    """The Flower strategy named by ``cfg.strategy``."""
+    common = {
+        "fraction_train": cfg.fraction_train,
+        "fraction_evaluate": cfg.fraction_evaluate,
+        "min_train_nodes": cfg.min_nodes,
+        "min_evaluate_nodes": cfg.min_nodes if cfg.fraction_evaluate > 0 else 0,
+        "min_available_nodes": cfg.min_nodes,
+        "train_metrics_aggr_fn": aggregate_metrics,
+        "evaluate_metrics_aggr_fn": aggregate_metrics,
+    }
+    f = cfg.byzantine
+    match cfg.strategy:
+        case "fedavg":
+            return FedAvg(**common)
+        case "fedprox":
+            return FedProx(**common, proximal_mu=cfg.proximal_mu)
+        case "fedadam":
+            return FedAdam(**common, eta=cfg.server_lr, eta_l=cfg.server_lr)
+        case "krum":
+            return Krum(**common, num_malicious_nodes=f)
+        case "multikrum":
+            return MultiKrum(**common, num_malicious_nodes=f, num_nodes_to_select=max(1, cfg.min_nodes - f))
+        case "bulyan":
+            return Bulyan(**common, num_malicious_nodes=f)
+        case "median":
+            return FedMedian(**common)
+        case "trimmed-mean":
+            return FedTrimmedAvg(**common, beta=cfg.trim_beta)
+    raise AssertionError(f"unreachable: {cfg.strategy}")  # FederationConfig.validate refuses other names
+
+
+STATEFUL_ATTRS = ("m_t", "v_t")  # FedAdam's server-side moments (dicts of arrays)

@@ -1,0 +1,266 @@
+"""The federated run report: figures, tables and the self-contained HTML page, from synthetic metrics."""
+
+from __future__ import annotations
+
+import copy
+import math
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from anya_fl.simulation_report import (
+    COMPARISON_COLUMNS,
+    PRIMARY,
+    comparison_rows,
+    format_comparison_rows,
+    plot_rounds,
+    summarize,
+    write_html_report,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+EVIL = "<script>alert('x')</script> & budget spent"
+ALL_TASKS = ("fraud", "fee", "anomaly")
+
+
+def _global(task: str, rnd: int) -> dict[str, float]:
+    g = 0.05 * rnd
+    if task == "fraud":
+        return {"pr_auc": 0.6 + g, "roc_auc": 0.8 + g, "f1": 0.5 + g, "recall_at_1pct_fpr": 0.4 + g, "positive_rate": 0.03}
+    if task == "fee":
+        return {"hit_rate": 0.8 + g, "median_overpay_sat_vb": 4.0 - rnd, "median_overpay_ratio": 1.8 - g,
+                "hit_rate_k1": 0.7 + g, "hit_rate_k3": 0.8 + g, "hit_rate_k6": 0.9 + g, "median_overpay_sat_vb_k1": 5.0}
+    return {"roc_auc": 0.85 + g, "pr_auc": 0.1 + g}
+
+
+def make_metrics(rounds: int = 3, nodes: int = 3, tasks: tuple[str, ...] = ALL_TASKS, failure: bool = True) -> dict:
+    """A metrics.json as the coordinator writes it; node "2" fails in round 2 (if ``failure``)."""
+    history = []
+    for rnd in range(1, rounds + 1):
+        failed = []
+        replied = {}
+        for n in range(nodes):
+            if failure and rnd == 2 and n == 2:
+                failed.append({"node": str(n), "code": 4100, "reason": EVIL})
+                continue
+            eps = {f"{t}.epsilon": round(0.5 * rnd + 0.1 * n, 3) for t in tasks}
+            replied[str(n)] = {
+                "num-examples": 1000.0 * (n + 1),
+                **eps,
+                "epsilon-transactions": eps.get("fraud.epsilon", 0.0) + eps.get("anomaly.epsilon", 0.0),
+                **{f"{t}.loss": 1.0 / rnd + 0.01 * n for t in tasks},
+            }
+        train = {"num-examples": sum(m["num-examples"] for m in replied.values()), "delta": 1e-5}
+        for t in tasks:
+            train[f"{t}.loss"] = 1.0 / rnd
+            train[f"{t}.epsilon"] = max(m[f"{t}.epsilon"] for m in replied.values())
+            train[f"{t}.seconds"] = 1.0
+        train["epsilon-transactions"] = max(m["epsilon-transactions"] for m in replied.values())
+        history.append({
+            "round": rnd,
+            "seconds": 10.0 + rnd,
+            "train_seconds": 8.0 + rnd,
+            "nodes_sampled": nodes,
+            "nodes_replied": len(replied),
+            "nodes_missing": 0,
+            "nodes_failed": failed,
+            "train": train,
+            "nodes": replied,
+            "global": {t: _global(t, rnd) for t in tasks},
+            "federated_eval": {"num-examples": 400.0, **{f"{t}.loss": 1.2 / rnd for t in tasks}},
+        })
+    config = {"rounds": rounds, "nodes": nodes, "strategy": "fedavg", "epsilon": 8.0, "delta": 1e-5, "seed": 0,
+              "tasks": ",".join(tasks), "run-name": "<b>run</b>"}
+    return {"config": config, "history": history}
+
+
+COMPARISON = {
+    "fraud": {
+        "federated": {"pr_auc": 0.8123, "epsilon": 8.0},
+        "centralized": {"pr_auc": 0.8456, "epsilon": 8.0},
+        "local_only_mean": {"pr_auc": 0.6012, "epsilon": 8.0},
+        "local_only": [{"node": 0, "profile": "exchange", "pr_auc": 0.5}, {"node": 1, "profile": "miner", "pr_auc": 0.7024}],
+    },
+    "fee": {
+        "federated": {"hit_rate": 0.9311, "median_overpay_sat_vb": 3.1, "epsilon": 8.0},
+        "centralized": {"hit_rate": 0.95, "median_overpay_sat_vb": 2.5, "epsilon": 8.0},
+        "local_only_mean": {"hit_rate": 0.88, "median_overpay_sat_vb": 4.2, "epsilon": 8.0},
+    },
+    "anomaly": {
+        "federated": {"roc_auc": 0.9, "epsilon": 8.0},
+        "centralized": {"roc_auc": 0.9, "epsilon": 8.0},
+        "local_only": [{"node": 0, "roc_auc": 0.7}, {"node": 1, "roc_auc": 0.8}],
+    },
+}
+
+
+class _Checker(HTMLParser):
+    """Collects <img> sources and checks that every non-void tag is closed in order."""
+
+    VOID = {"meta", "img", "br", "hr", "link", "input"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+        self.imgs: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.imgs.append(dict(attrs).get("src", ""))
+        if tag in ("script", "link", "iframe"):
+            self.errors.append(f"unexpected <{tag}>")
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> does not close {self.stack[-1:]}")
+        else:
+            self.stack.pop()
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def _parse(path: Path) -> _Checker:
+    checker = _Checker()
+    checker.feed(path.read_text(encoding="utf-8"))
+    checker.close()
+    assert not checker.errors and not checker.stack, (checker.errors, checker.stack)
+    return checker
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory) -> tuple[dict, list[Path], Path]:
+    metrics = make_metrics()
+    out = tmp_path_factory.mktemp("full")
+    plots = plot_rounds(metrics, out)
+    page = write_html_report(metrics, COMPARISON, plots, out / "report.html", "anya-fl <run> & report")
+    return metrics, plots, page
+
+
+def _assert_pngs(plots: list[Path]) -> None:
+    for p in plots:
+        assert p.exists() and p.read_bytes()[:8] == PNG_MAGIC, p
+
+
+def test_plots_are_pngs(full) -> None:
+    _, plots, _ = full
+    assert {p.name for p in plots} == {"global_fraud.png", "global_fee.png", "global_anomaly.png",
+                                       "epsilon.png", "nodes.png", "loss.png"}
+    _assert_pngs(plots)
+    assert not list(plots[0].parent.glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+def test_single_round_renders(tmp_path) -> None:
+    plots = plot_rounds(make_metrics(rounds=1, failure=False), tmp_path)
+    assert len(plots) == 6
+    _assert_pngs(plots)
+
+
+def test_fraud_only_run(tmp_path) -> None:
+    metrics = make_metrics(tasks=("fraud",))
+    plots = plot_rounds(metrics, tmp_path)
+    assert {p.name for p in plots} == {"global_fraud.png", "epsilon.png", "nodes.png", "loss.png"}
+    _assert_pngs(plots)
+    page = write_html_report(metrics, None, plots, tmp_path / "report.html", "fraud only")
+    checker = _parse(page)
+    assert len(checker.imgs) == len(plots)
+    text = page.read_text()
+    assert "fee ε" not in text and "fraud ε" in text
+    assert summarize(metrics)["max_epsilon"] == {"fraud": pytest.approx(1.7)}
+
+
+def test_missing_optional_keys(tmp_path) -> None:
+    metrics = {"config": {"tasks": "fraud,fee"}, "history": [{"round": 1, "global": {"fraud": {"pr_auc": 0.5}}}]}
+    plots = plot_rounds(metrics, tmp_path)
+    assert [p.name for p in plots] == ["global_fraud.png"]
+    page = write_html_report(metrics, {}, plots, tmp_path / "r.html", "sparse")
+    assert len(_parse(page).imgs) == 1
+    s = summarize(metrics)
+    assert s["final_global"] == {"fraud": {"pr_auc": 0.5}} and s["max_epsilon"] == {} and s["failed_replies"] == 0
+    assert plot_rounds({"config": {}, "history": []}, tmp_path / "empty") == []
+
+
+def test_html_report(full) -> None:
+    _, plots, page = full
+    text = page.read_text(encoding="utf-8")
+    checker = _parse(page)
+    assert len(checker.imgs) == len(plots) == 6
+    assert all(src.startswith("data:image/png;base64,") for src in checker.imgs)
+    assert text.count('<img src="data:image/png;base64,') == len(plots)
+    # Text from the run is escaped, never markup.
+    assert "<script>" not in text
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; budget spent" in text
+    assert EVIL in "".join(checker.text)
+    assert "&lt;b&gt;run&lt;/b&gt;" in text and "anya-fl &lt;run&gt; &amp; report" in text
+    # No external resources.
+    assert "http://" not in text and "https://" not in text
+    # Comparison numbers, relative difference, overpayment row and the per-node local-only table.
+    for number in ("0.8123", "0.8456", "0.6012", "0.9311", "-3.9 %", "+24.0 %", "0.7024"):
+        assert number in text, number
+    assert "median_overpay_sat_vb (sat/vB, lower is better)" in text
+    # Failure list names node, code and round; epsilon table has every node and task.
+    assert "code 4100" in text and "round 2" in text
+    for col in ("fraud ε", "fee ε", "anomaly ε", "transactions ε"):
+        assert col in text
+
+
+def test_comparison_rows() -> None:
+    rows = comparison_rows(COMPARISON)
+    assert all(len(r) == len(COMPARISON_COLUMNS) for r in rows)
+    by = {(r[0], r[1].split(" ")[0]): r for r in rows}
+    assert set(by) == {("fraud", "pr_auc"), ("fee", "hit_rate"), ("fee", "median_overpay_sat_vb"), ("anomaly", "roc_auc")}
+
+    fraud = by["fraud", "pr_auc"]
+    assert fraud[2:5] == [0.8123, 0.8456, 0.6012]
+    assert fraud[5] == pytest.approx(0.8123 - 0.6012)
+    assert fraud[6] == pytest.approx(100 * (0.8123 - 0.8456) / 0.8456)
+    assert fraud[7] == 8.0
+
+    over = by["fee", "median_overpay_sat_vb"]
+    assert "lower is better" in over[1] and "sat/vB" in over[1]
+    assert over[5] == pytest.approx(3.1 - 4.2) and over[6] == pytest.approx(24.0)
+
+    anomaly = by["anomaly", "roc_auc"]  # no local_only_mean: the mean of the per-node rows
+    assert anomaly[4] == pytest.approx(0.75) and anomaly[6] == pytest.approx(0.0)
+
+    text = {r[0] + r[1]: r for r in format_comparison_rows(rows)}
+    assert text["fraud" + fraud[1]][6] == "-3.9 %"
+
+
+def test_comparison_edge_cases() -> None:
+    rows = comparison_rows({
+        "fraud": {"federated": {"pr_auc": 0.5, "epsilon": 8.0}, "centralized": {"pr_auc": 0.0, "epsilon": None}},
+    })
+    assert len(rows) == 1
+    row = rows[0]
+    assert row[4] is None and row[5] is None and row[6] is None  # no local-only; centralized 0: no relative
+    assert row[7] == "federated 8, centralized non-private"
+    assert format_comparison_rows(rows)[0][4:7] == ["–", "–", "–"]
+
+
+def test_summarize(full) -> None:
+    metrics, _, _ = full
+    s = summarize(metrics)
+    assert s["rounds"] == 3 and s["final_round"] == 3
+    assert s["total_seconds"] == pytest.approx(11 + 12 + 13)
+    assert s["failed_replies"] == 1 and s["missing_replies"] == 0
+    assert s["final_global"]["fraud"] == pytest.approx(_global("fraud", 3))
+    assert s["final_global"]["fee"]["median_overpay_sat_vb"] == pytest.approx(1.0)
+    # Round 3: node 2 spends 0.5 * 3 + 0.2.
+    assert s["max_epsilon"] == {t: pytest.approx(1.7) for t in ALL_TASKS}
+    assert s["max_epsilon_transactions"] == pytest.approx(3.4)
+    assert set(PRIMARY) == set(ALL_TASKS)
+
+
+def test_history_out_of_order_and_nan(tmp_path) -> None:
+    metrics = make_metrics(rounds=3, failure=False)
+    metrics["history"] = list(reversed(copy.deepcopy(metrics["history"])))
+    metrics["history"][0]["global"]["fraud"]["pr_auc"] = math.nan  # round 3, not a finite metric
+    s = summarize(metrics)
+    assert s["final_round"] == 3 and "pr_auc" not in s["final_global"]["fraud"]
+    assert len(plot_rounds(metrics, tmp_path)) == 6
