@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from anya_fl.console import console, err_console, progress, table
 from core.errors import AnyaError
@@ -65,7 +66,7 @@ def simulate(
     dp: Annotated[bool, typer.Option("--dp/--no-dp", help="Train with DP-SGD (Opacus).")] = True,
     seed: Annotated[int, typer.Option(help="Seed for the chain, the partition and every model.")] = 0,
     transactions: Annotated[int, typer.Option(help="Transactions in the simulated chain.")] = 200_000,
-    local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = 2,
+    local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = 5,
     min_nodes: Annotated[int, typer.Option(help="Nodes that must take part in each round.")] = 2,
     fraction_train: Annotated[float, typer.Option(help="Share of nodes sampled for training each round.")] = 1.0,
     byzantine: Annotated[int, typer.Option(help="Malicious nodes assumed by krum, multikrum and bulyan.")] = 0,
@@ -195,7 +196,7 @@ def main() -> None:
     try:
         app()
     except AnyaError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted")

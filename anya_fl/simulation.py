@@ -80,6 +80,7 @@ def run_flower(run_dir: Path, on_progress=None, poll_s: float = 0.5) -> int:
     proc = subprocess.Popen([sys.executable, "-m", "anya_fl.simulation_runner", str(run_dir)],
                             stdout=log, stderr=subprocess.STDOUT, env=flower_env(run_dir),
                             start_new_session=True)
+    (run_dir / "runner.pid").write_text(f"{proc.pid}\n")
     try:
         last = None
         while proc.poll() is None:

@@ -19,10 +19,10 @@ from core.storage import atomic_write_bytes
 
 PRIMARY = {"fraud": "pr_auc", "fee": "hit_rate", "anomaly": "roc_auc"}
 
-# Metrics of the comparison table, per task; lower is better only for overpayment.
+# Metrics of the comparison table, per task; lower is better for overpayment and the pinball loss.
 COMPARISON_METRICS: dict[str, list[str]] = {
     "fraud": ["pr_auc"],
-    "fee": ["hit_rate", "median_overpay_sat_vb"],
+    "fee": ["pinball_loss", "hit_rate", "median_overpay_sat_vb"],
     "anomaly": ["roc_auc"],
 }
 COMPARISON_COLUMNS = [
@@ -128,6 +128,8 @@ def _unit_group(metric: str) -> tuple[int, str]:
         return 1, "overpayment (sat/vB, lower is better)"
     if "ratio" in metric:
         return 2, "overpay ratio (predicted / required fee rate)"
+    if "loss" in metric:
+        return 3, "pinball loss of log fee rate (lower is better)"
     return 0, "rate or score (0 to 1)"
 
 
@@ -333,7 +335,7 @@ def plot_rounds(metrics: dict, out_dir: Path) -> list[Path]:
 def _metric_label(metric: str) -> str:
     if metric.startswith("median_overpay_sat_vb"):
         return f"{metric} (sat/vB, lower is better)"
-    if "overpay" in metric:
+    if "overpay" in metric or "loss" in metric:
         return f"{metric} (lower is better)"
     return f"{metric} (higher is better)"
 

@@ -27,10 +27,11 @@ class FederationConfig:
     min_nodes: int = 2  # nodes that must take part in a round (train and evaluate)
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
-    local_epochs: int = 2
+    local_epochs: int = 5
     dp: bool = True
     epsilon: float = 8.0  # per node and task, for the whole run (spent in equal shares per round)
     delta: float = 1e-5
+    accountant: str = "rdp"  # Opacus accountant: rdp (fast, the usual choice in FL), prv (tighter) or gdp
     max_grad_norm: float = 1.0
     proximal_mu: float = 0.1  # fedprox only
     byzantine: int = 0  # nodes assumed malicious by krum, multikrum and bulyan
@@ -72,6 +73,8 @@ class FederationConfig:
             raise bad("epsilon", "must be a positive number (the DP budget per node and task)")
         if not 0 < self.delta < 1:
             raise bad("delta", "must be in (0, 1)")
+        if self.accountant not in ("rdp", "prv", "gdp"):
+            raise bad("accountant", "must be rdp, prv or gdp")
         if not self.max_grad_norm > 0:
             raise bad("max-grad-norm", "must be positive")
         if self.proximal_mu < 0:

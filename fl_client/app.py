@@ -52,7 +52,8 @@ def _train(msg: Message, context: Context) -> Message:
     unpack_into(models, msg.content["arrays"].to_torch_state_dict())
     ledger = AccountantLedger(data_dir, cfg.run_name)
 
-    metrics: dict[str, float] = {"num-examples": float(data["fraud"].size("train") if "fraud" in data else 0)}
+    metrics: dict[str, float] = {"num-examples": float(data["fraud"].size("train") if "fraud" in data else 0),
+                                 "partition-id": float(context.node_config.get("partition-id", -1))}
     share = cfg.epsilon / cfg.rounds
     for task in cfg.task_list:
         spec = task_spec(task)
@@ -65,7 +66,8 @@ def _train(msg: Message, context: Context) -> Message:
             target = min(cfg.epsilon, spent + share)
             if spent >= 0.995 * cfg.epsilon:
                 raise BudgetExhausted(cfg.epsilon, spent, f"task {task}: the node's budget for this run is spent")
-            dp = DPConfig(target_epsilon=target, delta=cfg.delta, max_grad_norm=cfg.max_grad_norm)
+            dp = DPConfig(target_epsilon=target, delta=cfg.delta, max_grad_norm=cfg.max_grad_norm,
+                          accountant=cfg.accountant)
         tc = TrainConfig(
             epochs=cfg.local_epochs, batch_size=spec.batch_size, lr=spec.lr, seed=seed, device="auto", dp=dp,
             proximal_mu=cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0,

@@ -8,6 +8,7 @@ evaluates the global models on its held-out set and writes a checkpoint atomical
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from core.data.datasets import load_dataset
 from core.errors import ConfigError
 from core.fedconfig import FederationConfig
 from core.storage import atomic_write_json
-from fl_server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fl_server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, weights_digest
 from fl_server.strategies import STATEFUL_ATTRS, build_strategy
 from models.params import pack, unpack_into
 from models.tasks import build_model, evaluate_held_out
@@ -94,11 +95,18 @@ def run_federation(grid: Grid, cfg: FederationConfig) -> list[dict[str, Any]]:
     strategy = build_strategy(cfg)
     ckpt = load_checkpoint(run_dir)
     history: list[dict[str, Any]] = []
+    resumes: list[dict[str, Any]] = []
     start = 1
+    metrics_path = run_dir / "metrics.json"
     if ckpt is not None:
         _load_full_state(models, ckpt.models)
         _restore_strategy(strategy, ckpt.strategy)
         history, start = ckpt.history, ckpt.round + 1
+        if metrics_path.is_file():
+            resumes = json.loads(metrics_path.read_text()).get("resumes", [])
+        # the digest of the weights as restored into the models: equal to the saved one when bit-identical
+        resumes.append({"from_round": ckpt.round, "weights_sha256": weights_digest(_full_state(models)),
+                        "saved_sha256": weights_digest(ckpt.models)})
     arrays = ArrayRecord(pack(models))
 
     for rnd in range(start, cfg.rounds + 1):
@@ -135,6 +143,6 @@ def run_federation(grid: Grid, cfg: FederationConfig) -> list[dict[str, Any]]:
         history.append(record)
         save_checkpoint(run_dir, Checkpoint(round=rnd, models=_full_state(models),
                                             strategy=_strategy_state(strategy), history=history))
-        atomic_write_json(run_dir / "metrics.json", {"config": cfg.to_run_config(), "history": history})
+        atomic_write_json(metrics_path, {"config": cfg.to_run_config(), "history": history, "resumes": resumes})
     _progress(run_dir, round=cfg.rounds, rounds=cfg.rounds, phase="done")
     return history

@@ -7,6 +7,7 @@ a crash at any moment leaves the previous complete round as the one to resume fr
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,3 +57,13 @@ def load_checkpoint(run_dir: Path) -> Checkpoint | None:
     except (OSError, ValueError, KeyError) as exc:
         raise DatasetError(f"{d}: checkpoint unreadable ({exc})") from None
     return Checkpoint(round=int(state["round"]), models=models, strategy=strategy, history=state["history"])
+
+
+def weights_digest(state: dict[str, np.ndarray]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes of a state dict, in key order."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        arr = np.ascontiguousarray(state[key])
+        h.update(f"{key}|{arr.dtype.str}|{arr.shape}|".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()

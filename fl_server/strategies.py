@@ -16,6 +16,8 @@ def aggregate_metrics(records: list[RecordDict], weight_key: str) -> MetricRecor
     total = sum(weights) or 1.0
     out: dict[str, float] = {}
     for key in rows[0].keys():
+        if key == "partition-id":
+            continue
         values = [float(m[key]) for m in rows]
         if "epsilon" in key or key == "delta":
             out[key] = max(values)

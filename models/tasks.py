@@ -216,7 +216,11 @@ def evaluate_outputs(task: str, output: np.ndarray, x: np.ndarray, y: np.ndarray
     if task == "anomaly":
         return scoring.anomaly_metrics(y, output)
     k = x[:, TASK_SCHEMAS["fee"].index("conf_target_blocks")].astype(int)
-    return scoring.fee_metrics(output, y, k)
+    metrics = scoring.fee_metrics(output, y, k)
+    # one number for a quantile estimator: the pinball loss of log rates at FEE_QUANTILE (lower is better)
+    u = np.log(np.maximum(y, 1e-3)) - np.log(np.maximum(output, 1e-3))
+    metrics["pinball_loss"] = float(np.mean(np.maximum(FEE_QUANTILE * u, (FEE_QUANTILE - 1.0) * u)))
+    return metrics
 
 
 def evaluate_held_out(task: str, model: nn.Module, split: TaskSplits) -> dict[str, float]:

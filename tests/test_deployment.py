@@ -1,0 +1,172 @@
+"""Deployment on loopback: TLS + SuperNode auth, a node killed mid-run, an unregistered key refused; the PKI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from anya_fl import deployment as dep
+from core.data.chain import ChainConfig, simulate_chain
+from core.data.datasets import partition_nodes, save_dataset, task_arrays
+from core.errors import ConfigError
+from core.fedconfig import FederationConfig
+from core.pki import init_pki
+
+# seed 2: every split of the 20,000-transaction chain is non-empty (with some seeds a split is empty)
+DATA_SEED = 2
+NODES = 3
+
+
+def test_pki(tmp_path) -> None:
+    pki = init_pki(tmp_path / "pki", 2, ["127.0.0.1", "localhost", "coordinator.example", "::1"])
+    ca = x509.load_pem_x509_certificate(pki["ca_cert"].read_bytes())
+    server = x509.load_pem_x509_certificate(pki["server_cert"].read_bytes())
+    server.verify_directly_issued_by(ca)
+    ca.verify_directly_issued_by(ca)
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert not server.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(san.get_values_for_type(x509.DNSName)) == {"localhost", "coordinator.example"}
+    assert {str(ip) for ip in san.get_values_for_type(x509.IPAddress)} == {"127.0.0.1", "::1"}
+    server_key = serialization.load_pem_private_key(pki["server_key"].read_bytes(), None)
+    assert server_key.public_key().public_numbers() == server.public_key().public_numbers()
+    serialization.load_pem_private_key(pki["ca_key"].read_bytes(), None)
+    for node in pki["nodes"]:
+        key = serialization.load_ssh_private_key(node["key"].read_bytes(), None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        assert node["key"].read_bytes().startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----")
+        pub = node["pub"].read_bytes()
+        assert pub.startswith(b"ecdsa-sha2-nistp384 ")
+        assert serialization.load_ssh_public_key(pub).public_numbers() == key.public_key().public_numbers()
+    for private in [pki["ca_key"], pki["server_key"], *(n["key"] for n in pki["nodes"])]:
+        assert stat.S_IMODE(private.stat().st_mode) == 0o600, private
+    assert stat.S_IMODE(pki["ca_cert"].stat().st_mode) == 0o644
+    before = pki["ca_key"].read_bytes()
+    with pytest.raises(ConfigError, match="pki-dir: .* already holds a PKI"):
+        init_pki(tmp_path / "pki", 1, [])
+    assert pki["ca_key"].read_bytes() == before
+    # default hosts
+    default = x509.load_pem_x509_certificate(init_pki(tmp_path / "p2", 0, [])["server_cert"].read_bytes())
+    names = default.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["localhost"]
+
+
+def test_node_config_and_flwr_home_checks(tmp_path) -> None:
+    assert dep.node_config_arg({"data-dir": "/a b/c", "partition-id": 1}) == "data-dir='/a b/c' partition-id=1"
+    with pytest.raises(ConfigError, match="data-dir"):
+        dep.node_config_arg({"data-dir": "/it's"})
+    with pytest.raises(ConfigError, match="flwr-home"):
+        dep.check_flwr_home(dep.project_root() / "flwr-home")
+
+
+def test_fab_is_small() -> None:
+    """`flwr run <repo>` packs the repo: nothing large or nested may end up in it."""
+    from flwr.cli.build import build_fab_from_disk
+
+    assert len(build_fab_from_disk(dep.project_root())) < 2_000_000
+
+
+def _write_data(root: Path) -> tuple[Path, list[Path]]:
+    chain = simulate_chain(ChainConfig(n_transactions=20_000, seed=DATA_SEED))
+    coordinator_data = root / "coordinator-data"
+    save_dataset(coordinator_data / "coordinator", task_arrays(chain), {"role": "coordinator"})
+    node_dirs = []
+    for shard in partition_nodes(chain, NODES, DATA_SEED):
+        d = root / f"node-{shard.node_id}" / "data"
+        save_dataset(d, task_arrays(chain, shard.tx_index, shard.snapshot_index), {"node_id": shard.node_id})
+        node_dirs.append(d)
+    return coordinator_data, node_dirs
+
+
+def _tree(proc: subprocess.Popen) -> list[int]:
+    try:
+        return [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))]
+    except psutil.NoSuchProcess:
+        return [proc.pid]
+
+
+def test_deployment_tls_auth_node_killed_mid_run(tmp_path) -> None:
+    t_start = time.monotonic()
+    pki = init_pki(tmp_path / "pki", NODES + 1, ["127.0.0.1", "localhost"])
+    coordinator_data, node_dirs = _write_data(tmp_path)
+    home = tmp_path / "flwr-home"  # the coordinator's FLWR_HOME, outside the repository
+    port = dep.free_port()
+    address = f"127.0.0.1:{port}"
+    started: list[subprocess.Popen] = []
+    seen_pids: set[int] = set()
+    victim: dict = {}
+    try:
+        link = dep.start_superlink("127.0.0.1", port, home, tmp_path / "superlink.log", pki_dir=pki["dir"])
+        started.append(link)
+        dep.write_connection(home, "anya", address, root_certificates=pki["ca_cert"])
+        for node in pki["nodes"][:NODES]:
+            assert "registered successfully" in dep.register_node(home, "anya", node["pub"], superlink=link)
+        nodes = []
+        for i, node in enumerate(pki["nodes"][:NODES]):
+            p = dep.start_supernode(address, tmp_path / f"node-{i}" / "flwr-home", tmp_path / f"node-{i}.log",
+                                    data_dir=node_dirs[i], root_certificates=pki["ca_cert"], private_key=node["key"])
+            started.append(p)
+            nodes.append(p)
+        # a fourth node whose key was never registered: refused, and it exits
+        rogue_log = tmp_path / "rogue.log"
+        rogue = dep.start_supernode(address, tmp_path / "rogue-home", rogue_log, data_dir=node_dirs[0],
+                                    root_certificates=pki["ca_cert"], private_key=pki["nodes"][NODES]["key"],
+                                    max_retries=1, max_wait_time=20)
+        started.append(rogue)
+        online = dep.wait_for_nodes(home, "anya", NODES, timeout=90)
+        assert len(online) == NODES
+        assert rogue.wait(timeout=60) == 305
+        assert "Failed to activate SuperNode" in rogue_log.read_text()
+        assert "ApiError:2004" in (tmp_path / "superlink.log").read_text()
+        for p in started:
+            seen_pids.update(_tree(p))
+
+        cfg = FederationConfig(rounds=2, nodes=NODES, min_nodes=2, local_epochs=1, transactions=20_000,
+                               round_timeout=120.0, tasks="fraud,fee,anomaly", seed=0,
+                               run_dir=str(tmp_path / "run"), data_dir=str(coordinator_data), run_name="deploy")
+
+        def on_progress(progress: dict) -> None:
+            # round 1's train replies are in: kill one node before the evaluate messages go out
+            if not victim and (progress["round"] >= 2 or progress["phase"] in ("evaluate", "done")):
+                target = nodes[-1]
+                victim["pids"] = _tree(target)
+                seen_pids.update(victim["pids"])
+                os.kill(target.pid, signal.SIGKILL)
+                victim["rc"] = target.wait(timeout=10)
+            for p in started:
+                if p.poll() is None:
+                    seen_pids.update(_tree(p))
+
+        metrics = dep.launch_run(home, "anya", cfg, log_file=tmp_path / "run.log", timeout=300,
+                                 on_progress=on_progress)
+    finally:
+        for p in reversed(started):
+            if p.poll() is None:
+                seen_pids.update(_tree(p))
+            dep.stop_process(p)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(dep.alive(pid) for pid in seen_pids):
+            time.sleep(0.5)
+        leftover = [pid for pid in seen_pids if dep.alive(pid)]
+        for pid in leftover:
+            dep.stop_process(pid, timeout=5)
+    assert not leftover, f"processes left alive: {leftover}"
+    assert victim.get("rc") == -signal.SIGKILL
+    history = metrics["history"]
+    assert [h["round"] for h in history] == [1, 2]
+    assert history[0]["nodes_replied"] == NODES
+    assert history[1]["nodes_replied"] >= 2
+    assert history[1]["nodes_sampled"] == 2  # the dead node went offline and was not sampled again
+    assert all(h["global"] for h in history)
+    print(f"deployment test: {time.monotonic() - t_start:.0f} s, rounds "
+          f"{[round(h['seconds'], 1) for h in history]} s")

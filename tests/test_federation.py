@@ -1,0 +1,124 @@
+"""The federation on Flower: simulation end to end, kill and resume, config errors before any round."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.errors import ConfigError, DatasetError
+from core.fedconfig import FederationConfig
+from fl_client.node_data import load_node_data, node_data_dir
+from fl_server.checkpoint import load_checkpoint, weights_digest
+
+SMALL = ["--nodes", "3", "--rounds", "4", "--transactions", "20000", "--local-epochs", "1", "--no-compare"]
+
+
+def anya(args: list[str], env: dict, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "anya_fl.cli", *args], capture_output=True, text=True, env=env, **kw)
+
+
+@pytest.fixture()
+def env(tmp_path) -> dict:
+    return {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"), "FLWR_TELEMETRY_ENABLED": "0"}
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def test_kill_after_round_two_then_resume(tmp_path, env) -> None:
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "anya_fl.cli", "simulate", *SMALL, "--run-dir", str(run)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    latest = run / "checkpoints" / "LATEST"
+    deadline = time.monotonic() + 400
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if latest.is_file() and latest.read_text().strip() >= "round-0002":
+                break
+            time.sleep(0.1)
+        assert latest.is_file() and latest.read_text().strip() >= "round-0002", "the run never reached round 2"
+    finally:
+        runner = run / "runner.pid"
+        if runner.is_file():
+            _kill_group(int(runner.read_text()))
+        _kill_group(proc.pid)
+        proc.wait(timeout=30)
+    killed_at = load_checkpoint(run)
+    assert killed_at is not None and 2 <= killed_at.round < 4
+    saved = dict(killed_at.models)
+
+    done = anya(["simulate", "--resume", str(run), "--no-compare"], env, timeout=400)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [h["round"] for h in metrics["history"]] == [1, 2, 3, 4]
+    resume = metrics["resumes"][0]
+    assert resume["from_round"] == killed_at.round
+    assert resume["weights_sha256"] == resume["saved_sha256"] == weights_digest(saved)
+    # the same shape as an uninterrupted run: every round has the same record keys
+    assert len({tuple(sorted(h)) for h in metrics["history"]}) == 1
+    # epsilon kept accumulating across the kill (ledger in each node's data directory)
+    eps = [max(n["fraud.epsilon"] for n in h["nodes"].values()) for h in metrics["history"]]
+    assert all(b > a for a, b in zip(eps, eps[1:], strict=False)) and eps[-1] <= 8.0 + 1e-6
+    assert (run / "report.html").is_file() and list((run / "plots").glob("*.png"))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--strategy", "fedmagic"], "strategy: 'fedmagic' is not a strategy"),
+        (["--nodes", "3", "--min-nodes", "5"], "min-nodes: 5 is more than the 3 nodes"),
+        (["--epsilon", "-1"], "epsilon: -1.0 must be a positive number"),
+        (["--strategy", "bulyan", "--nodes", "5", "--byzantine", "1"], "byzantine: bulyan needs at least 4*byzantine+3"),
+    ],
+)
+def test_config_errors_stop_before_any_round(args, message, tmp_path, env) -> None:
+    run = tmp_path / "run"
+    proc = anya(["simulate", *args, "--run-dir", str(run)], env, timeout=120)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not run.exists()
+
+
+def test_resume_of_a_directory_that_is_no_run(tmp_path, env) -> None:
+    proc = anya(["simulate", "--resume", str(tmp_path)], env, timeout=120)
+    assert proc.returncode == 2 and "is not a run directory" in proc.stderr
+
+
+def test_missing_node_data_directory_is_named(tmp_path) -> None:
+    with pytest.raises(DatasetError, match="data-dir: .* is not a dataset directory"):
+        load_node_data(node_data_dir({"data-dir": str(tmp_path / "nope")}, ""))
+    with pytest.raises(DatasetError, match="data-dir: no data directory"):
+        node_data_dir({}, "")
+    assert node_data_dir({"partition-id": 3}, "/d") == Path("/d/node-3")
+
+
+def test_run_config_round_trip_and_type_errors() -> None:
+    cfg = FederationConfig(strategy="median", rounds=3, epsilon=2.5, dp=False)
+    assert FederationConfig.from_run_config(cfg.to_run_config()) == cfg
+    with pytest.raises(ConfigError, match="rounds: 'many' is not a valid int"):
+        FederationConfig.from_run_config({"rounds": "many"})
+    with pytest.raises(ConfigError, match="rounds: 2.5 is not a valid int"):
+        FederationConfig.from_run_config({"rounds": 2.5})
+
+
+def test_pyproject_is_a_flower_app_with_valid_defaults() -> None:
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    app = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    assert app["components"] == {"serverapp": "fl_server.app:app", "clientapp": "fl_client.app:app"}
+    cfg = FederationConfig.from_run_config(app["config"]).validate()
+    assert set(cfg.to_run_config()) == set(app["config"])
+    assert np.isclose(cfg.epsilon, 8.0)
