@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -60,7 +61,7 @@ def baseline(
 @app.command()
 def simulate(
     nodes: Annotated[int, typer.Option(help="Simulated nodes (Flower SuperNodes).")] = 10,
-    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 5,
+    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 8,
     strategy: Annotated[str, typer.Option(help="fedavg, fedprox, fedadam, krum, multikrum, bulyan, median, trimmed-mean.")] = "fedavg",
     epsilon: Annotated[float, typer.Option(help="DP budget per node and task for the whole run.")] = 8.0,
     dp: Annotated[bool, typer.Option("--dp/--no-dp", help="Train with DP-SGD (Opacus).")] = True,
@@ -125,18 +126,147 @@ def _report(run_dir: Path, metrics: dict, compare: bool) -> None:
     console.print(table("global models on the coordinator's held-out set, per round",
                         ["round", *[f"{t} {primary[t]}" for t in tasks], "nodes ok", "declined", "seconds"], rows))
     if comparison:
-        console.print(table("federated vs centralized vs local-only (same epsilon, same test set)",
+        eps = max(v["federated"].get("epsilon", 0.0) for v in comparison.values())
+        rows = [[r[0], r[1].replace(" (higher is better)", " ↑").replace(" (lower is better)", " ↓")
+                 .replace(" (sat/vB, lower is better)", " sat/vB ↓"), *r[2:6],
+                 f"{r[6]:+.1f} %" if isinstance(r[6], float) else "-"] for r in comparison_rows(comparison)]
+        console.print(table(f"federated vs centralized vs local-only (DP, epsilon <= {eps:.2f} each, same test set)",
                             ["task", "metric", "federated", "centralized", "local-only mean", "fed - local",
-                             "fed vs central", "epsilon"], comparison_rows(comparison)))
+                             "fed vs central"], rows))
     last = hist[-1]["nodes"]
-    console.print(table("epsilon spent per node (whole run)", ["node", *[f"{t}" for t in tasks], "transactions (fraud+anomaly)"],
-                        [[n, *[m.get(f"{t}.epsilon", 0.0) for t in tasks], m.get("epsilon-transactions", 0.0)]
-                         for n, m in last.items()]))
+    profiles = json.loads((run_dir / "run.json").read_text()).get("profiles", []) if (run_dir / "run.json").is_file() else []
+
+    def node_name(node_id: str, m: dict) -> str:
+        pid = int(m.get("partition-id", -1))
+        return f"node-{pid} ({profiles[pid]})" if 0 <= pid < len(profiles) else node_id
+
+    console.print(table("epsilon spent per node (whole run)", ["node", *tasks, "transactions (fraud+anomaly)"],
+                        [[node_name(n, m), *[m.get(f"{t}.epsilon", 0.0) for t in tasks], m.get("epsilon-transactions", 0.0)]
+                         for n, m in sorted(last.items(), key=lambda kv: kv[1].get("partition-id", 0))]))
     plots = plot_rounds(metrics, run_dir / "plots")
     html = write_html_report(metrics, comparison, plots, run_dir / "report.html", title=f"anya-fl simulation {run_dir.name}")
     summary = summarize(metrics)
     atomic_write_json(run_dir / "summary.json", summary)
     console.print(f"wrote {run_dir / 'metrics.json'}, {len(plots)} plots in {run_dir / 'plots'}, and {html}")
+
+
+coordinator_app = typer.Typer(help="The coordinator: PKI, the Flower SuperLink, launching runs.", no_args_is_help=True)
+app.add_typer(coordinator_app, name="coordinator")
+
+
+def _flwr_home(role: str) -> Path:
+    import os
+
+    return Path(os.environ.get("FLWR_HOME") or Path.home() / ".anya-fl" / f"flwr-home-{role}")
+
+
+@coordinator_app.command("init")
+def coordinator_init(
+    pki_dir: Annotated[Path, typer.Argument(help="Directory for the CA, the server certificate and node keys.")],
+    nodes: Annotated[int, typer.Option(help="Node key pairs to create.")] = 3,
+    host: Annotated[list[str] | None, typer.Option(help="Host name or IP of the SuperLink (repeatable).")] = None,
+) -> None:
+    """Create the CA, the SuperLink's TLS certificate and one SuperNode key pair per node."""
+    from core.pki import init_pki
+
+    pki = init_pki(pki_dir, nodes, host or None)
+    console.print(f"wrote the CA and server certificate for {', '.join(pki['hosts'])} in {pki_dir}")
+    for n in pki["nodes"]:
+        console.print(f"  {n['name']}: give the operator {pki['ca_cert']} and {n['key']} (private, over a secure channel)")
+    console.print(f"`anya-fl coordinator start {pki_dir}` registers every key in {pki_dir / 'nodes'} with the SuperLink.")
+
+
+@coordinator_app.command("start")
+def coordinator_start(
+    pki_dir: Annotated[Path | None, typer.Argument(help="PKI directory from `coordinator init` (omit with --insecure).")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
+    port: Annotated[int, typer.Option(help="SuperLink port (Fleet, Control and ServerAppIo APIs).")] = 9092,
+    address: Annotated[str | None, typer.Option(help="Address the CLI uses to reach it (default 127.0.0.1:PORT).")] = None,
+    insecure: Annotated[bool, typer.Option(help="No TLS, no node authentication (local trials only).")] = False,
+    name: Annotated[str, typer.Option(help="Connection name written to FLWR_HOME/config.toml.")] = "anya",
+) -> None:
+    """Run the Flower SuperLink in the foreground (TLS and SuperNode authentication by default)."""
+    from anya_fl.deployment import register_node, start_superlink, stop_process, write_connection
+    from core.errors import ConfigError
+
+    if not insecure and pki_dir is None:
+        raise ConfigError("pki-dir", "is required unless --insecure; create one with `anya-fl coordinator init DIR`")
+    home = _flwr_home("coordinator")
+    home.mkdir(parents=True, exist_ok=True)
+    link = start_superlink(host, port, home, home / "superlink.log", pki_dir=pki_dir, insecure=insecure,
+                           database=home / "superlink-state.db",
+                           warn=lambda m: err_console.print(f"[yellow]{escape(m)}[/yellow]", soft_wrap=True))
+    try:
+        write_connection(home, name, address or f"127.0.0.1:{port}", insecure=insecure,
+                         root_certificates=None if insecure else pki_dir / "ca.pem", default=True)
+        if not insecure:
+            for pub in sorted((pki_dir / "nodes").glob("*.pub")):
+                register_node(home, name, pub, superlink=link)
+                console.print(f"registered {pub.name}")
+        console.print(f"SuperLink running (pid {link.pid}, log {home / 'superlink.log'}); Ctrl-C stops it")
+        link.wait()
+    finally:
+        stop_process(link)
+
+
+@coordinator_app.command("run")
+def coordinator_run(
+    run_dir: Annotated[Path, typer.Option(help="Where checkpoints, metrics and the report go.")] = Path("runs/coordinator"),
+    data_dir: Annotated[Path, typer.Option(help="Holds the coordinator's held-out set (<data-dir>/coordinator).")] = Path("runs/coordinator/data"),
+    name: Annotated[str, typer.Option(help="Connection name in FLWR_HOME/config.toml.")] = "anya",
+    nodes: Annotated[int, typer.Option(help="Nodes expected in the federation.")] = 3,
+    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 8,
+    strategy: Annotated[str, typer.Option(help="Aggregation strategy.")] = "fedavg",
+    min_nodes: Annotated[int, typer.Option(help="Nodes that must take part in each round.")] = 2,
+    epsilon: Annotated[float, typer.Option(help="DP budget per node and task for the whole run.")] = 8.0,
+    local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the models and of the simulated held-out set.")] = 0,
+) -> None:
+    """Launch a federated run on the running SuperLink and wait for it; then write the report."""
+    from anya_fl.deployment import launch_run, prepare_coordinator_data
+    from core.fedconfig import FederationConfig
+
+    cfg = FederationConfig(nodes=nodes, rounds=rounds, strategy=strategy, min_nodes=min_nodes, epsilon=epsilon,
+                           local_epochs=local_epochs, seed=seed, run_dir=str(run_dir.resolve()),
+                           data_dir=str(data_dir.resolve()), run_name=run_dir.name).validate()
+    prepare_coordinator_data(Path(cfg.data_dir), cfg.transactions, cfg.seed)
+    with progress() as prog:
+        job = prog.add_task("waiting for the run", total=cfg.rounds)
+
+        def show(state: dict) -> None:
+            done = state["round"] - (0 if state["phase"] == "done" else 1)
+            prog.update(job, completed=done, description=f"round {state['round']}/{cfg.rounds}: {state['phase']}")
+
+        metrics = launch_run(_flwr_home("coordinator"), name, cfg, log_file=run_dir / "flwr-run.log", on_progress=show)
+    _report(run_dir, metrics, compare=False)
+
+
+@app.command()
+def node(
+    superlink: Annotated[str, typer.Option(help="The coordinator's SuperLink, HOST:PORT.")],
+    data_dir: Annotated[Path, typer.Option(help="This node's dataset directory (from `anya-fl data`).")],
+    ca: Annotated[Path | None, typer.Option(help="The coordinator's CA certificate (ca.pem).")] = None,
+    key: Annotated[Path | None, typer.Option(help="This node's private key (node-<i>.key).")] = None,
+    insecure: Annotated[bool, typer.Option(help="No TLS, no authentication (local trials only).")] = False,
+) -> None:
+    """Join a federation: run a Flower SuperNode that trains on this node's data (it never leaves)."""
+    from anya_fl.deployment import start_supernode, stop_process
+    from core.errors import ConfigError
+    from fl_client.node_data import load_node_data
+
+    if not insecure and (ca is None or key is None):
+        raise ConfigError("ca/key", "both --ca and --key are required unless --insecure")
+    load_node_data(data_dir)  # fail now, with a clear message, rather than inside the first round
+    home = _flwr_home("node")
+    home.mkdir(parents=True, exist_ok=True)
+    proc = start_supernode(superlink, home, home / "supernode.log", data_dir=data_dir.resolve(), root_certificates=ca,
+                           private_key=key, insecure=insecure,
+                           warn=lambda m: err_console.print(f"[yellow]{escape(m)}[/yellow]", soft_wrap=True))
+    console.print(f"SuperNode running (pid {proc.pid}, log {home / 'supernode.log'}); Ctrl-C stops it")
+    try:
+        proc.wait()
+    finally:
+        stop_process(proc)
 
 
 @app.command()

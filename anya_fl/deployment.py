@@ -378,13 +378,11 @@ def wait_for_nodes(flwr_home: Path, connection: str, count: int, *, timeout: flo
 def prepare_coordinator_data(data_dir: Path, transactions: int, seed: int) -> Path:
     """Write the coordinator's held-out dataset at ``<data_dir>/coordinator`` unless it exists."""
     target = Path(data_dir) / "coordinator"
-    if (target / "manifest.json").is_file():
-        return target
-    from core.data.chain import ChainConfig, simulate_chain
-    from core.data.datasets import save_dataset, task_arrays
+    if not (target / "manifest.json").is_file():
+        from core.data.datasets import write_federation_data
 
-    chain = simulate_chain(ChainConfig(n_transactions=transactions, seed=seed))
-    return save_dataset(target, task_arrays(chain), {"seed": seed, "transactions": transactions, "role": "coordinator"})
+        write_federation_data(data_dir, transactions, seed, nodes=1)
+    return target
 
 
 def write_run_config(cfg: FederationConfig, path: Path) -> Path:

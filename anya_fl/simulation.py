@@ -16,8 +16,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from core.data.chain import ChainConfig, simulate_chain
-from core.data.datasets import partition_nodes, save_dataset, task_arrays
+from anya_fl.deployment import flower_process_env, project_root
+from core.data.datasets import write_federation_data
 from core.errors import AnyaError, ConfigError, DatasetError
 from core.fedconfig import FederationConfig
 from core.storage import atomic_write_json
@@ -26,14 +26,11 @@ RUN_FILE = "run.json"
 
 
 def flower_env(run_dir: Path) -> dict[str, str]:
-    """Environment for Flower processes: telemetry and update checks off, FLWR_HOME under the run."""
-    env = dict(os.environ)
-    env.setdefault("FLWR_HOME", str((run_dir / "flwr-home").resolve()))
+    """Environment of the simulation process: Flower's (FLWR_HOME under the run unless set) plus one
+    thread per simulated node, so that nodes sharing the cores do not oversubscribe them."""
+    env = flower_process_env(Path(os.environ.get("FLWR_HOME") or run_dir / "flwr-home"), task_poll_s=None)
     env.update({
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "OMP_NUM_THREADS": "1",  # one simulated node per core: no thread oversubscription
+        "OMP_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
         "OPENBLAS_NUM_THREADS": "1",
         "RAY_DEDUP_LOGS": "0",
@@ -42,27 +39,14 @@ def flower_env(run_dir: Path) -> dict[str, str]:
     return env
 
 
-def project_root() -> Path:
-    """The directory holding pyproject.toml (the Flower App manifest)."""
-    return Path(__file__).resolve().parent.parent
-
-
 def prepare_run(cfg: FederationConfig, run_dir: Path) -> FederationConfig:
     """Create the run directory with its config and data; return the config bound to it."""
     if (run_dir / RUN_FILE).exists():
         raise ConfigError("run-dir", f"{run_dir} already holds a run; use --resume {run_dir} or another directory")
-    run_dir.mkdir(parents=True, exist_ok=True)
     data_dir = run_dir / "data"
     cfg = replace(cfg, run_dir=str(run_dir.resolve()), data_dir=str(data_dir.resolve()), run_name=run_dir.name).validate()
-    chain = simulate_chain(ChainConfig(n_transactions=cfg.transactions, seed=cfg.seed))
-    info = {"seed": cfg.seed, "transactions": cfg.transactions}
-    save_dataset(data_dir / "coordinator", task_arrays(chain), {**info, "role": "coordinator"})
-    shards = partition_nodes(chain, cfg.nodes, cfg.seed)
-    for shard in shards:
-        save_dataset(data_dir / f"node-{shard.node_id}", task_arrays(chain, shard.tx_index, shard.snapshot_index),
-                     {**info, "node_id": shard.node_id, "profile": shard.profile})
-    atomic_write_json(run_dir / RUN_FILE, {"config": cfg.to_run_config(),
-                                           "profiles": [s.profile for s in shards]})
+    profiles = write_federation_data(data_dir, cfg.transactions, cfg.seed, cfg.nodes, cfg.task_list)
+    atomic_write_json(run_dir / RUN_FILE, {"config": cfg.to_run_config(), "profiles": profiles})
     return cfg
 
 

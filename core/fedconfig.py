@@ -21,7 +21,7 @@ TASK_NAMES = ("fraud", "fee", "anomaly")
 class FederationConfig:
     """Everything a federated run needs; defaults are the simulation's defaults."""
 
-    rounds: int = 5
+    rounds: int = 8
     nodes: int = 10  # nodes expected in the federation (simulation: SuperNodes started)
     strategy: str = "fedavg"
     min_nodes: int = 2  # nodes that must take part in a round (train and evaluate)

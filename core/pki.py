@@ -33,17 +33,13 @@ _CURVE = ec.SECP384R1
 
 
 def _write_private(path: Path, data: bytes) -> Path:
-    """Write a private key atomically, readable by its owner only (mkstemp creates it 0600)."""
-    atomic_write_bytes(path, data)
-    os.chmod(path, 0o600)
-    return path
+    """Write a private key atomically, readable by its owner only."""
+    return atomic_write_bytes(path, data, mode=0o600)
 
 
 def _write_public(path: Path, data: bytes) -> Path:
-    """Write a certificate or public key atomically, world-readable (mkstemp would leave it 0600)."""
-    atomic_write_bytes(path, data)
-    os.chmod(path, 0o644)
-    return path
+    """Write a certificate or public key atomically, world-readable."""
+    return atomic_write_bytes(path, data, mode=0o644)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:

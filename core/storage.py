@@ -16,14 +16,15 @@ from typing import Any
 import numpy as np
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically and durably."""
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> Path:
+    """Write ``data`` to ``path`` atomically and durably, with permission bits ``mode``."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+            os.fchmod(fh.fileno(), mode)  # mkstemp creates 0600; set the final mode before the file appears
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)

@@ -18,7 +18,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.serverapp import Grid, ServerApp
 
-from core.data.datasets import load_dataset
+from core.data.datasets import load_dataset, write_federation_data
 from core.errors import ConfigError
 from core.fedconfig import FederationConfig
 from core.storage import atomic_write_json
@@ -89,6 +89,9 @@ def run_federation(grid: Grid, cfg: FederationConfig) -> list[dict[str, Any]]:
     if not cfg.data_dir:
         raise ConfigError("data-dir", "is empty: the coordinator needs its held-out dataset at <data-dir>/coordinator")
     run_dir = Path(cfg.run_dir)
+    if not (Path(cfg.data_dir) / "coordinator").exists():
+        # `flwr run .` without prepared data: simulate the chain and deal it to the simulated nodes first
+        write_federation_data(cfg.data_dir, cfg.transactions, cfg.seed, cfg.nodes, cfg.task_list)
     held_out, _ = load_dataset(Path(cfg.data_dir) / "coordinator")
     tasks = cfg.task_list
     models = {t: build_model(t, seed=cfg.seed) for t in tasks}

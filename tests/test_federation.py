@@ -18,7 +18,7 @@ from core.fedconfig import FederationConfig
 from fl_client.node_data import load_node_data, node_data_dir
 from fl_server.checkpoint import load_checkpoint, weights_digest
 
-SMALL = ["--nodes", "3", "--rounds", "4", "--transactions", "20000", "--local-epochs", "1", "--no-compare"]
+SMALL = ["--nodes", "3", "--rounds", "4", "--transactions", "40000", "--local-epochs", "1", "--no-compare"]
 
 
 def anya(args: list[str], env: dict, **kw) -> subprocess.CompletedProcess:
@@ -89,6 +89,12 @@ def test_config_errors_stop_before_any_round(args, message, tmp_path, env) -> No
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert not run.exists()
+
+
+def test_too_small_a_chain_is_refused_before_any_round(tmp_path, env) -> None:
+    proc = anya(["simulate", "--transactions", "3000", "--run-dir", str(tmp_path / "run")], env, timeout=120)
+    assert proc.returncode == 2 and "transactions: 3,000 transactions leave only" in proc.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_resume_of_a_directory_that_is_no_run(tmp_path, env) -> None:

@@ -162,3 +162,28 @@ def load_dataset(directory: str | Path) -> tuple[dict[str, TaskSplits], dict]:
                 y={s: z[f"{task}.y.{s}"] for s in SPLITS},
             )
     return out, manifest
+
+
+def write_federation_data(data_dir: str | Path, transactions: int, seed: int, nodes: int,
+                          tasks: tuple[str, ...] = TASKS) -> list[str]:
+    """Simulate a chain and write ``coordinator`` (held-out set) and ``node-<i>`` datasets; return profiles.
+
+    Refuses a chain too small to give every task rows in every split.
+    """
+    from core.data.chain import ChainConfig, simulate_chain
+
+    d = Path(data_dir)
+    chain = simulate_chain(ChainConfig(n_transactions=transactions, seed=seed))
+    held_out = task_arrays(chain)
+    for task in tasks:
+        for split in SPLITS:
+            if held_out[task].size(split) < 20:
+                raise ConfigError("transactions", f"{transactions:,} transactions leave only {held_out[task].size(split)} "
+                                  f"{task} rows in the {split} split (a chain of {chain.n_blocks} blocks); use more")
+    info = {"seed": seed, "transactions": transactions}
+    save_dataset(d / "coordinator", held_out, {**info, "role": "coordinator"})
+    shards = partition_nodes(chain, nodes, seed)
+    for shard in shards:
+        save_dataset(d / f"node-{shard.node_id}", task_arrays(chain, shard.tx_index, shard.snapshot_index),
+                     {**info, "node_id": shard.node_id, "profile": shard.profile})
+    return [s.profile for s in shards]
