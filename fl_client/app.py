@@ -8,8 +8,11 @@ and resumed runs. A node whose budget is spent declines with an error reply that
 
 from __future__ import annotations
 
+import functools
 import time
 import zlib
+from collections.abc import Callable
+from pathlib import Path
 
 from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -24,32 +27,50 @@ app = ClientApp()
 DECLINED = 4100  # error code of a node that declines to train (reason in the message)
 
 
-def _node_seed(cfg: FederationConfig, data_dir: str, server_round: int) -> int:
-    return (cfg.seed * 1_000_003 + zlib.crc32(data_dir.encode()) + server_round * 7919) % (2**31)
+def _node_seed(cfg: FederationConfig, data_dir: Path, server_round: int) -> int:
+    """Seed of a node's training in a round: from the run seed, the node's dataset name and the round
+    (not the full path, so the same seed gives the same models wherever the run directory is)."""
+    return (cfg.seed * 1_000_003 + zlib.crc32(data_dir.name.encode()) + server_round * 7919) % (2**31)
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    """Train every task for ``local-epochs`` with DP; reply with the new weights and the metrics."""
-    try:
-        return _train(msg, context)
-    except AnyaError as exc:
-        return Message(Error(code=DECLINED, reason=str(exc)), reply_to=msg)
+def _declines_with_reason(handler: Callable[[Message, Context], Message]) -> Callable[[Message, Context], Message]:
+    """A user-facing error (bad config, missing data, spent budget) becomes an error reply saying why."""
+
+    @functools.wraps(handler)
+    def wrapped(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except AnyaError as exc:
+            return Message(Error(code=DECLINED, reason=str(exc)), reply_to=msg)
+
+    return wrapped
 
 
-def _train(msg: Message, context: Context) -> Message:
-    from models.params import pack, unpack_into
-    from models.tasks import build_model, task_spec
-    from models.training import BudgetExhausted, DPConfig, TrainConfig, epsilon_spent
-    from models.training import train as train_model
+def _setup(msg: Message, context: Context) -> tuple[FederationConfig, Path, dict, dict]:
+    """Run settings, the node's data and the global models from the message."""
+    from models.params import unpack_into
+    from models.tasks import build_model
 
     cfg = FederationConfig.from_run_config(context.run_config).validate()
     data_dir = node_data_dir(context.node_config, cfg.data_dir)
     data = load_node_data(data_dir)
-    server_round = int(msg.content["config"]["server-round"])
-    seed = _node_seed(cfg, str(data_dir), server_round)
     models = {t: build_model(t, seed=cfg.seed) for t in cfg.task_list}
     unpack_into(models, msg.content["arrays"].to_torch_state_dict())
+    return cfg, data_dir, data, models
+
+
+@app.train()
+@_declines_with_reason
+def train(msg: Message, context: Context) -> Message:
+    """Train every task for ``local-epochs`` with DP; reply with the new weights and the metrics."""
+    from models.params import pack
+    from models.tasks import task_spec
+    from models.training import BudgetExhausted, DPConfig, TrainConfig, epsilon_spent
+    from models.training import train as train_model
+
+    cfg, data_dir, data, models = _setup(msg, context)
+    server_round = int(msg.content["config"]["server-round"])
+    seed = _node_seed(cfg, data_dir, server_round)
     ledger = AccountantLedger(data_dir, cfg.run_name)
 
     metrics: dict[str, float] = {"num-examples": float(data["fraud"].size("train") if "fraud" in data else 0),
@@ -88,25 +109,14 @@ def _train(msg: Message, context: Context) -> Message:
 
 
 @app.evaluate()
+@_declines_with_reason
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the global models on the node's local test split (losses and the fee hit rate)."""
-    try:
-        return _evaluate(msg, context)
-    except AnyaError as exc:
-        return Message(Error(code=DECLINED, reason=str(exc)), reply_to=msg)
-
-
-def _evaluate(msg: Message, context: Context) -> Message:
     import torch
 
-    from models.params import unpack_into
-    from models.tasks import build_model, infer, task_spec
+    from models.tasks import infer, task_spec
 
-    cfg = FederationConfig.from_run_config(context.run_config).validate()
-    data_dir = node_data_dir(context.node_config, cfg.data_dir)
-    data = load_node_data(data_dir)
-    models = {t: build_model(t, seed=cfg.seed) for t in cfg.task_list}
-    unpack_into(models, msg.content["arrays"].to_torch_state_dict())
+    _, _, data, models = _setup(msg, context)
     metrics: dict[str, float] = {"num-examples": float(data["fraud"].size("test") if "fraud" in data else 0)}
     for task, model in models.items():
         split = data[task]

@@ -9,6 +9,7 @@ evaluates the global models on its held-out set and writes a checkpoint atomical
 from __future__ import annotations
 
 import json
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,14 @@ def _restore_strategy(strategy: Any, state: dict[str, np.ndarray]) -> None:
 
 def _progress(run_dir: Path, **fields: Any) -> None:
     atomic_write_json(run_dir / "progress.json", {**fields, "updated": time.time()})
+
+
+def _reply_order(m: Message) -> tuple[float, int]:
+    """Aggregate in a fixed order (by partition, then node id), not arrival order: sums are order-sensitive."""
+    if not m.has_error():
+        rec = next(iter(m.content.metric_records.values()), {})
+        return float(rec.get("partition-id", float("inf"))), int(m.metadata.src_node_id)
+    return float("inf"), int(m.metadata.src_node_id)
 
 
 def _node_rows(replies: list[Message]) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
@@ -115,8 +124,9 @@ def run_federation(grid: Grid, cfg: FederationConfig) -> list[dict[str, Any]]:
     for rnd in range(start, cfg.rounds + 1):
         t0 = time.perf_counter()
         _progress(run_dir, round=rnd, rounds=cfg.rounds, phase="train")
+        random.seed(cfg.seed * 7919 + rnd)  # Flower samples nodes with the `random` module
         messages = list(strategy.configure_train(rnd, arrays, ConfigRecord({}), grid))
-        replies = list(grid.send_and_receive(messages=messages, timeout=cfg.round_timeout))
+        replies = sorted(grid.send_and_receive(messages=messages, timeout=cfg.round_timeout), key=_reply_order)
         nodes, failed = _node_rows(replies)
         aggregated, train_metrics = strategy.aggregate_train(rnd, replies)
         if aggregated is not None:

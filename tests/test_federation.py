@@ -74,6 +74,17 @@ def test_kill_after_round_two_then_resume(tmp_path, env) -> None:
     assert (run / "report.html").is_file() and list((run / "plots").glob("*.png"))
 
 
+def test_same_seed_same_models_wherever_the_run_lives(tmp_path, env) -> None:
+    digests = []
+    for name in ("a", "b"):
+        run = tmp_path / name
+        proc = anya(["simulate", "--nodes", "3", "--rounds", "2", "--transactions", "40000", "--local-epochs", "1",
+                     "--no-compare", "--run-dir", str(run)], env, timeout=400)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        digests.append(weights_digest(load_checkpoint(run).models))
+    assert digests[0] == digests[1]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
