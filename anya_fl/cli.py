@@ -248,6 +248,7 @@ def node(
     ca: Annotated[Path | None, typer.Option(help="The coordinator's CA certificate (ca.pem).")] = None,
     key: Annotated[Path | None, typer.Option(help="This node's private key (node-<i>.key).")] = None,
     insecure: Annotated[bool, typer.Option(help="No TLS, no authentication (local trials only).")] = False,
+    fast_poll: Annotated[bool, typer.Option(help="Experimental: cap Flower's 3 s SuperNode poll at 0.2 s.")] = False,
 ) -> None:
     """Join a federation: run a Flower SuperNode that trains on this node's data (it never leaves)."""
     from anya_fl.deployment import start_supernode, stop_process
@@ -260,7 +261,7 @@ def node(
     home = _flwr_home("node")
     home.mkdir(parents=True, exist_ok=True)
     proc = start_supernode(superlink, home, home / "supernode.log", data_dir=data_dir.resolve(), root_certificates=ca,
-                           private_key=key, insecure=insecure,
+                           private_key=key, insecure=insecure, fast=fast_poll,
                            warn=lambda m: err_console.print(f"[yellow]{escape(m)}[/yellow]", soft_wrap=True))
     console.print(f"SuperNode running (pid {proc.pid}, log {home / 'supernode.log'}); Ctrl-C stops it")
     try:
