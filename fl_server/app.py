@@ -24,6 +24,7 @@ from core.errors import ConfigError
 from core.fedconfig import FederationConfig
 from core.storage import atomic_write_json
 from fl_server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, weights_digest
+from fl_server.prompt_grid import PromptGrid
 from fl_server.strategies import STATEFUL_ATTRS, build_strategy
 from models.params import pack, unpack_into
 from models.tasks import build_model, evaluate_held_out
@@ -88,7 +89,7 @@ def _node_rows(replies: list[Message]) -> tuple[dict[str, dict[str, float]], lis
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = FederationConfig.from_run_config(context.run_config).validate()
-    run_federation(grid, cfg)
+    run_federation(PromptGrid(grid), cfg)
 
 
 def run_federation(grid: Grid, cfg: FederationConfig) -> list[dict[str, Any]]:
