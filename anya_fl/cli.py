@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -221,15 +222,19 @@ def coordinator_run(
     epsilon: Annotated[float, typer.Option(help="DP budget per node and task for the whole run.")] = 8.0,
     local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = 5,
     seed: Annotated[int, typer.Option(help="Seed of the models and of the simulated held-out set.")] = 0,
+    wait_nodes: Annotated[float, typer.Option(help="Seconds to wait for min-nodes SuperNodes before giving up.")] = 300.0,
 ) -> None:
     """Launch a federated run on the running SuperLink and wait for it; then write the report."""
-    from anya_fl.deployment import launch_run, prepare_coordinator_data
+    from anya_fl.deployment import launch_run, prepare_coordinator_data, wait_for_nodes
     from core.fedconfig import FederationConfig
 
     cfg = FederationConfig(nodes=nodes, rounds=rounds, strategy=strategy, min_nodes=min_nodes, epsilon=epsilon,
                            local_epochs=local_epochs, seed=seed, run_dir=str(run_dir.resolve()),
                            data_dir=str(data_dir.resolve()), run_name=run_dir.name).validate()
     prepare_coordinator_data(Path(cfg.data_dir), cfg.transactions, cfg.seed)
+    with console.status(f"waiting for {cfg.min_nodes} SuperNodes to come online (up to {wait_nodes:.0f} s)"):
+        online = wait_for_nodes(_flwr_home("coordinator"), name, cfg.min_nodes, timeout=wait_nodes)
+    console.print(f"{len(online)} SuperNodes online")
     with progress() as prog:
         job = prog.add_task("waiting for the run", total=cfg.rounds)
 
@@ -322,8 +327,13 @@ def bench(
         console.print(f"wrote {json_out}")
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # run `finally` blocks: the processes we started are stopped by PID
+
+
 def main() -> None:
-    """Entry point: user errors print one line, never a traceback."""
+    """Entry point: user errors print one line, never a traceback; SIGTERM stops what we started."""
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         app()
     except AnyaError as exc:
