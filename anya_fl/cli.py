@@ -121,7 +121,8 @@ def _report(run_dir: Path, metrics: dict, compare: bool) -> None:
         atomic_write_json(run_dir / "comparison.json", comparison)
     hist = metrics["history"]
     tasks = [t for t in ("fraud", "fee", "anomaly") if t in hist[-1]["global"]]
-    primary = {"fraud": "pr_auc", "fee": "hit_rate", "anomaly": "roc_auc"}
+    from core.scoring import PRIMARY_METRIC as primary
+
     rows = [[h["round"], *[h["global"][t][primary[t]] for t in tasks], h["nodes_replied"], len(h["nodes_failed"]),
              round(h["seconds"], 1)] for h in hist]
     console.print(table("global models on the coordinator's held-out set, per round",

@@ -192,15 +192,15 @@ def node_config_arg(config: dict[str, Any]) -> str:
 
 def start_supernode(superlink: str, flwr_home: Path, log_file: Path, *, data_dir: Path,
                     root_certificates: Path | None = None, private_key: Path | None = None,
-                    insecure: bool = False, port: int | None = None, fast: bool = True,
+                    insecure: bool = False, port: int | None = None, fast: bool = False,
                     task_poll_s: float | None = FAST_TASK_POLL_S, max_retries: int | None = None,
                     max_wait_time: float | None = None, node_config: dict[str, Any] | None = None,
                     warn: Callable[[str], None] | None = None) -> subprocess.Popen:
     """Start a SuperNode connected to ``superlink`` (host:port) that trains on ``data_dir``.
 
     ``port`` is the node's local runtime API port (a free one when None; it must differ between
-    SuperNodes on one host). ``fast`` runs it through :mod:`anya_fl.fast_supernode` (caps Flower's
-    hardcoded 3 s idle poll). ``max_retries`` / ``max_wait_time`` make it exit instead of retrying
+    SuperNodes on one host). ``fast`` (opt-in) runs it through :mod:`anya_fl.fast_supernode` (caps
+    Flower's hardcoded 3 s idle poll; no gain measured on 2 cores). ``max_retries`` / ``max_wait_time`` make it exit instead of retrying
     forever when it cannot connect or is refused (exit code 305 for an unregistered key).
     """
     flwr_home = check_flwr_home(flwr_home)

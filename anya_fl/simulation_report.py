@@ -15,9 +15,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from core.scoring import PRIMARY_METRIC
 from core.storage import atomic_write_bytes
 
-PRIMARY = {"fraud": "pr_auc", "fee": "hit_rate", "anomaly": "roc_auc"}
+PRIMARY = PRIMARY_METRIC
 
 # Metrics of the comparison table, per task; lower is better for overpayment and the pinball loss.
 COMPARISON_METRICS: dict[str, list[str]] = {

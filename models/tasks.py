@@ -168,7 +168,6 @@ class TaskSpec:
     epochs: int
     batch_size: int
     lr: float
-    primary_metric: str
 
     @property
     def schema(self) -> Schema:
@@ -176,9 +175,9 @@ class TaskSpec:
 
 
 TASK_SPECS: dict[str, TaskSpec] = {
-    "fraud": TaskSpec("fraud", FraudNet, fraud_loss, "fraud_probability", 10, 512, 2e-3, "pr_auc"),
-    "fee": TaskSpec("fee", FeeNet, fee_loss, "fee_rate_sat_vb", 30, 256, 3e-3, "hit_rate"),
-    "anomaly": TaskSpec("anomaly", AnomalyAE, anomaly_loss, "anomaly_score", 10, 512, 2e-3, "roc_auc"),
+    "fraud": TaskSpec("fraud", FraudNet, fraud_loss, "fraud_probability", 10, 512, 2e-3),
+    "fee": TaskSpec("fee", FeeNet, fee_loss, "fee_rate_sat_vb", 30, 256, 3e-3),
+    "anomaly": TaskSpec("anomaly", AnomalyAE, anomaly_loss, "anomaly_score", 10, 512, 2e-3),
 }
 
 
