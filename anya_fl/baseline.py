@@ -20,8 +20,8 @@ from core.data.datasets import TASKS, TaskSplits, task_arrays
 from core.data.replay import bucket_estimates
 from core.errors import ConfigError
 from core.storage import atomic_write_json
-from models.tasks import build_model, evaluate_held_out, evaluate_outputs, task_spec
-from models.training import DPConfig, TrainConfig, train
+from models.tasks import evaluate_outputs, task_spec, train_recipe
+from models.training import DPConfig
 
 # metrics shown per task, in order, with their column headings
 TABLE_METRICS: dict[str, dict[str, str]] = {
@@ -55,14 +55,8 @@ class BaselineConfig:
 
 
 def _train_variant(task: str, data: TaskSplits, cfg: BaselineConfig, epsilon: float | None) -> dict[str, Any]:
-    spec = task_spec(task)
-    model = build_model(task, seed=cfg.seed)
     dp = DPConfig(target_epsilon=epsilon, delta=cfg.delta, max_grad_norm=cfg.max_grad_norm) if epsilon else None
-    tc = TrainConfig(epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr, seed=cfg.seed, device=cfg.device, dp=dp)
-    x_tr = data.x["train"]
-    y_tr = x_tr if task == "anomaly" else data.y["train"]
-    result = train(model, spec.loss, x_tr, y_tr, tc)
-    metrics = evaluate_held_out(task, model, data)
+    metrics, result = train_recipe(task, data, data, model_seed=cfg.seed, seed=cfg.seed, dp=dp, device=cfg.device)
     return {
         "model": "MLP" if task != "anomaly" else "autoencoder",
         "private": epsilon is not None,

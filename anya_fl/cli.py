@@ -96,16 +96,21 @@ def simulate(
             cfg = prepare_run(cfg, target)
     t0 = _time.perf_counter()
     with progress() as prog:
-        job = prog.add_task("starting Flower (Ray)", total=cfg.rounds)
-
-        def show(state: dict) -> None:
-            done = state["round"] - (0 if state["phase"] == "done" else 1)
-            prog.update(job, completed=done, description=f"round {state['round']}/{cfg.rounds}: {state['phase']}")
-
-        rc = run_flower(target, show)
+        rc = run_flower(target, _round_display(prog, "starting Flower (Ray)", cfg.rounds))
     metrics = check_finished(target, rc)
     console.print(f"federation finished in {_time.perf_counter() - t0:.0f} s")
     _report(target, metrics, compare)
+
+
+def _round_display(prog, first: str, rounds: int):
+    """A progress bar over rounds, fed the ServerApp's progress.json states."""
+    job = prog.add_task(first, total=rounds)
+
+    def show(state: dict) -> None:
+        done = state["round"] - (0 if state["phase"] == "done" else 1)
+        prog.update(job, completed=done, description=f"round {state['round']}/{rounds}: {state['phase']}")
+
+    return show
 
 
 def _report(run_dir: Path, metrics: dict, compare: bool) -> None:
@@ -237,13 +242,8 @@ def coordinator_run(
         online = wait_for_nodes(_flwr_home("coordinator"), name, cfg.min_nodes, timeout=wait_nodes)
     console.print(f"{len(online)} SuperNodes online")
     with progress() as prog:
-        job = prog.add_task("waiting for the run", total=cfg.rounds)
-
-        def show(state: dict) -> None:
-            done = state["round"] - (0 if state["phase"] == "done" else 1)
-            prog.update(job, completed=done, description=f"round {state['round']}/{cfg.rounds}: {state['phase']}")
-
-        metrics = launch_run(_flwr_home("coordinator"), name, cfg, log_file=run_dir / "flwr-run.log", on_progress=show)
+        metrics = launch_run(_flwr_home("coordinator"), name, cfg, log_file=run_dir / "flwr-run.log",
+                             on_progress=_round_display(prog, "waiting for the run", cfg.rounds))
     _report(run_dir, metrics, compare=False)
 
 

@@ -16,22 +16,17 @@ from typing import Any
 
 from core.data.datasets import TaskSplits, load_dataset
 from core.fedconfig import FederationConfig
-from models.tasks import build_model, evaluate_held_out, task_spec
-from models.training import DPConfig, TrainConfig, train
+from models.tasks import train_recipe
+from models.training import DPConfig
 
 PRIMARY = {"fraud": ["pr_auc"], "fee": ["pinball_loss", "hit_rate", "median_overpay_sat_vb"], "anomaly": ["roc_auc"]}
 
 
 def _fit(task: str, train_rows: TaskSplits, held_out: TaskSplits, cfg: FederationConfig, seed: int) -> dict[str, float]:
-    spec = task_spec(task)
-    model = build_model(task, seed=cfg.seed)
-    x = train_rows.x["train"]
-    y = x if task == "anomaly" else train_rows.y["train"]
     dp = (DPConfig(target_epsilon=cfg.epsilon, delta=cfg.delta, max_grad_norm=cfg.max_grad_norm, accountant=cfg.accountant)
           if cfg.dp else None)
-    result = train(model, spec.loss, x, y, TrainConfig(epochs=spec.epochs, batch_size=spec.batch_size,
-                                                       lr=spec.lr, seed=seed, dp=dp))
-    return {**evaluate_held_out(task, model, held_out), "epsilon": result.epsilon or 0.0}
+    metrics, result = train_recipe(task, train_rows, held_out, model_seed=cfg.seed, seed=seed, dp=dp)
+    return {**metrics, "epsilon": result.epsilon or 0.0}
 
 
 def compare(run_dir: Path, metrics: dict[str, Any], progress=None) -> dict[str, Any]:

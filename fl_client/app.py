@@ -64,7 +64,7 @@ def _setup(msg: Message, context: Context) -> tuple[FederationConfig, Path, dict
 def train(msg: Message, context: Context) -> Message:
     """Train every task for ``local-epochs`` with DP; reply with the new weights and the metrics."""
     from models.params import pack
-    from models.tasks import task_spec
+    from models.tasks import targets, task_spec
     from models.training import BudgetExhausted, DPConfig, TrainConfig, epsilon_spent
     from models.training import train as train_model
 
@@ -79,8 +79,7 @@ def train(msg: Message, context: Context) -> Message:
     for task in cfg.task_list:
         spec = task_spec(task)
         split = data[task]
-        x = split.x["train"]
-        y = x if task == "anomaly" else split.y["train"]
+        x, y = split.x["train"], targets(task, split, "train")
         dp = None
         if cfg.dp:
             spent = epsilon_spent(ledger.get(task), cfg.delta)
@@ -114,14 +113,13 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Score the global models on the node's local test split (losses and the fee hit rate)."""
     import torch
 
-    from models.tasks import infer, task_spec
+    from models.tasks import infer, targets, task_spec
 
     _, _, data, models = _setup(msg, context)
     metrics: dict[str, float] = {"num-examples": float(data["fraud"].size("test") if "fraud" in data else 0)}
     for task, model in models.items():
         split = data[task]
-        x = split.x["test"]
-        y = x if task == "anomaly" else split.y["test"]
+        x, y = split.x["test"], targets(task, split, "test")
         with torch.no_grad():
             model.eval()
             out = model(torch.from_numpy(x))

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.serverapp import Grid, ServerApp
 
@@ -26,21 +25,10 @@ from core.storage import atomic_write_json
 from fl_server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, weights_digest
 from fl_server.prompt_grid import PromptGrid
 from fl_server.strategies import STATEFUL_ATTRS, build_strategy
-from models.params import pack, unpack_into
+from models.params import full_state, load_full_state, pack, unpack_into
 from models.tasks import build_model, evaluate_held_out
 
 app = ServerApp()
-
-
-def _full_state(models: dict[str, torch.nn.Module]) -> dict[str, np.ndarray]:
-    return {f"{t}.{k}": v.detach().cpu().numpy() for t, m in models.items() for k, v in m.state_dict().items()}
-
-
-def _load_full_state(models: dict[str, torch.nn.Module], state: dict[str, np.ndarray]) -> None:
-    for task, model in models.items():
-        prefix = f"{task}."
-        sd = {k[len(prefix):]: torch.from_numpy(np.array(v)) for k, v in state.items() if k.startswith(prefix)}
-        model.load_state_dict(sd)
 
 
 def _strategy_state(strategy: Any) -> dict[str, np.ndarray]:
@@ -112,13 +100,13 @@ def run_federation(grid: Grid, cfg: FederationConfig) -> list[dict[str, Any]]:
     start = 1
     metrics_path = run_dir / "metrics.json"
     if ckpt is not None:
-        _load_full_state(models, ckpt.models)
+        load_full_state(models, ckpt.models)
         _restore_strategy(strategy, ckpt.strategy)
         history, start = ckpt.history, ckpt.round + 1
         if metrics_path.is_file():
             resumes = json.loads(metrics_path.read_text()).get("resumes", [])
         # the digest of the weights as restored into the models: equal to the saved one when bit-identical
-        resumes.append({"from_round": ckpt.round, "weights_sha256": weights_digest(_full_state(models)),
+        resumes.append({"from_round": ckpt.round, "weights_sha256": weights_digest(full_state(models)),
                         "saved_sha256": weights_digest(ckpt.models)})
     arrays = ArrayRecord(pack(models))
 
@@ -155,7 +143,7 @@ def run_federation(grid: Grid, cfg: FederationConfig) -> list[dict[str, Any]]:
             "federated_eval": dict(federated) if federated is not None else {},
         }
         history.append(record)
-        save_checkpoint(run_dir, Checkpoint(round=rnd, models=_full_state(models),
+        save_checkpoint(run_dir, Checkpoint(round=rnd, models=full_state(models),
                                             strategy=_strategy_state(strategy), history=history))
         atomic_write_json(metrics_path, {"config": cfg.to_run_config(), "history": history, "resumes": resumes})
     _progress(run_dir, round=cfg.rounds, rounds=cfg.rounds, phase="done")

@@ -1,7 +1,9 @@
-"""Model parameters as one flat, task-prefixed dict: what travels between nodes and the server.
+"""Models as one flat, task-prefixed dict ("fraud.body.0.weight", ...).
 
-Only trainable parameters travel; buffers (the schema normalizer, the fee calibration) are rebuilt
-locally or set by the coordinator, so nodes never send anything derived from their data but weights.
+``pack``/``unpack_into`` carry only trainable parameters: what travels between nodes and the server.
+Buffers (the schema normalizer, the fee calibration) are rebuilt locally or set by the coordinator, so
+nodes never send anything derived from their data but weights. ``full_state``/``load_full_state``
+carry parameters and buffers: what the coordinator checkpoints.
 """
 
 from __future__ import annotations
@@ -39,3 +41,16 @@ def unpack_into(models: dict[str, nn.Module], params: dict[str, torch.Tensor | n
             if not torch.isfinite(value).all():
                 raise ConfigError(f"arrays.{key}", "contains NaN or infinite values")
             target.copy_(value)
+
+
+def full_state(models: dict[str, nn.Module]) -> dict[str, np.ndarray]:
+    """Every task's full state dict (parameters and buffers) as task-prefixed NumPy arrays."""
+    return {f"{t}.{k}": v.detach().cpu().numpy() for t, m in models.items() for k, v in m.state_dict().items()}
+
+
+def load_full_state(models: dict[str, nn.Module], state: dict[str, np.ndarray]) -> None:
+    """Load what :func:`full_state` produced (strict: every key of every model must be present)."""
+    for task, model in models.items():
+        prefix = f"{task}."
+        model.load_state_dict({k[len(prefix):]: torch.from_numpy(np.array(v)) for k, v in state.items()
+                               if k.startswith(prefix)})

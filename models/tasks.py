@@ -18,6 +18,7 @@ from core import scoring
 from core.bitcoin.features import DEFAULT_MIN_RELAY_SAT_VB, TASK_SCHEMAS, Schema
 from core.data.datasets import FEE_TARGETS, TaskSplits
 from core.errors import ConfigError
+from models.training import DPConfig, TrainConfig, TrainResult, train
 
 NORM_CLIP = 6.0  # normalized values are clipped to +-6 typical half-widths
 FEE_QUANTILE = 0.95  # the fee model predicts the 95th percentile of the required rate (Core's 95 % threshold)
@@ -234,3 +235,19 @@ def evaluate_held_out(task: str, model: nn.Module, split: TaskSplits) -> dict[st
     if task == "fee":
         calibrate_fee_model(model, split.x["val"], split.y["val"])
     return evaluate_outputs(task, infer(model, split.x["test"]), split.x["test"], split.y["test"], threshold)
+
+
+def targets(task: str, split: TaskSplits, part: str) -> np.ndarray:
+    """What the model learns to output for ``split``'s ``part`` rows: the autoencoder reconstructs its input."""
+    return split.x[part] if task == "anomaly" else split.y[part]
+
+
+def train_recipe(task: str, train_rows: TaskSplits, held_out: TaskSplits, *, model_seed: int, seed: int,
+                 dp: DPConfig | None, device: str = "auto") -> tuple[dict[str, float], TrainResult]:
+    """The task's centralized recipe (its epochs, batch size, learning rate) on ``train_rows``' train split,
+    scored on ``held_out`` by :func:`evaluate_held_out`."""
+    spec = task_spec(task)
+    model = build_model(task, seed=model_seed)
+    config = TrainConfig(epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr, seed=seed, device=device, dp=dp)
+    result = train(model, spec.loss, train_rows.x["train"], targets(task, train_rows, "train"), config)
+    return evaluate_held_out(task, model, held_out), result
