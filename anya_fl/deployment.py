@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -195,13 +196,15 @@ def start_supernode(superlink: str, flwr_home: Path, log_file: Path, *, data_dir
                     insecure: bool = False, port: int | None = None, fast: bool = False,
                     task_poll_s: float | None = FAST_TASK_POLL_S, max_retries: int | None = None,
                     max_wait_time: float | None = None, node_config: dict[str, Any] | None = None,
-                    warn: Callable[[str], None] | None = None) -> subprocess.Popen:
+                    warm: bool = True, warn: Callable[[str], None] | None = None) -> subprocess.Popen:
     """Start a SuperNode connected to ``superlink`` (host:port) that trains on ``data_dir``.
 
     ``port`` is the node's local runtime API port (a free one when None; it must differ between
     SuperNodes on one host). ``fast`` (opt-in) runs it through :mod:`anya_fl.fast_supernode` (caps
     Flower's hardcoded 3 s idle poll; no gain measured on 2 cores). ``max_retries`` / ``max_wait_time`` make it exit instead of retrying
-    forever when it cannot connect or is refused (exit code 305 for an unregistered key).
+    forever when it cannot connect or is refused (exit code 305 for an unregistered key). ``warm``
+    (default) runs each message's ClientApp as a fork of a process that imported it once
+    (:mod:`anya_fl.warm_superexec`) instead of a fresh interpreter per message.
     """
     flwr_home = check_flwr_home(flwr_home)
     data_dir = Path(data_dir).resolve()
@@ -230,7 +233,26 @@ def start_supernode(superlink: str, flwr_home: Path, log_file: Path, *, data_dir
         cmd += ["--max-retries", str(max_retries)]
     if max_wait_time is not None:
         cmd += ["--max-wait-time", str(max_wait_time)]
-    return _spawn(cmd, flower_process_env(flwr_home, task_poll_s=task_poll_s), log_file)
+    env = flower_process_env(flwr_home, task_poll_s=task_poll_s)
+    if warm:
+        env["PATH"] = os.pathsep.join([str(warm_superexec_shim(flwr_home)), env["PATH"]])
+    return _spawn(cmd, env, log_file)
+
+
+def warm_superexec_shim(flwr_home: Path) -> Path:
+    """A directory holding a ``flower-superexec`` that runs :mod:`anya_fl.warm_superexec` (put first on PATH).
+
+    The SuperNode starts ``flower-superexec`` by name; the shim makes that name run the warm launcher
+    with this interpreter, with the SuperNode's own arguments.
+    """
+    bin_dir = Path(flwr_home).resolve() / "anya-bin"
+    script = Path(__file__).with_name("warm_superexec.py")
+    text = f'#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(str(script))} "$@"\n'
+    shim = bin_dir / "flower-superexec"
+    if not shim.is_file() or shim.read_text() != text:
+        bin_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(shim, text.encode(), mode=0o755)
+    return bin_dir
 
 
 def stop_process(proc: subprocess.Popen | int, timeout: float = STOP_TIMEOUT_S) -> int | None:
