@@ -474,6 +474,31 @@ code { background: #f4f4f4; padding: 0 3px; }
 """
 
 
+STAGE_NAMES = {0: "Unavailable", 1: "Development", 2: "Production", 3: "Release"}
+
+
+def node_health_rows(history: Sequence[dict]) -> tuple[list[str], list[list[Any]]]:
+    """Per round: nodes by stage, lowest readiness, declined nodes, largest RSS and least free memory."""
+    cols = ["round", "stages of nodes that trained", "lowest readiness", "declined", "max RSS (MB)",
+            "min free memory (MB)"]
+    rows = []
+    for rnd, rec in zip(_rounds(history), history, strict=True):
+        nodes = [m for m in (rec.get("nodes") or {}).values() if isinstance(m, dict) and "health.stage" in m]
+        declined = rec.get("nodes_declined")
+        if not nodes and not declined:
+            continue
+        counts: dict[str, int] = {}
+        for m in nodes:
+            name = STAGE_NAMES.get(int(m["health.stage"]), "?")
+            counts[name] = counts.get(name, 0) + 1
+        vals = {key: [v for m in nodes if (v := _num(m.get(key))) is not None]
+                for key in ("health.readiness", "health.rss-mb", "health.memory-available-mb")}
+        rows.append([rnd, ", ".join(f"{n} {k}" for k, n in counts.items()) or "–",
+                     min(vals["health.readiness"], default=None), declined, max(vals["health.rss-mb"], default=None),
+                     min(vals["health.memory-available-mb"], default=None)])
+    return cols, rows
+
+
 def _e(v: Any) -> str:
     return html.escape(str(v), quote=True)
 
@@ -585,6 +610,17 @@ def write_html_report(metrics: dict, comparison: dict | None, plots: list[Path],
         parts.append(_table(ecols, erows))
     else:
         parts.append('<p class="note">No node replies recorded.</p>')
+
+    # Node health (AgentChecker stage and resources in every reply).
+    hcols, hrows = node_health_rows(history)
+    parts.append("<h2>Node health per round</h2>")
+    if hrows:
+        parts.append('<p class="note">From the <code>health.*</code> figures each node\'s train reply carries '
+                     "(AgentChecker stage and readiness, psutil resources); declined: nodes below the run's "
+                     f"min-stage ({_e(config.get('min-stage', 'production'))}), which did not train.</p>")
+        parts.append(_table(hcols, hrows))
+    else:
+        parts.append('<p class="note">No health figures recorded.</p>')
 
     # Failures.
     parts.append("<h2>Node failures</h2>")

@@ -11,10 +11,14 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from core.agent_checker import SystemStage
 from core.errors import ConfigError
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "krum", "multikrum", "bulyan", "median", "trimmed-mean")
 TASK_NAMES = ("fraud", "fee", "anomaly")
+
+
+DECLINE_ERROR_CODE = 4100  # Flower error code of a node that declines a message (the reason says why)
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,7 @@ class FederationConfig:
     run_dir: str = ""  # checkpoints, metrics and reports (the coordinator's)
     data_dir: str = ""  # simulation: node-<i> datasets and the coordinator's held-out set
     transactions: int = 200_000  # simulated chain size when the simulation generates data
+    min_stage: str = "production"  # AgentChecker stage a node needs to train (below it, it declines)
 
     @property
     def task_list(self) -> tuple[str, ...]:
@@ -95,6 +100,7 @@ class FederationConfig:
             raise bad("tasks", f"must name tasks from {', '.join(TASK_NAMES)}")
         if self.transactions < 1_000:
             raise bad("transactions", "must be at least 1000")
+        SystemStage.parse(self.min_stage, "min-stage")
         return self
 
     def to_run_config(self) -> dict[str, Any]:

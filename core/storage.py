@@ -42,6 +42,19 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o
     return target
 
 
+def remove_stale_temp_files(path: str | os.PathLike[str]) -> int:
+    """Delete temp files a killed :func:`atomic_write_bytes` left beside ``path``; returns how many."""
+    target = Path(path)
+    n = 0
+    for tmp in target.parent.glob(f".{target.name}.*.tmp"):
+        try:
+            tmp.unlink()
+            n += 1
+        except FileNotFoundError:
+            pass
+    return n
+
+
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     """Write ``obj`` as indented JSON atomically."""
     return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n").encode())

@@ -4,6 +4,11 @@ One train message carries all three models in one ArrayRecord (task-prefixed key
 one message per node. Each node spends its DP budget in equal shares per round; the accountant states
 live in a file in the node's data directory, so epsilon keeps accumulating across rounds, restarts
 and resumed runs. A node whose budget is spent declines with an error reply that says why.
+
+Before training, the node consults its AgentChecker (:class:`core.node_health.NodeHealth`: dataset,
+resources and, with ``bitcoin-rpc-*`` in the node config, Bitcoin Core's sync, connections, mempool and
+fee view); below the run's ``min-stage`` it declines and names the failing components. Every reply
+carries the node's stage, readiness and resource figures (``health.*`` metrics).
 """
 
 from __future__ import annotations
@@ -18,13 +23,14 @@ from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordD
 from flwr.clientapp import ClientApp
 
 from core.errors import AnyaError
-from core.fedconfig import FederationConfig
+from core.fedconfig import DECLINE_ERROR_CODE, FederationConfig
+from core.node_health import HealthSettings, NodeHealth
 from fl_client.node_data import load_node_data, node_data_dir
 from fl_client.privacy_ledger import AccountantLedger
 
 app = ClientApp()
 
-DECLINED = 4100  # error code of a node that declines to train (reason in the message)
+DECLINED = DECLINE_ERROR_CODE  # a node that declines to train (reason in the message)
 
 
 def _node_seed(cfg: FederationConfig, data_dir: Path, server_round: int) -> int:
@@ -44,6 +50,11 @@ def _declines_with_reason(handler: Callable[[Message, Context], Message]) -> Cal
             return Message(Error(code=DECLINED, reason=str(exc)), reply_to=msg)
 
     return wrapped
+
+
+def node_health(context: Context, cfg: FederationConfig, data_dir: Path) -> NodeHealth:
+    """The node's health (state under ``<data-dir>/health``), refreshed by the caller."""
+    return NodeHealth(HealthSettings.from_node_config(context.node_config, data_dir, cfg.min_stage))
 
 
 def _setup(msg: Message, context: Context) -> tuple[FederationConfig, Path, dict, dict]:
@@ -68,8 +79,14 @@ def train(msg: Message, context: Context) -> Message:
     from models.training import BudgetExhausted, DPConfig, TrainConfig, epsilon_spent
     from models.training import train as train_model
 
+    cfg = FederationConfig.from_run_config(context.run_config).validate()
+    health = node_health(context, cfg, node_data_dir(context.node_config, cfg.data_dir))
+    allowed, why = health.gate()
+    if not allowed:
+        return Message(Error(code=DECLINED, reason=f"node health: {why}"), reply_to=msg)
     cfg, data_dir, data, models = _setup(msg, context)
     server_round = int(msg.content["config"]["server-round"])
+    t_start = time.perf_counter()
     seed = _node_seed(cfg, data_dir, server_round)
     ledger = AccountantLedger(data_dir, cfg.run_name)
 
@@ -103,6 +120,8 @@ def train(msg: Message, context: Context) -> Message:
     # fraud and anomaly both learn from the node's transactions: their budgets add up (basic composition)
     metrics["epsilon-transactions"] = metrics.get("fraud.epsilon", 0.0) + metrics.get("anomaly.epsilon", 0.0)
     metrics["delta"] = cfg.delta if cfg.dp else 0.0
+    health.monitor.record("train", time.perf_counter() - t_start, items=int(metrics["num-examples"]))
+    metrics.update(health.reply_metrics())
     content = RecordDict({"arrays": ArrayRecord(pack(models)), "metrics": MetricRecord(metrics)})
     return Message(content, reply_to=msg)
 
@@ -115,8 +134,11 @@ def evaluate(msg: Message, context: Context) -> Message:
 
     from models.tasks import infer, targets, task_spec
 
-    _, _, data, models = _setup(msg, context)
-    metrics: dict[str, float] = {"num-examples": float(data["fraud"].size("test") if "fraud" in data else 0)}
+    cfg, data_dir, data, models = _setup(msg, context)
+    health = node_health(context, cfg, data_dir)
+    health.refresh()
+    metrics: dict[str, float] = {"num-examples": float(data["fraud"].size("test") if "fraud" in data else 0),
+                                 **health.reply_metrics()}
     for task, model in models.items():
         split = data[task]
         x, y = split.x["test"], targets(task, split, "test")

@@ -9,6 +9,7 @@ evaluates the global models on its held-out set and writes a checkpoint atomical
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 from pathlib import Path
@@ -20,13 +21,15 @@ from flwr.serverapp import Grid, ServerApp
 
 from core.data.datasets import load_dataset, write_federation_data
 from core.errors import ConfigError
-from core.fedconfig import FederationConfig
+from core.fedconfig import DECLINE_ERROR_CODE, FederationConfig
 from core.storage import atomic_write_json
 from fl_server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, weights_digest
 from fl_server.prompt_grid import PromptGrid
 from fl_server.strategies import STATEFUL_ATTRS, build_strategy
 from models.params import full_state, load_full_state, pack, unpack_into
 from models.tasks import build_model, evaluate_held_out
+
+log = logging.getLogger("anya_fl.server")
 
 app = ServerApp()
 
@@ -117,6 +120,9 @@ def run_federation(grid: Grid, cfg: FederationConfig) -> list[dict[str, Any]]:
         messages = list(strategy.configure_train(rnd, arrays, ConfigRecord({}), grid))
         replies = sorted(grid.send_and_receive(messages=messages, timeout=cfg.round_timeout), key=_reply_order)
         nodes, failed = _node_rows(replies)
+        declined = [f for f in failed if f["code"] == DECLINE_ERROR_CODE]
+        for f in declined:
+            log.warning("round %d: node %s declined: %s", rnd, f["node"], f["reason"])
         aggregated, train_metrics = strategy.aggregate_train(rnd, replies)
         if aggregated is not None:
             arrays = aggregated
@@ -137,6 +143,7 @@ def run_federation(grid: Grid, cfg: FederationConfig) -> list[dict[str, Any]]:
             "nodes_replied": len(nodes),
             "nodes_missing": len(messages) - len(replies),
             "nodes_failed": failed,
+            "nodes_declined": len(declined),
             "train": dict(train_metrics) if train_metrics is not None else {},
             "nodes": nodes,
             "global": central,

@@ -1,0 +1,115 @@
+"""Node health end to end: the HTTP endpoint on a real server, the ClientApp's gate, bench figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from bitcoind_stub import FakeBitcoind
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+
+from core.agent_checker import SystemStage
+from core.bitcoin.rpc import RPCConfig
+from core.data.chain import ChainConfig, simulate_chain
+from core.data.datasets import partition_nodes, save_dataset, task_arrays
+from core.fedconfig import DECLINE_ERROR_CODE, FederationConfig
+from core.health_http import BackgroundServer, health_app
+from core.node_health import HealthSettings, NodeHealth
+
+
+def _get(client: httpx.Client, path: str) -> httpx.Response:
+    return client.get(path, timeout=30)
+
+
+def test_readyz_flips_to_503_when_a_component_fails_and_back(tmp_path) -> None:
+    node = FakeBitcoind().start()
+    health = NodeHealth(HealthSettings(rpc=RPCConfig(url=node.url, user="alice", password="secret", retries=0,
+                                                     timeout_s=2.0), state_dir=tmp_path / "health"))
+    server = BackgroundServer(health_app(health, refresh=health.refresh)).start()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{server.port}") as client:
+            assert _get(client, "/healthz").json() == {"status": "alive"}
+            ok = _get(client, "/readyz")
+            assert ok.status_code == 200 and ok.json()["stage"] == "Release"
+
+            node.state = "ibd"
+            r = _get(client, "/readyz")
+            assert r.status_code == 503
+            failing = {f["component"]: f["reason"] for f in r.json()["failing"]}
+            assert list(failing) == ["bitcoin.sync"] and "initial block download" in failing["bitcoin.sync"]
+            node.state = "synced"
+            assert _get(client, "/readyz").status_code == 200
+
+            port = node.port
+            node.stop()  # Bitcoin Core goes down
+            r = _get(client, "/readyz")
+            assert r.status_code == 503 and r.json()["stage"] == "Unavailable"
+            assert all("connection refused" in f["reason"] for f in r.json()["failing"])
+            assert _get(client, "/healthz").status_code == 200  # alive, just not ready
+            node.start(port)  # and comes back
+            back = _get(client, "/readyz")
+            assert back.status_code == 200, back.json()
+
+            text = _get(client, "/metrics").text
+            assert "anya_fl_stage 2.0" in text  # Production: the outage still weighs on the recent-error share
+            assert 'anya_fl_component_readiness{component="bitcoin.sync"} 0.95' in text  # one failed input of ~20
+            assert 'anya_fl_component_errors_total{component="bitcoin.connection"} 1.0' in text
+            assert 'anya_fl_operation_total{operation="probe.bitcoin"}' in text
+            assert 'anya_fl_resource{name="rss_mb"}' in text
+    finally:
+        server.stop()
+        node.stop()
+    assert (tmp_path / "health" / "agent-checker.json").is_file()  # stage changes were snapshotted
+
+
+@pytest.fixture(scope="module")
+def node_dir(tmp_path_factory) -> Path:
+    chain = simulate_chain(ChainConfig(n_transactions=20_000, seed=3))
+    shard = partition_nodes(chain, 2, 3)[0]
+    d = tmp_path_factory.mktemp("node") / "node-0"
+    save_dataset(d, task_arrays(chain, shard.tx_index, shard.snapshot_index), {"node_id": 0})
+    return d
+
+
+def _train_message(cfg: FederationConfig) -> Message:
+    from models.params import pack
+    from models.tasks import build_model
+
+    models = {t: build_model(t, seed=cfg.seed) for t in cfg.task_list}
+    content = RecordDict({"arrays": ArrayRecord(pack(models)), "config": ConfigRecord({"server-round": 1})})
+    return Message(content, dst_node_id=1, message_type="train")
+
+
+def test_client_declines_below_min_stage_and_replies_carry_health(node_dir) -> None:
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fl_client.app import app
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1  # what Flower's runtime sets
+
+    cfg = FederationConfig(rounds=2, local_epochs=1, tasks="fraud", run_name="gate")
+    with FakeBitcoind() as node:
+        node_config = {"data-dir": str(node_dir), "bitcoin-rpc-url": node.url, "bitcoin-rpc-user": "alice",
+                       "bitcoin-rpc-password": "secret"}
+        node.state = "ibd"
+        ctx = Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(), run_config=cfg.to_run_config())
+        reply = app(_train_message(cfg), ctx)
+        assert reply.has_error() and reply.error.code == DECLINE_ERROR_CODE
+        assert reply.error.reason.startswith("node health: stage Development") and "below Production" in reply.error.reason
+        assert "bitcoin.sync 0 % (initial block download" in reply.error.reason
+        assert not (node_dir / "privacy" / "gate.json").exists()  # declined before spending any budget
+
+        node.state = "synced"
+        reply = app(_train_message(cfg), ctx)
+        assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+        m = reply.content["metrics"]
+        assert m["health.stage"] == float(SystemStage.RELEASE) and m["health.readiness"] == pytest.approx(1.0)
+        assert m["health.rss-mb"] > 0 and np.isfinite(m["health.memory-available-mb"])
+        # an operator can lower the bar for a node still syncing: min-stage is a run setting
+        node.state = "ibd"
+        low = FederationConfig(rounds=2, local_epochs=1, tasks="fraud", run_name="gate", min_stage="unavailable")
+        ctx_low = Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(),
+                          run_config=low.to_run_config())
+        assert not app(_train_message(low), ctx_low).has_error()
