@@ -72,6 +72,11 @@ def test_kill_after_round_two_then_resume(tmp_path, env) -> None:
     eps = [max(n["fraud.epsilon"] for n in h["nodes"].values()) for h in metrics["history"]]
     assert all(b > a for a, b in zip(eps, eps[1:], strict=False)) and eps[-1] <= 8.0 + 1e-6
     assert (run / "report.html").is_file() and list((run / "plots").glob("*.png"))
+    # every reply carries the node's health; healthy simulated nodes all trained
+    for h in metrics["history"]:
+        assert h["nodes_declined"] == 0
+        assert all(n["health.stage"] == 3.0 and n["health.readiness"] == 1.0 for n in h["nodes"].values())
+    assert "Node health per round" in (run / "report.html").read_text()
 
 
 def test_same_seed_same_models_wherever_the_run_lives(tmp_path, env) -> None:

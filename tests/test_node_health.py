@@ -113,3 +113,18 @@ def test_client_declines_below_min_stage_and_replies_carry_health(node_dir) -> N
         ctx_low = Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(),
                           run_config=low.to_run_config())
         assert not app(_train_message(low), ctx_low).has_error()
+
+
+def test_bench_writes_health_figures_as_json(tmp_path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, "-m", "anya_fl.cli", "bench", "agent_checker.threads8",
+                           "performance_monitor.record.p50_us", "--json", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    res = json.loads(out.read_text())
+    assert res["agent_checker.threads8.lost_inputs"]["value"] == 0.0
+    p50 = res["performance_monitor.record.p50_us"]
+    assert p50["unit"] == "us" and p50["seed"] == 1000.0 and 0 < p50["value"] < 1000.0
