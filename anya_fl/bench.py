@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from core.errors import ConfigError
 
 
@@ -159,3 +161,218 @@ def _monitor_per_s() -> float:
 
     m = PerformanceMonitor()
     return _per_s(lambda: m.record("predict", 0.0004))
+
+
+# ---------------------------------------------------------------------------------------------- inference
+# The seed quotes inference at 15-50 ms per request and 100-500 requests per second in 200-500 MB, and
+# model loading at 200-1000 ms; "seed" is the better end of each range.
+
+_TASKS = ("fraud", "fee", "anomaly")
+
+
+def _fixture() -> dict:
+    """A temporary signed registry with the three (seeded) models in production, plus sample rows."""
+    import atexit
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    if "fixture" in _CACHE:
+        return _CACHE["fixture"]
+    from core.data.chain import ChainConfig, simulate_chain
+    from core.data.datasets import task_arrays
+    from core.registry import ModelRegistry
+    from core.signing import generate_signing_key, load_private_key
+    from models.export import export_onnx
+    from models.tasks import build_model
+
+    root = Path(tempfile.mkdtemp(prefix="anya-bench-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    generate_signing_key(root / "keys" / "k.key", root / "keys" / "k.pub")
+    reg = ModelRegistry(root / "registry", signing_key=load_private_key(root / "keys" / "k.key"))
+    for task in _TASKS:
+        v = reg.publish(task, export_onnx(task, build_model(task, seed=0), {"version": 1}), run="bench", round=0,
+                        metrics={})
+        reg.promote(v.ref, "production")
+    arrays = task_arrays(simulate_chain(ChainConfig(n_transactions=60_000, seed=3)))
+    rows = {t: np.ascontiguousarray(np.concatenate([s.x[k] for k in ("train", "val", "test")]), np.float32)
+            for t, s in arrays.items()}
+    _CACHE["fixture"] = {"root": root, "registry": root / "registry", "pub": root / "keys" / "k.pub", "rows": rows}
+    return _CACHE["fixture"]
+
+
+_CACHE: dict = {}
+
+
+def _engine():
+    from core.inference.engine import InferenceEngine
+    from core.registry import ModelRegistry
+    from core.signing import load_public_key
+
+    fx = _fixture()
+    eng = InferenceEngine()
+    reg = ModelRegistry(fx["registry"], trusted_keys=[load_public_key(fx["pub"])])
+    for task in _TASKS:
+        eng.load_from_registry(reg, f"{task}@production")
+    return eng, fx
+
+
+def _single(task: str) -> float:
+    eng, fx = _engine()
+    rows = fx["rows"][task]
+    i = iter(range(10**9))
+    return _p50_us(lambda: eng.predict_one(task, rows[next(i) % len(rows)]), n=20_000)
+
+
+def _batch(task: str) -> float:
+    eng, fx = _engine()
+    x = fx["rows"][task]
+    x = np.ascontiguousarray(np.resize(x, (65_536, x.shape[1])))
+    eng.predict_batch(task, x)
+    t0 = time.perf_counter()
+    for _ in range(10):
+        eng.predict_batch(task, x)
+    return 10 * len(x) / (time.perf_counter() - t0)
+
+
+for _t in _TASKS:
+    benchmark(f"inference.{_t}.single.p50_us", "us", seed=15_000.0, target=50.0)(
+        lambda _t=_t: _single(_t))
+    benchmark(f"inference.{_t}.batch.rows_per_s", "rows/s", seed=500.0, target=1_000_000.0, higher_is_better=True)(
+        lambda _t=_t: _batch(_t))
+
+
+@benchmark("inference.load.ms", "ms", seed=200.0, target=20.0)
+def _load_ms() -> float:
+    """Median time to load one model from the registry: read, sha256, Ed25519 check, session, probe row."""
+    from core.inference.engine import InferenceEngine
+    from core.registry import ModelRegistry
+    from core.signing import load_public_key
+
+    fx = _fixture()
+    reg = ModelRegistry(fx["registry"], trusted_keys=[load_public_key(fx["pub"])])
+    times = []
+    for _ in range(5):
+        for task in _TASKS:
+            eng = InferenceEngine()
+            t0 = time.perf_counter()
+            eng.load_from_registry(reg, f"{task}@production")
+            times.append((time.perf_counter() - t0) * 1000.0)
+    times.sort()
+    return times[len(times) // 2]
+
+
+class _Server:
+    """`anya-fl serve` as a subprocess on a free port, over the fixture registry; stopped by PID."""
+
+    def __enter__(self) -> _Server:
+        import subprocess
+        import sys
+
+        from anya_fl.deployment import free_port, stop_process
+
+        fx = _fixture()
+        self.port = free_port()
+        self._stop = stop_process
+        self.proc = subprocess.Popen([sys.executable, "-m", "anya_fl.cli", "serve", "--registry", str(fx["registry"]),
+                                      "--trust", str(fx["pub"]), "--port", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        import http.client
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                c.request("GET", "/readyz")
+                if c.getresponse().status == 200:
+                    return self
+            except OSError:
+                time.sleep(0.1)
+        self._stop(self.proc)
+        raise RuntimeError("anya-fl serve did not become ready within 60 s")
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop(self.proc)
+
+
+def _fraud_body() -> bytes:
+    import json
+
+    return json.dumps({"rows": _fixture()["rows"]["fraud"][:1].tolist()}).encode()
+
+
+def _http_worker(args: tuple[int, int, bytes]) -> float:
+    import http.client
+
+    port, n, body = args
+    c = http.client.HTTPConnection("127.0.0.1", port)
+    for _ in range(n):
+        c.request("POST", "/v1/fraud/predict", body, {"Content-Type": "application/json"})
+        r = c.getresponse()
+        r.read()
+        if r.status != 200:
+            raise RuntimeError(f"HTTP {r.status}")
+    return float(n)
+
+
+@benchmark("inference.serving.rss_mb", "MB", seed=200.0, target=150.0)
+def _serving_rss() -> float:
+    """RSS of the `anya-fl serve` process with all three models loaded, after 1,000 requests."""
+    import psutil
+
+    with _Server() as srv:
+        _http_worker((srv.port, 1000, _fraud_body()))
+        return psutil.Process(srv.proc.pid).memory_info().rss / 2**20
+
+
+@benchmark("serve.http.p50_ms", "ms", seed=15.0, target=2.0)
+def _http_p50() -> float:
+    """Median round trip of one-row fraud requests, one keep-alive connection on loopback (client shares cores)."""
+    import http.client
+
+    body = _fraud_body()
+    with _Server() as srv:
+        c = http.client.HTTPConnection("127.0.0.1", srv.port)
+        lat = []
+        for i in range(3500):
+            t0 = time.perf_counter()
+            c.request("POST", "/v1/fraud/predict", body, {"Content-Type": "application/json"})
+            c.getresponse().read()
+            if i >= 500:
+                lat.append(time.perf_counter() - t0)
+        lat.sort()
+        return lat[len(lat) // 2] * 1000.0
+
+
+@benchmark("serve.http.per_s", "req/s", seed=500.0, target=2000.0, higher_is_better=True)
+def _http_per_s() -> float:
+    """One-row fraud requests per second: 3 client processes, one keep-alive connection each, same 2 cores."""
+    import multiprocessing as mp
+
+    body = _fraud_body()
+    with _Server() as srv, mp.get_context("spawn").Pool(3) as pool:
+        pool.map(_http_worker, [(srv.port, 200, body)] * 3)
+        t0 = time.perf_counter()
+        n = sum(pool.map(_http_worker, [(srv.port, 2000, body)] * 3))
+        return n / (time.perf_counter() - t0)
+
+
+@benchmark("riscv.fraud.batch.rows_per_s", "rows/s", seed=500.0, higher_is_better=True)
+def _riscv_rows() -> float:
+    """The pure-NumPy (RISC-V) path on this host: fraud, float32, batches of 4,096 rows, one BLAS thread."""
+    import os
+
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    from core.inference.riscv import RiscvModel
+    from core.registry import ModelRegistry
+    from core.signing import load_public_key
+
+    fx = _fixture()
+    _, data = ModelRegistry(fx["registry"], trusted_keys=[load_public_key(fx["pub"])]).load("fraud@production")
+    model = RiscvModel.from_bytes(data)
+    x = np.ascontiguousarray(np.resize(fx["rows"]["fraud"], (4096, 22)))
+    model.run(x)
+    t0 = time.perf_counter()
+    for _ in range(50):
+        model.run(x)
+    return 50 * 4096 / (time.perf_counter() - t0)

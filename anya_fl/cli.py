@@ -12,6 +12,7 @@ import typer
 from rich.markup import escape
 
 from anya_fl.console import console, err_console, progress, table
+from anya_fl.models_cli import models_app
 from core.errors import AnyaError
 
 app = typer.Typer(
@@ -21,6 +22,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+DEFAULT_REGISTRY = Path("~/.anya-fl/registry")
 
 
 def _parse_floats(text: str, setting: str) -> tuple[float, ...]:
@@ -159,6 +163,7 @@ def _report(run_dir: Path, metrics: dict, compare: bool) -> None:
 
 coordinator_app = typer.Typer(help="The coordinator: PKI, the Flower SuperLink, launching runs.", no_args_is_help=True)
 app.add_typer(coordinator_app, name="coordinator")
+app.add_typer(models_app, name="models")
 
 
 def _flwr_home(role: str) -> Path:
@@ -229,6 +234,11 @@ def coordinator_run(
     local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = 5,
     seed: Annotated[int, typer.Option(help="Seed of the models and of the simulated held-out set.")] = 0,
     wait_nodes: Annotated[float, typer.Option(help="Seconds to wait for min-nodes SuperNodes before giving up.")] = 300.0,
+    signing_key: Annotated[Path | None, typer.Option(help="The coordinator's model-signing key (pki/model-signing.key); "
+                                                          "without it the final models are exported unsigned "
+                                                          "to RUN_DIR/models only.")] = None,
+    registry: Annotated[Path, typer.Option(help="Registry the final models are published to (as candidates).")]
+    = DEFAULT_REGISTRY,
 ) -> None:
     """Launch a federated run on the running SuperLink and wait for it; then write the report."""
     from anya_fl.deployment import launch_run, prepare_coordinator_data, wait_for_nodes
@@ -236,7 +246,16 @@ def coordinator_run(
 
     cfg = FederationConfig(nodes=nodes, rounds=rounds, strategy=strategy, min_nodes=min_nodes, epsilon=epsilon,
                            local_epochs=local_epochs, seed=seed, run_dir=str(run_dir.resolve()),
-                           data_dir=str(data_dir.resolve()), run_name=run_dir.name).validate()
+                           data_dir=str(data_dir.resolve()), run_name=run_dir.name,
+                           registry_dir=str(registry.expanduser().resolve()) if signing_key else "",
+                           signing_key=str(signing_key.resolve()) if signing_key else "").validate()
+    if signing_key is None:
+        err_console.print("[yellow]no --signing-key: the final models are exported to RUN_DIR/models unsigned and "
+                          "not published to a registry[/yellow]")
+    elif not signing_key.is_file():
+        from core.errors import ConfigError
+
+        raise ConfigError("signing-key", f"{signing_key} is not a file (coordinator init writes pki/model-signing.key)")
     prepare_coordinator_data(Path(cfg.data_dir), cfg.transactions, cfg.seed)
     with console.status(f"waiting for {cfg.min_nodes} SuperNodes to come online (up to {wait_nodes:.0f} s)"):
         online = wait_for_nodes(_flwr_home("coordinator"), name, cfg.min_nodes, timeout=wait_nodes)
@@ -333,6 +352,75 @@ def _node_health(data_dir: Path | None, rpc_url: str | None, rpc_cookie: Path | 
         raise ConfigError("data-dir", f"{data_dir} is not a directory")
     cfg = _node_rpc_config(rpc_url, rpc_cookie, rpc_user)
     return NodeHealth(HealthSettings.from_node_config(cfg, data_dir.resolve() if data_dir else None, min_stage))
+
+
+@app.command()
+def serve(
+    registry: Annotated[Path, typer.Option(help="The model registry (production versions are served).")]
+    = DEFAULT_REGISTRY,
+    trust: Annotated[list[Path] | None, typer.Option(help="Public key(s) whose signatures are accepted "
+                                                          "(the coordinator's model-signing.pub).")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    provider: Annotated[str | None, typer.Option(help="Execution provider: cuda, rocm, tensorrt, openvino, coreml, "
+                                                      "cpu (default: the best available).")] = None,
+    threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads per session (0: its default).")] = 1,
+    quantize: Annotated[bool, typer.Option(help="Dynamic int8, kept only within --max-quant-error on the "
+                                                "validation rows of --data-dir.")] = False,
+    max_quant_error: Annotated[float, typer.Option(help="Largest output change int8 may cause.")] = 0.01,
+    max_rows: Annotated[int, typer.Option(help="Most rows in one request (more: 413).")] = 4096,
+    sync_interval: Annotated[float, typer.Option(help="Seconds between checks for newly promoted versions.")] = 5.0,
+    data_dir: Annotated[Path | None, typer.Option(help="This node's dataset directory (health; quantization "
+                                                       "validation rows).")] = None,
+    rpc_url: RpcUrl = None,
+    rpc_cookie: RpcCookie = None,
+    rpc_user: RpcUser = None,
+    min_stage: Annotated[str, typer.Option(help="Stage /readyz requires.")] = "production",
+) -> None:
+    """Serve the production models over HTTP: /v1/{task}/predict, /v1/models, /healthz, /readyz, /metrics."""
+    import uvicorn
+
+    from core.errors import ConfigError
+    from core.health_http import ProbeLoop
+    from core.inference.engine import EngineSettings, InferenceEngine
+    from core.registry import ModelRegistry
+    from core.serve import FastPredict, RegistryWatcher, ServeLimits, build_app, serving_health
+    from core.signing import load_public_key
+
+    if max_rows < 1:
+        raise ConfigError("max-rows", f"{max_rows} must be at least 1")
+    if not sync_interval > 0:
+        raise ConfigError("sync-interval", f"{sync_interval} must be > 0 seconds")
+    root = registry.expanduser()
+    if not root.is_dir():
+        raise ConfigError("registry", f"{root} is not a registry directory (a simulation writes RUN_DIR/registry)")
+    reg = ModelRegistry(root, trusted_keys=[load_public_key(p) for p in trust or []])
+    validation = None
+    if quantize and data_dir is not None:
+        from core.data.datasets import load_dataset
+
+        validation = {t: s.x["val"] for t, s in load_dataset(data_dir)[0].items()}
+    health = serving_health(_node_health(data_dir, rpc_url, rpc_cookie, rpc_user, min_stage))
+    engine = InferenceEngine(EngineSettings(provider=provider, intra_threads=threads, quantize=quantize,
+                                            max_quant_error=max_quant_error), monitor=health.monitor)
+    watcher = RegistryWatcher(engine, reg, health, sync_interval, validation=validation)
+    for change in watcher.sync_once():
+        (err_console if change.startswith("!") else console).print(escape(change if change.startswith("!")
+                                                                          else f"loaded {change}"), soft_wrap=True)
+    health.refresh()
+    rows = [[t, i["version"], i["providers"][0], i["quantization"] or "float32", f"{i['load_ms']:.1f}"]
+            for t, i in engine.models().items()]
+    console.print(table("serving", ["task", "version", "provider", "weights", "load ms"], rows))
+    loop = ProbeLoop(health, 15.0).start()
+    watcher.start()
+    app_ = build_app(engine, health, registry=reg, limits=ServeLimits(max_rows=max_rows))
+    console.print(f"listening on http://{host}:{port} (OpenAPI: /docs, /openapi.json)")
+    try:
+        uvicorn.run(FastPredict(app_), host=host, port=port, log_level="warning", access_log=False, lifespan="off")
+    finally:
+        watcher.stop()
+        loop.stop()
+        health.close()
 
 
 @app.command()

@@ -49,6 +49,9 @@ class FederationConfig:
     data_dir: str = ""  # simulation: node-<i> datasets and the coordinator's held-out set
     transactions: int = 200_000  # simulated chain size when the simulation generates data
     min_stage: str = "production"  # AgentChecker stage a node needs to train (below it, it declines)
+    registry_dir: str = ""  # where the final models are published as signed versions ("": ONNX files only)
+    signing_key: str = ""  # the coordinator's Ed25519 model-signing key (PEM)
+    promote: bool = False  # promote the published versions to production (the simulation's own registry)
 
     @property
     def task_list(self) -> tuple[str, ...]:

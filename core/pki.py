@@ -6,6 +6,8 @@ Layout of a PKI directory (``init_pki``)::
     server.pem, server.key      SuperLink TLS certificate signed by the CA, SANs for the given hosts/IPs
     nodes/node-<i>.key          SuperNode private key, OpenSSH PEM (--auth-supernode-private-key)
     nodes/node-<i>.pub          its public key, OpenSSH one-liner (`flwr supernode register`)
+    model-signing.key, .pub     Ed25519 key pair the coordinator signs published models with (core.signing);
+                                nodes trust model-signing.pub
 
 Private keys are written with mode 0600. Only ``cryptography`` and the standard library are used.
 """
@@ -23,10 +25,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from core.errors import ConfigError
+from core.signing import generate_signing_key
 from core.storage import atomic_write_bytes
 
 DEFAULT_HOSTS = ("127.0.0.1", "localhost")
 CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY, NODES_DIR = "ca.pem", "ca.key", "server.pem", "server.key", "nodes"
+SIGNING_KEY, SIGNING_PUB = "model-signing.key", "model-signing.pub"
 CA_DAYS = 3650
 SERVER_DAYS = 825
 _CURVE = ec.SECP384R1
@@ -124,14 +128,15 @@ def write_node_keys(directory: Path, name: str) -> tuple[Path, Path]:
 def init_pki(directory: Path, nodes: int, hosts: list[str] | None = None) -> dict:
     """Create a CA, the SuperLink certificate for ``hosts`` and ``nodes`` SuperNode key pairs.
 
-    Returns ``{"dir", "ca_cert", "ca_key", "server_cert", "server_key", "nodes": [{"name", "key", "pub"}]}``
-    (paths). Refuses a directory that already holds a PKI.
+    Also creates the coordinator's model-signing key pair. Returns ``{"dir", "ca_cert", "ca_key", "server_cert",
+    "server_key", "signing_key", "signing_pub", "nodes": [{"name", "key", "pub"}]}`` (paths). Refuses a directory
+    that already holds a PKI.
     """
     directory = Path(directory)
     hosts = list(hosts) if hosts else list(DEFAULT_HOSTS)
     if nodes < 0:
         raise ConfigError("nodes", f"{nodes} must be >= 0")
-    if any((directory / f).exists() for f in (CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY)):
+    if any((directory / f).exists() for f in (CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY, SIGNING_KEY)):
         raise ConfigError("pki-dir", f"{directory} already holds a PKI (ca.pem/ca.key); refusing to overwrite it")
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
@@ -146,6 +151,8 @@ def init_pki(directory: Path, nodes: int, hosts: list[str] | None = None) -> dic
         "hosts": hosts,
         "nodes": [],
     }
+    generate_signing_key(directory / SIGNING_KEY, directory / SIGNING_PUB)
+    out["signing_key"], out["signing_pub"] = directory / SIGNING_KEY, directory / SIGNING_PUB
     for i in range(nodes):
         key_path, pub_path = write_node_keys(directory / NODES_DIR, f"node-{i}")
         out["nodes"].append({"name": f"node-{i}", "key": key_path, "pub": pub_path})

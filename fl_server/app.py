@@ -25,6 +25,7 @@ from core.fedconfig import DECLINE_ERROR_CODE, FederationConfig
 from core.storage import atomic_write_json
 from fl_server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, weights_digest
 from fl_server.prompt_grid import PromptGrid
+from fl_server.publish import publish_final_models
 from fl_server.strategies import STATEFUL_ATTRS, build_strategy
 from models.params import full_state, load_full_state, pack, unpack_into
 from models.tasks import build_model, evaluate_held_out
@@ -153,5 +154,9 @@ def run_federation(grid: Grid, cfg: FederationConfig) -> list[dict[str, Any]]:
         save_checkpoint(run_dir, Checkpoint(round=rnd, models=full_state(models),
                                             strategy=_strategy_state(strategy), history=history))
         atomic_write_json(metrics_path, {"config": cfg.to_run_config(), "history": history, "resumes": resumes})
+    _progress(run_dir, round=cfg.rounds, rounds=cfg.rounds, phase="publish")
+    published = publish_final_models(cfg, models, history)
+    atomic_write_json(metrics_path, {"config": cfg.to_run_config(), "history": history, "resumes": resumes,
+                                     "published": published})
     _progress(run_dir, round=cfg.rounds, rounds=cfg.rounds, phase="done")
     return history

@@ -77,6 +77,15 @@ def test_kill_after_round_two_then_resume(tmp_path, env) -> None:
         assert h["nodes_declined"] == 0
         assert all(n["health.stage"] == 3.0 and n["health.readiness"] == 1.0 for n in h["nodes"].values())
     assert "Node health per round" in (run / "report.html").read_text()
+    # the final global models were exported to ONNX, signed into the run's registry and promoted
+    from core.registry import ModelRegistry
+    from core.signing import load_public_key
+
+    reg = ModelRegistry(run / "registry", trusted_keys=[load_public_key(run / "keys" / "model-signing.pub")])
+    for task in ("fraud", "fee", "anomaly"):
+        version, data = reg.load(f"{task}@production")
+        assert version.round == 4 and version.epsilon is not None and version.epsilon <= 8.0 + 1e-6
+        assert metrics["published"][task]["version"] == version.ref and (run / "models" / f"{task}.onnx").is_file()
 
 
 def test_same_seed_same_models_wherever_the_run_lives(tmp_path, env) -> None:

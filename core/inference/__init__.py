@@ -1,0 +1,1 @@
+"""Inference: onnxruntime engine and the pure-NumPy RISC-V path (torch-free)."""

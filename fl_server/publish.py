@@ -1,0 +1,51 @@
+"""Publishing a run's global models: ONNX export, then a signed registry version per task.
+
+After the last round the ServerApp exports every task's global model (``models.export``) to
+``<run-dir>/models/<task>.onnx`` and, with a registry and the coordinator's signing key in the run
+config, publishes each as a new signed version (candidate; a simulation promotes its own to production).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from core.fedconfig import FederationConfig
+from core.registry import ModelRegistry
+from core.signing import load_private_key
+from core.storage import atomic_write_bytes
+from models.export import export_onnx
+
+
+def _next_version(registry: ModelRegistry, task: str) -> int:
+    return max((v.version for v in registry.versions(task)), default=0) + 1
+
+
+def publish_final_models(cfg: FederationConfig, models: dict[str, nn.Module], history: list[dict[str, Any]]) -> dict:
+    """Export (and publish) the final global models; returns {task: {"onnx": path, "version": ref | None}}."""
+    last = history[-1] if history else {}
+    registry = None
+    if cfg.registry_dir and cfg.signing_key:
+        registry = ModelRegistry(Path(cfg.registry_dir), signing_key=load_private_key(Path(cfg.signing_key)))
+    out: dict[str, dict[str, Any]] = {}
+    for task, model in models.items():
+        eps = (last.get("train") or {}).get(f"{task}.epsilon")
+        metrics = {k: float(v) for k, v in ((last.get("global") or {}).get(task) or {}).items()
+                   if isinstance(v, int | float)}
+        meta = {"run": cfg.run_name, "round": int(last.get("round", 0)), "epsilon": eps if cfg.dp else None,
+                "delta": cfg.delta if cfg.dp else None, "strategy": cfg.strategy}
+        if registry is not None:
+            meta["version"] = _next_version(registry, task)
+        data = export_onnx(task, model, meta)
+        path = atomic_write_bytes(Path(cfg.run_dir) / "models" / f"{task}.onnx", data)
+        ref = None
+        if registry is not None:
+            version = registry.publish(task, data, run=cfg.run_name, round=meta["round"], metrics=metrics,
+                                       epsilon=meta["epsilon"], delta=meta["delta"])
+            if cfg.promote:
+                registry.promote(version.ref, "production")
+            ref = version.ref
+        out[task] = {"onnx": str(path), "version": ref}
+    return out
