@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 
 from anya_fl.console import console, err_console, progress, table
-from anya_fl.models_cli import models_app
+from anya_fl.models_cli import DEFAULT_REGISTRY, models_app
 from core.errors import AnyaError
 
 app = typer.Typer(
@@ -22,9 +22,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-DEFAULT_REGISTRY = Path("~/.anya-fl/registry")
 
 
 def _parse_floats(text: str, setting: str) -> tuple[float, ...]:
