@@ -46,12 +46,12 @@ def prepare_run(cfg: FederationConfig, run_dir: Path) -> FederationConfig:
         raise ConfigError("run-dir", f"{run_dir} already holds a run; use --resume {run_dir} or another directory")
     data_dir = run_dir / "data"
     key = run_dir / "keys" / "model-signing.key"  # the simulation signs and promotes its own models
-    if not key.exists():
-        generate_signing_key(key, key.with_suffix(".pub"))
     cfg = replace(cfg, run_dir=str(run_dir.resolve()), data_dir=str(data_dir.resolve()), run_name=run_dir.name,
                   registry_dir=str((run_dir / "registry").resolve()), signing_key=str(key.resolve()),
                   promote=True).validate()
     profiles = write_federation_data(data_dir, cfg.transactions, cfg.seed, cfg.nodes, cfg.task_list)
+    if not key.exists():
+        generate_signing_key(key, key.with_suffix(".pub"))
     atomic_write_json(run_dir / RUN_FILE, {"config": cfg.to_run_config(), "profiles": profiles})
     return cfg
 

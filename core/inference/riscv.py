@@ -20,12 +20,19 @@ What is in it:
   broadcast; a numerically stable Sigmoid).
 * ``QTensor`` and an int8 mode (``int8=True``): the weights of every Gemm (and 2-D MatMul) whose weight
   is an initializer are quantized once, per output channel, to **symmetric int8** (zero point 0,
-  scale = max|w| / 127, values in [-127, 127]); the activation feeding it is quantized per tensor,
-  dynamically for each batch, to **asymmetric uint8** exactly as ONNX ``DynamicQuantizeLinear`` does
-  (range widened to include 0, scale = (max - min) / 255, zero point = round(-min / scale), round half to
-  even). The product is integer arithmetic with int32 accumulation, then rescaled and the bias added in
-  float32; every other operator stays float32. Because activation scales are per batch, a row's int8
-  output depends slightly on the other rows of its batch.
+  scale = max|w| / 127, values in [-127, 127]); the activation feeding it is quantized dynamically to
+  **asymmetric uint8** by the formula of ONNX ``DynamicQuantizeLinear`` (range widened to include 0,
+  scale = (max - min) / 255, zero point = round(-min / scale), round half to even), with one scale per
+  row by default (``activations="row"``) or one per batch tensor (``activations="tensor"``). The product
+  is integer arithmetic with int32 accumulation, then rescaled and the bias added in float32; every other
+  operator stays float32.
+
+  ``"tensor"`` is exactly onnxruntime's ``quantize_dynamic(per_channel=True, weight_type=QInt8)`` scheme
+  (outputs agree to ~1e-7), but a row's output then depends on the other rows of its batch, and one
+  outlying row coarsens everyone's scale. ``"row"`` makes each row's answer independent of its batch and
+  is 2-3x more accurate on the task models (measured on models trained a few hundred steps, 10,000 rows:
+  max error vs float32 about 0.015 vs 0.03-0.05 on the fraud probability, 0.6 % vs 1.2-1.4 % on the fee
+  rate, 0.003 vs 0.004 on the anomaly score), for the price of per-row min/max.
 
 Speed: everything is vectorized over the batch (no per-row Python loop). Nothing global is set here, but
 for small batches ``OPENBLAS_NUM_THREADS=1`` in the environment (before NumPy is imported) avoids the
@@ -746,14 +753,14 @@ class RiscvModel:
     """An ONNX task model run with NumPy alone: ``RiscvModel.from_path(p).run(rows)``.
 
     ``int8=True`` runs every Gemm/MatMul whose weight is an initializer as int8 x uint8 integer arithmetic
-    (see the module docstring). ``activations`` picks the activation scale: ``"tensor"`` (default: one per
-    tensor per batch, so a row's output depends a little on its batch) or ``"row"`` (one per row: more
-    accurate and independent of the batch). ``exact_float`` (default) runs the integer product as float32
+    (see the module docstring). ``activations`` picks the activation scale: ``"row"`` (default: one per
+    row, so a row's answer does not depend on its batch) or ``"tensor"`` (one per batch, onnxruntime's
+    ``quantize_dynamic`` scheme). ``exact_float`` (default) runs the integer product as float32
     BLAS where that is provably exact (K <= 518); otherwise, or with ``exact_float=False``, NumPy's int32
     matmul does it. Both give the same numbers.
     """
 
-    def __init__(self, model: ModelProto, *, int8: bool = False, activations: str = "tensor",
+    def __init__(self, model: ModelProto, *, int8: bool = False, activations: str = "row",
                  exact_float: bool = True) -> None:
         graph = model.graph
         assert graph is not None
@@ -801,12 +808,12 @@ class RiscvModel:
         self.op_types = [n.op_type for n in graph.node]
 
     @classmethod
-    def from_bytes(cls, onnx_bytes: bytes, *, int8: bool = False, activations: str = "tensor",
+    def from_bytes(cls, onnx_bytes: bytes, *, int8: bool = False, activations: str = "row",
                    exact_float: bool = True) -> RiscvModel:
         return cls(ModelProto(bytes(onnx_bytes)), int8=int8, activations=activations, exact_float=exact_float)
 
     @classmethod
-    def from_path(cls, path: str | Path, *, int8: bool = False, activations: str = "tensor",
+    def from_path(cls, path: str | Path, *, int8: bool = False, activations: str = "row",
                   exact_float: bool = True) -> RiscvModel:
         return cls.from_bytes(Path(path).read_bytes(), int8=int8, activations=activations, exact_float=exact_float)
 
@@ -837,8 +844,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("input", help=".npy file of float32 rows [batch, width]")
     parser.add_argument("output", help=".npy file to write the output to")
     parser.add_argument("--int8", action="store_true", help="int8 Gemm/MatMul (weights per output channel)")
-    parser.add_argument("--activations", choices=("tensor", "row"), default="tensor",
-                        help="int8 activation scale: one per batch tensor (default) or one per row")
+    parser.add_argument("--activations", choices=("row", "tensor"), default="row",
+                        help="int8 activation scale: one per row (default) or one per batch tensor (as onnxruntime)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         start = time.perf_counter()

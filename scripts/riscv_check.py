@@ -1,0 +1,227 @@
+"""Host side of ``scripts/riscv-check``, and the models, rows and tolerances that ``tests/test_riscv.py`` shares.
+
+``prepare DIR [--rows N]``: trains the three task models for a few steps, exports them to ONNX, writes N
+rows per task and onnxruntime's outputs for them (float32, and int8 from ``quantize_dynamic``) into DIR.
+``compare DIR``: checks the outputs that ``core/inference/riscv.py`` wrote (``<task>.<mode>.out.npy`` for
+the modes in ``MODES``) against those references, prints a table and PASS/FAIL (exit code 0/1).
+
+Tolerances (errors are absolute for the fraud probability and anomaly score, relative to max(1, |want|)
+for the fee rate in sat/vB, which can be large):
+
+* ``float32`` vs onnxruntime float32: max error <= 1e-5.
+* ``int8-tensor`` (per-tensor activations) vs onnxruntime's own dynamic int8 of the same graph
+  (``quantize_dynamic(per_channel=True, weight_type=QInt8)``, the same scheme): <= 1e-4. This checks the
+  integer arithmetic; its accuracy against float32 is onnxruntime's, and is not asserted.
+* ``int8`` (default, per-row activations) vs onnxruntime float32: ``INT8_MAX_ERROR``. With weights trained
+  a few hundred steps (sharp logits, as real checkpoints have) 1e-2 holds for the fee rate and anomaly
+  score, but int8 moves the fraud probability by up to ~0.016 where it is steepest (p near 0.5), so fraud
+  gets 0.03.
+* decisions (``decision``): >= 99.5 % of rows decide the same as with onnxruntime float32, for ``float32``
+  and ``int8``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+TASKS = ("fraud", "fee", "anomaly")
+ROWS = 10_000
+CHAIN = {"n_transactions": 30_000, "seed": 5}
+TRAIN_STEPS = 200
+MODEL_SEED = 7
+FEE_CALIB_OFFSETS = (0.35, 0.2, 0.1, -0.15, -0.5)  # log-space; nonzero and distinct so the graph keeps them
+
+MODES = {"float32": [], "int8": ["--int8"], "int8-tensor": ["--int8", "--activations", "tensor"]}
+FLOAT_MAX_ERROR = 1e-5
+INT8_VS_ORT_MAX_ERROR = 1e-4
+INT8_MAX_ERROR = {"fraud": 0.03, "fee": 1e-2, "anomaly": 1e-2}
+DECISION_AGREEMENT = 0.995
+FEE_BUCKET_RATIO = 1.1
+
+
+def error(task: str, got: np.ndarray, want: np.ndarray) -> float:
+    """Max error of ``got`` against ``want``: absolute, or relative to max(1, |want|) for the fee rate."""
+    d = np.abs(np.asarray(got, dtype=np.float64) - np.asarray(want, dtype=np.float64))
+    if task == "fee":
+        d = d / np.maximum(1.0, np.abs(np.asarray(want, dtype=np.float64)))
+    return float(d.max()) if d.size else 0.0
+
+
+def decision(task: str, out: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """What a node does with each row's output; thresholds come from the float32 ``reference`` outputs.
+
+    fraud: flag the riskiest 1 % (probability >= the reference's 99th percentile: a fixed 0.5 would flag
+    almost nothing for a rare class). anomaly: alert on the top 1 % of scores. fee: the fee-rate bucket a
+    wallet picks, ``floor(log(rate) / log(1.1))`` (10 % steps, two of Bitcoin Core's 5 % fee buckets: at
+    5 % steps, int8 moves 0.4-6 % of rows to a neighbouring bucket, because many rows sit near a boundary).
+    """
+    out = np.asarray(out, dtype=np.float64)
+    if task == "fee":
+        return np.floor(np.log(np.maximum(out, 1e-9)) / np.log(FEE_BUCKET_RATIO))
+    return out >= np.quantile(np.asarray(reference, dtype=np.float64), 0.99)
+
+
+def agreement(task: str, got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.mean(decision(task, got, want) == decision(task, want, want))) if len(want) else 1.0
+
+
+def task_rows(task: str, n: int = ROWS, seed: int = 0) -> np.ndarray:
+    """``n`` realistic rows of ``task`` from the simulated chain (all splits), resampled up to ``n``."""
+    from core.data.chain import ChainConfig, simulate_chain
+    from core.data.datasets import SPLITS, task_arrays
+
+    arrays = _cached("arrays", lambda: task_arrays(simulate_chain(ChainConfig(**CHAIN))))
+    x = np.concatenate([arrays[task].x[s] for s in SPLITS])
+    rng = np.random.default_rng(seed)
+    if len(x) >= n:
+        return np.ascontiguousarray(x[rng.permutation(len(x))[:n]])
+    extra = x[rng.integers(0, len(x), n - len(x))]
+    return np.ascontiguousarray(np.concatenate([x, extra]))
+
+
+def trained_model(task: str, steps: int = TRAIN_STEPS, seed: int = MODEL_SEED):
+    """The task model after ``steps`` Adam steps (batch 256, the task's lr) on the chain's train split;
+    the fee model also gets nonzero calibration offsets."""
+    import torch
+
+    from core.data.chain import ChainConfig, simulate_chain
+    from core.data.datasets import task_arrays
+    from models.tasks import build_model, targets, task_spec
+
+    arrays = _cached("arrays", lambda: task_arrays(simulate_chain(ChainConfig(**CHAIN))))
+    spec, split = task_spec(task), arrays[task]
+    x = torch.from_numpy(split.x["train"])
+    y = torch.from_numpy(np.ascontiguousarray(targets(task, split, "train"), dtype=np.float32))
+    model = build_model(task, seed=seed)
+    opt = torch.optim.Adam(model.parameters(), lr=spec.lr)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (256,), generator=gen)
+        opt.zero_grad()
+        spec.loss(model(x[idx]), y[idx]).backward()
+        opt.step()
+    model.eval()
+    if task == "fee":
+        with torch.no_grad():
+            model.calib_offset.copy_(torch.tensor(FEE_CALIB_OFFSETS))
+    return model
+
+
+def export(task: str, model) -> bytes:
+    from models.export import export_onnx
+
+    return export_onnx(task, model, {"run": "riscv-check", "round": 0, "steps": TRAIN_STEPS})
+
+
+def ort_outputs(onnx_bytes: bytes, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """onnxruntime's float32 output and its dynamic-int8 (per-channel QInt8 weights) output for ``x``."""
+    import logging
+    import tempfile
+
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    want = ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"]).run(None, {"features": x})[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "m.onnx", Path(tmp) / "m.int8.onnx"
+        src.write_bytes(onnx_bytes)
+        level = logging.getLogger().level
+        logging.getLogger().setLevel(logging.ERROR)  # quantize_dynamic's "consider pre-processing" note
+        try:
+            quantize_dynamic(src, dst, per_channel=True, weight_type=QuantType.QInt8, op_types_to_quantize=["Gemm", "MatMul"])
+        finally:
+            logging.getLogger().setLevel(level)
+        sess = ort.InferenceSession(dst.read_bytes(), opts, providers=["CPUExecutionProvider"])
+        want_int8 = sess.run(None, {"features": x})[0]
+    return want, want_int8
+
+
+_CACHE: dict[str, object] = {}
+
+
+def _cached(key: str, make):
+    if key not in _CACHE:
+        _CACHE[key] = make()
+    return _CACHE[key]
+
+
+def prepare(directory: Path, rows: int) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for task in TASKS:
+        onnx_bytes = export(task, trained_model(task))
+        x = task_rows(task, rows)
+        want, want_int8 = ort_outputs(onnx_bytes, x)
+        (directory / f"{task}.onnx").write_bytes(onnx_bytes)
+        np.save(directory / f"{task}.rows.npy", x)
+        np.save(directory / f"{task}.ort.npy", want)
+        np.save(directory / f"{task}.ort-int8.npy", want_int8)
+        print(f"riscv-check: {task}: model {len(onnx_bytes)} bytes, {len(x)} rows, onnxruntime references written")
+
+
+def check(task: str, mode: str, got: np.ndarray, want: np.ndarray, want_int8: np.ndarray) -> tuple[bool, dict]:
+    """Whether ``got`` (the executor's ``mode`` output) passes, and the numbers behind the verdict."""
+    if got.shape != want.shape or not np.isfinite(got).all():
+        return False, {"problem": f"shape {got.shape} (want {want.shape}) or non-finite values"}
+    facts = {"error": error(task, got, want), "agreement": agreement(task, got, want)}
+    if mode == "int8-tensor":
+        facts["vs_ort_int8"] = error(task, got, want_int8)
+        return facts["vs_ort_int8"] <= INT8_VS_ORT_MAX_ERROR, facts
+    facts["limit"] = FLOAT_MAX_ERROR if mode == "float32" else INT8_MAX_ERROR[task]
+    return facts["error"] <= facts["limit"] and facts["agreement"] >= DECISION_AGREEMENT, facts
+
+
+def compare(directory: Path) -> bool:
+    ok = True
+    header = f"{'task':8} {'mode':12} {'rows':>5} {'vs ort f32':>10} {'limit':>7} {'vs ort int8':>11} {'decisions':>9}  result"
+    print(header)
+    print("-" * len(header))
+    for task in TASKS:
+        want = np.load(directory / f"{task}.ort.npy")
+        want_int8 = np.load(directory / f"{task}.ort-int8.npy")
+        for mode in MODES:
+            path = directory / f"{task}.{mode}.out.npy"
+            if not path.is_file():
+                print(f"{task:8} {mode:12} {'-':>5}  missing {path.name}  FAIL")
+                ok = False
+                continue
+            got = np.load(path)
+            passed, f = check(task, mode, got, want, want_int8)
+            ok &= passed
+            if "problem" in f:
+                print(f"{task:8} {mode:12} {len(got):>5}  {f['problem']}  FAIL")
+                continue
+            limit = f"{f['limit']:7.0e}" if "limit" in f else f"{INT8_VS_ORT_MAX_ERROR:7.0e}"
+            vs = f"{f['vs_ort_int8']:11.2e}" if "vs_ort_int8" in f else f"{'':11}"
+            print(f"{task:8} {mode:12} {len(got):>5} {f['error']:10.2e} {limit} {vs} {f['agreement']:9.2%}  "
+                  f"{'ok' if passed else 'FAIL'}")
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="riscv_check.py")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("prepare")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--rows", type=int, default=200)
+    c = sub.add_parser("compare")
+    c.add_argument("dir", type=Path)
+    args = parser.parse_args(argv)
+    if args.cmd == "prepare":
+        start = time.perf_counter()
+        prepare(args.dir, args.rows)
+        print(f"riscv-check: host preparation took {time.perf_counter() - start:.1f} s")
+        return 0
+    return 0 if compare(args.dir) else 1
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.exit(main())
