@@ -275,7 +275,7 @@ class _Server:
         self.port = free_port()
         self._stop = stop_process
         self.proc = subprocess.Popen([sys.executable, "-m", "anya_fl.cli", "serve", "--registry", str(fx["registry"]),
-                                      "--trust", str(fx["pub"]), "--port", str(self.port)],
+                                      "--trust", str(fx["pub"]), "--port", str(self.port), "--no-auth"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         import http.client
 

@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from anya_fl.console import console, err_console, progress, table
 from anya_fl.models_cli import DEFAULT_REGISTRY, models_app
+from anya_fl.security_cli import DEFAULT_AUDIT_LOG, DEFAULT_STORE, audit_app, token_app
 from core.errors import AnyaError
 
 app = typer.Typer(
@@ -161,6 +162,8 @@ def _report(run_dir: Path, metrics: dict, compare: bool) -> None:
 coordinator_app = typer.Typer(help="The coordinator: PKI, the Flower SuperLink, launching runs.", no_args_is_help=True)
 app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(models_app, name="models")
+app.add_typer(token_app, name="token")
+app.add_typer(audit_app, name="audit")
 
 
 def _flwr_home(role: str) -> Path:
@@ -245,7 +248,8 @@ def coordinator_run(
                            local_epochs=local_epochs, seed=seed, run_dir=str(run_dir.resolve()),
                            data_dir=str(data_dir.resolve()), run_name=run_dir.name,
                            registry_dir=str(registry.expanduser().resolve()) if signing_key else "",
-                           signing_key=str(signing_key.resolve()) if signing_key else "").validate()
+                           signing_key=str(signing_key.resolve()) if signing_key else "",
+                           audit_log=str(DEFAULT_AUDIT_LOG)).validate()
     if signing_key is None:
         err_console.print("[yellow]no --signing-key: the final models are exported to RUN_DIR/models unsigned and "
                           "not published to a registry[/yellow]")
@@ -373,8 +377,16 @@ def serve(
     rpc_cookie: RpcCookie = None,
     rpc_user: RpcUser = None,
     min_stage: Annotated[str, typer.Option(help="Stage /readyz requires.")] = "production",
+    auth: Annotated[bool, typer.Option(help="Require API tokens (`anya-fl token create`); --no-auth only for "
+                                            "local trials.")] = True,
+    tokens: Annotated[Path, typer.Option(help="The token store (hashes only).")] = DEFAULT_STORE,
+    audit_log: Annotated[Path, typer.Option(help="Refused requests are appended here.")] = DEFAULT_AUDIT_LOG,
 ) -> None:
-    """Serve the production models over HTTP: /v1/{task}/predict, /v1/models, /healthz, /readyz, /metrics."""
+    """Serve the production models over HTTP: /v1/{task}/predict, /v1/models, /healthz, /readyz, /metrics.
+
+    Requests need `Authorization: Bearer <token>` with a role allowed to do what they ask (operator:
+    predict, list, metrics; viewer: list, metrics); /healthz, /readyz and the OpenAPI schema are open.
+    """
     import uvicorn
 
     from core.errors import ConfigError
@@ -410,10 +422,24 @@ def serve(
     console.print(table("serving", ["task", "version", "provider", "weights", "load ms"], rows))
     loop = ProbeLoop(health, 15.0).start()
     watcher.start()
-    app_ = build_app(engine, health, registry=reg, limits=ServeLimits(max_rows=max_rows))
+    asgi = FastPredict(build_app(engine, health, registry=reg, limits=ServeLimits(max_rows=max_rows)))
+    if auth:
+        from core.security.audit import AuditLog
+        from core.security.tokens import TokenAuth, TokenStore
+
+        store = TokenStore(tokens.expanduser())
+        if not any(not r.revoked for r in store.list()):
+            watcher.stop()
+            loop.stop()
+            raise ConfigError("tokens", f"no active API token in {tokens}: create one with `anya-fl token create "
+                                        "--role operator --name my-client`, or run with --no-auth (local trials)")
+        asgi = TokenAuth(asgi, store, audit=AuditLog(audit_log.expanduser()))
+    else:
+        err_console.print("[yellow]WARNING: --no-auth: every client that reaches the port may predict and read "
+                          "metrics. Use only on loopback.[/yellow]")
     console.print(f"listening on http://{host}:{port} (OpenAPI: /docs, /openapi.json)")
     try:
-        uvicorn.run(FastPredict(app_), host=host, port=port, log_level="warning", access_log=False, lifespan="off")
+        uvicorn.run(asgi, host=host, port=port, log_level="warning", access_log=False, lifespan="off")
     finally:
         watcher.stop()
         loop.stop()
@@ -484,8 +510,22 @@ def bench(
     names: Annotated[list[str] | None, typer.Argument(help="Benchmarks or prefixes to run (default: all).")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON to this file.")] = None,
     list_only: Annotated[bool, typer.Option("--list", help="List benchmarks and exit.")] = False,
+    out: Annotated[Path, typer.Option(help="robustness: output directory.")] = Path("runs/robustness"),
+    tasks: Annotated[str, typer.Option(help="robustness: tasks (comma-separated).")] = "fraud",
+    rounds: Annotated[int, typer.Option(help="robustness: rounds per federation.")] = 4,
+    strategies: Annotated[str | None, typer.Option(help="robustness: strategies (default: all).")] = None,
+    attacks: Annotated[str | None, typer.Option(help="robustness: attacks (default: all).")] = None,
+    fractions: Annotated[str, typer.Option(help="robustness: malicious shares.")] = "0.1,0.2,0.3",
+    dp: Annotated[bool, typer.Option(help="robustness: DP-SGD on the nodes.")] = False,
 ) -> None:
-    """Run named benchmarks; print ours next to the seed's figure and the target."""
+    """Run named benchmarks; print ours next to the seed's figure and the target.
+
+    `anya-fl bench robustness` runs the robustness evidence table instead (every strategy against every
+    attack and malicious share; writes OUT/robustness.json and OUT/robustness.png).
+    """
+    if names == ["robustness"]:
+        _robustness(out, tasks, rounds, strategies, attacks, fractions, dp)
+        return
     from anya_fl.bench import BENCHMARKS, run_benchmarks
 
     if list_only:
@@ -505,6 +545,44 @@ def bench(
 
         atomic_write_json(json_out, results)
         console.print(f"wrote {json_out}")
+
+
+def _robustness(out: Path, tasks: str, rounds: int, strategies: str | None, attacks: str | None, fractions: str,
+                dp: bool) -> None:
+    from anya_fl.robustness import STRATEGIES, RobustnessConfig, run_table
+    from core.errors import ConfigError
+    from core.fedconfig import ATTACKS
+
+    strat = tuple(s.strip() for s in strategies.split(",")) if strategies else STRATEGIES
+    atk = tuple(a.strip() for a in attacks.split(",")) if attacks else ATTACKS
+    for name, chosen, allowed in (("strategies", strat, STRATEGIES), ("attacks", atk, ATTACKS)):
+        bad = [c for c in chosen if c not in allowed]
+        if bad:
+            raise ConfigError(name, f"{bad} not known; choose from {', '.join(allowed)}")
+    fr = _parse_floats(fractions, "fractions")
+    if any(not 0 < f < 0.5 for f in fr):
+        raise ConfigError("fractions", f"{fr}: each share must be in (0, 0.5)")
+    cfg = RobustnessConfig(tasks=tasks, rounds=rounds, strategies=strat, attacks=atk, fractions=fr, dp=dp)
+    total = len(strat) * (1 + len(atk) * len(fr))
+    with progress() as prog:
+        bar = prog.add_task("robustness table", total=total)
+        result = run_table(cfg, out, on_run=lambda name, row: prog.update(bar, advance=1, description=name))
+    tasks_ = list(result["primary_metric"])
+    for task in tasks_:
+        cols = [f"{a} {100 * f:.0f}%" for a in atk for f in fr]
+        rows = []
+        for s in strat:
+            clean = next(r["metrics"][task] for r in result["runs"] if r["strategy"] == s and r["attack"] == "none")
+            cells = []
+            for a in atk:
+                for f in fr:
+                    r = next(r for r in result["runs"] if r["strategy"] == s and r["attack"] == a
+                             and abs(r["malicious"] - f) < 1e-9)
+                    cells.append(r["metrics"][task])
+            rows.append([s, clean, *cells])
+        console.print(table(f"{task}: {table['primary_metric'][task]} of the final global model", ["strategy", "clean",
+                                                                                                  *cols], rows))
+    console.print(f"wrote {out / 'robustness.json'} and {out / 'robustness.png'}")
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:

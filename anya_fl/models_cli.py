@@ -30,8 +30,14 @@ def _open(registry: Path, key: Path | None, trust: list[Path] | None, *, create:
     root = registry.expanduser()
     if not create and not (root / INDEX).is_file():
         raise ConfigError("registry", f"no model registry at {root} (give --registry DIR)")
+    import getpass
+
+    from anya_fl.security_cli import DEFAULT_AUDIT_LOG
+    from core.security.audit import AuditLog
+
     return ModelRegistry(root, signing_key=load_private_key(key.expanduser()) if key else None,
-                         trusted_keys=[load_public_key(p.expanduser()) for p in trust or ()])
+                         trusted_keys=[load_public_key(p.expanduser()) for p in trust or ()],
+                         audit=AuditLog(DEFAULT_AUDIT_LOG), actor=getpass.getuser())
 
 
 def _metrics(metrics: dict[str, float]) -> str:

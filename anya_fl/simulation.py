@@ -48,7 +48,7 @@ def prepare_run(cfg: FederationConfig, run_dir: Path) -> FederationConfig:
     key = run_dir / "keys" / "model-signing.key"  # the simulation signs and promotes its own models
     cfg = replace(cfg, run_dir=str(run_dir.resolve()), data_dir=str(data_dir.resolve()), run_name=run_dir.name,
                   registry_dir=str((run_dir / "registry").resolve()), signing_key=str(key.resolve()),
-                  promote=True).validate()
+                  audit_log=str((run_dir / "audit.jsonl").resolve()), promote=True).validate()
     profiles = write_federation_data(data_dir, cfg.transactions, cfg.seed, cfg.nodes, cfg.task_list)
     if not key.exists():
         generate_signing_key(key, key.with_suffix(".pub"))

@@ -18,6 +18,7 @@ STRATEGIES = ("fedavg", "fedprox", "fedadam", "krum", "multikrum", "bulyan", "me
 TASK_NAMES = ("fraud", "fee", "anomaly")
 
 
+ATTACKS = ("sign-flip", "scaling", "gaussian", "label-flip", "alie")  # fl_client.attacks implements them
 DECLINE_ERROR_CODE = 4100  # Flower error code of a node that declines a message (the reason says why)
 
 
@@ -52,6 +53,15 @@ class FederationConfig:
     registry_dir: str = ""  # where the final models are published as signed versions ("": ONNX files only)
     signing_key: str = ""  # the coordinator's Ed25519 model-signing key (PEM)
     promote: bool = False  # promote the published versions to production (the simulation's own registry)
+    audit_log: str = ""  # the coordinator's hash-chained audit log (publishes, promotions, excluded nodes)
+    export_models: bool = True  # export (and publish) the final models after the last round
+    attack: str = ""  # robustness experiments: a share of the nodes poisons its updates (fl_client.attacks)
+    malicious: float = 0.0  # share of nodes that attack
+    screening: bool = False  # server-side norm/direction screening and clipping (fl_server.screening)
+    clip_factor: float = 3.0  # screening: clip updates to this many times the round's median norm
+    flag_norm: float = 4.0  # screening: flag updates above this many times the median norm
+    min_cosine: float = 0.0  # screening: flag updates pointing away from the median update
+    exclude_after: int = 2  # screening: exclude a node flagged in this many consecutive rounds
 
     @property
     def task_list(self) -> tuple[str, ...]:
@@ -104,6 +114,18 @@ class FederationConfig:
         if self.transactions < 1_000:
             raise bad("transactions", "must be at least 1000")
         SystemStage.parse(self.min_stage, "min-stage")
+        if self.attack and self.attack not in ATTACKS:
+            raise bad("attack", f"is not an attack; choose one of {', '.join(ATTACKS)}")
+        if not 0.0 <= self.malicious < 1.0:
+            raise bad("malicious", "must be in [0, 1)")
+        if not (self.clip_factor > 0 and self.flag_norm > 0):
+            raise ConfigError("clip-factor/flag-norm", "must be positive")
+        if not -1.0 <= self.min_cosine <= 1.0:
+            raise bad("min-cosine", "must be in [-1, 1]")
+        if self.exclude_after < 1:
+            raise bad("exclude-after", "must be at least 1")
+        if self.malicious > 0 and not self.attack:
+            raise ConfigError("malicious", "a share of malicious nodes needs --attack")
         return self
 
     def to_run_config(self) -> dict[str, Any]:

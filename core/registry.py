@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import AnyaError, ConfigError
+from core.security.audit import PROMOTE, PUBLISH, RETIRE, AuditLog
 from core.signing import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
@@ -160,8 +161,11 @@ class ModelRegistry:
     """A versioned, signed model store under ``root``; safe to use from several threads and processes."""
 
     def __init__(self, root: str | os.PathLike[str], *, signing_key: Ed25519PrivateKey | None = None,
-                 trusted_keys: Iterable[Ed25519PublicKey] = ()) -> None:
+                 trusted_keys: Iterable[Ed25519PublicKey] = (), audit: AuditLog | None = None,
+                 actor: str = "registry") -> None:
         self.root = Path(root).expanduser()
+        self.audit = audit  # publishes, promotions and retirements are appended to it
+        self.actor = actor
         self.signing_key = signing_key
         self.trusted: dict[str, Ed25519PublicKey] = {key_id(k): k for k in trusted_keys}
         if signing_key is not None:
@@ -271,6 +275,8 @@ class ModelRegistry:
             signature = sign(self.signing_key, canonical_json(unsigned.signed_metadata())).hex()
             mv = replace(unsigned, signature=signature)
             self._insert(con, mv)
+        if self.audit is not None:
+            self.audit.append(self.actor, PUBLISH, mv.ref, {"sha256": sha, "run": run, "round": round})
         return mv
 
     # -- lookup ------------------------------------------------------------------------------------------------
@@ -390,12 +396,21 @@ class ModelRegistry:
             mv = self._get(con, ref)
             if stage == "production":
                 self._read_verified(mv)
+            retired = []
+            if stage == "production":
+                retired = [r[0] for r in con.execute("SELECT version FROM versions WHERE task=? AND "
+                                                     "stage='production' AND version<>?", (mv.task, mv.version))]
                 con.execute("UPDATE versions SET stage='retired', promoted_at=? "
                             "WHERE task=? AND stage='production' AND version<>?", (now, mv.task, mv.version))
             if mv.stage != stage:
                 con.execute("UPDATE versions SET stage=?, promoted_at=? WHERE task=? AND version=?",
                             (stage, now, mv.task, mv.version))
-            return self._get(con, mv.ref)
+            out = self._get(con, mv.ref)
+        if self.audit is not None:
+            for v in retired:
+                self.audit.append(self.actor, RETIRE, f"{mv.task}@{v}", {"replaced_by": mv.ref})
+            self.audit.append(self.actor, RETIRE if stage == "retired" else PROMOTE, mv.ref, {"stage": stage})
+        return out
 
     def add_evaluation(self, ref: str, dataset: str, metrics: Mapping[str, float]) -> ModelVersion:
         """Append ``{at, dataset, metrics}`` to the version's evaluations (not signed)."""

@@ -13,6 +13,7 @@ carries the node's stage, readiness and resource figures (``health.*`` metrics).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 import zlib
@@ -74,8 +75,9 @@ def _setup(msg: Message, context: Context) -> tuple[FederationConfig, Path, dict
 @_declines_with_reason
 def train(msg: Message, context: Context) -> Message:
     """Train every task for ``local-epochs`` with DP; reply with the new weights and the metrics."""
-    from models.params import pack
-    from models.tasks import targets, task_spec
+    from fl_client import attacks
+    from models.params import pack, unpack_into
+    from models.tasks import build_model, targets, task_spec
     from models.training import BudgetExhausted, DPConfig, TrainConfig, epsilon_spent
     from models.training import train as train_model
 
@@ -93,10 +95,15 @@ def train(msg: Message, context: Context) -> Message:
     metrics: dict[str, float] = {"num-examples": float(data["fraud"].size("train") if "fraud" in data else 0),
                                  "partition-id": float(context.node_config.get("partition-id", -1))}
     share = cfg.epsilon / cfg.rounds
+    malicious = attacks.is_malicious(context.node_config, cfg.attack, cfg.malicious, cfg.nodes, cfg.seed)
+    global_w = pack(models)
+    shard_updates: list[dict] = [{} for _ in range(attacks.ALIE_SHARDS)]
     for task in cfg.task_list:
         spec = task_spec(task)
         split = data[task]
         x, y = split.x["train"], targets(task, split, "train")
+        if malicious and cfg.attack == "label-flip":
+            y = attacks.poison_labels(task, y, seed)
         dp = None
         if cfg.dp:
             spent = epsilon_spent(ledger.get(task), cfg.delta)
@@ -116,6 +123,21 @@ def train(msg: Message, context: Context) -> Message:
         metrics[f"{task}.epsilon"] = float(result.epsilon or 0.0)
         metrics[f"{task}.seconds"] = time.perf_counter() - t0
         metrics[f"{task}.rows"] = float(len(x))
+        if malicious and cfg.attack == "alie" and len(x) >= attacks.ALIE_SHARDS:
+            def train_shard(index, task=task, spec=spec, x=x, y=y, tc=tc):
+                m = build_model(task, seed=cfg.seed)
+                unpack_into({task: m}, {k: v for k, v in global_w.items() if k.startswith(f"{task}.")})
+                train_model(m, spec.loss, x[index], y[index], dataclasses.replace(tc, dp=None))
+                return pack({task: m})
+
+            task_w = {k: v for k, v in global_w.items() if k.startswith(f"{task}.")}
+            for i, upd in enumerate(attacks.alie_shard_updates(train_shard, len(x), task_w, seed)):
+                shard_updates[i].update(upd)
+    if malicious and cfg.attack in ("sign-flip", "scaling", "gaussian", "alie"):
+        z = attacks.alie_z(cfg.nodes, len(attacks.malicious_partitions(cfg.nodes, cfg.malicious, cfg.seed)))
+        poisoned = attacks.poison_update(cfg.attack, global_w, pack(models), seed=seed,
+                                         shard_updates=[u for u in shard_updates if u], z=z)
+        unpack_into(models, poisoned)
     ledger.save()
     # fraud and anomaly both learn from the node's transactions: their budgets add up (basic composition)
     metrics["epsilon-transactions"] = metrics.get("fraud.epsilon", 0.0) + metrics.get("anomaly.epsilon", 0.0)

@@ -22,10 +22,12 @@ from flwr.serverapp import Grid, ServerApp
 from core.data.datasets import load_dataset, write_federation_data
 from core.errors import ConfigError
 from core.fedconfig import DECLINE_ERROR_CODE, FederationConfig
+from core.security.audit import NODE_EXCLUDED, AuditLog
 from core.storage import atomic_write_json
 from fl_server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, weights_digest
 from fl_server.prompt_grid import PromptGrid
 from fl_server.publish import publish_final_models
+from fl_server.screening import ScreeningConfig, ScreeningState, screen
 from fl_server.strategies import STATEFUL_ATTRS, build_strategy
 from models.params import full_state, load_full_state, pack, unpack_into
 from models.tasks import build_model, evaluate_held_out
@@ -113,6 +115,8 @@ def run_federation(grid: Grid, cfg: FederationConfig) -> list[dict[str, Any]]:
         resumes.append({"from_round": ckpt.round, "weights_sha256": weights_digest(full_state(models)),
                         "saved_sha256": weights_digest(ckpt.models)})
     arrays = ArrayRecord(pack(models))
+    screen_cfg = ScreeningConfig(cfg.screening, cfg.clip_factor, cfg.flag_norm, cfg.min_cosine, cfg.exclude_after)
+    screen_state = ScreeningState.from_history(history)
 
     for rnd in range(start, cfg.rounds + 1):
         t0 = time.perf_counter()
@@ -121,10 +125,23 @@ def run_federation(grid: Grid, cfg: FederationConfig) -> list[dict[str, Any]]:
         messages = list(strategy.configure_train(rnd, arrays, ConfigRecord({}), grid))
         replies = sorted(grid.send_and_receive(messages=messages, timeout=cfg.round_timeout), key=_reply_order)
         nodes, failed = _node_rows(replies)
+        global_np = {k: v.numpy() for k, v in arrays.items()}
+        replies, screened = screen(replies, global_np, screen_cfg, screen_state)
+        if isinstance(grid, PromptGrid):
+            grid.excluded = set(screen_state.excluded)
+        for e in screened:
+            if e["kind"] in ("rejected", "flagged", "excluded"):
+                log.warning("round %d: node %s %s: %s", rnd, e["node"], e["kind"], e["reason"])
+            if e["kind"] == "excluded" and cfg.audit_log:
+                AuditLog(Path(cfg.audit_log)).append(f"coordinator:{cfg.run_name}", NODE_EXCLUDED, f"node {e['node']}",
+                                                     {"run": cfg.run_name, "round": rnd, "reason": e["reason"]})
         declined = [f for f in failed if f["code"] == DECLINE_ERROR_CODE]
         for f in declined:
             log.warning("round %d: node %s declined: %s", rnd, f["node"], f["reason"])
-        aggregated, train_metrics = strategy.aggregate_train(rnd, replies)
+        if any(not m.has_error() for m in replies):
+            aggregated, train_metrics = strategy.aggregate_train(rnd, replies)
+        else:  # every update was rejected or flagged: the global model stays as it is this round
+            aggregated, train_metrics = None, None
         if aggregated is not None:
             arrays = aggregated
             unpack_into(models, aggregated.to_torch_state_dict())
@@ -145,6 +162,7 @@ def run_federation(grid: Grid, cfg: FederationConfig) -> list[dict[str, Any]]:
             "nodes_missing": len(messages) - len(replies),
             "nodes_failed": failed,
             "nodes_declined": len(declined),
+            "screening": screened,
             "train": dict(train_metrics) if train_metrics is not None else {},
             "nodes": nodes,
             "global": central,
@@ -155,7 +173,7 @@ def run_federation(grid: Grid, cfg: FederationConfig) -> list[dict[str, Any]]:
                                             strategy=_strategy_state(strategy), history=history))
         atomic_write_json(metrics_path, {"config": cfg.to_run_config(), "history": history, "resumes": resumes})
     _progress(run_dir, round=cfg.rounds, rounds=cfg.rounds, phase="publish")
-    published = publish_final_models(cfg, models, history)
+    published = publish_final_models(cfg, models, history) if cfg.export_models else {}
     atomic_write_json(metrics_path, {"config": cfg.to_run_config(), "history": history, "resumes": resumes,
                                      "published": published})
     _progress(run_dir, round=cfg.rounds, rounds=cfg.rounds, phase="done")

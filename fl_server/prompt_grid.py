@@ -23,9 +23,13 @@ class PromptGrid:
     def __init__(self, grid: Grid, poll_s: float = 0.2) -> None:
         self._grid = grid
         self._poll_s = poll_s
+        self.excluded: set[int] = set()  # nodes screening excluded for the rest of the run: never sampled
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
+
+    def get_node_ids(self) -> list[int]:
+        return [n for n in self._grid.get_node_ids() if n not in self.excluded]
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
         pending = set(self._grid.push_messages(messages))

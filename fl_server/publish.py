@@ -14,6 +14,7 @@ from torch import nn
 
 from core.fedconfig import FederationConfig
 from core.registry import ModelRegistry
+from core.security.audit import AuditLog
 from core.signing import load_private_key
 from core.storage import atomic_write_bytes
 from models.export import export_onnx
@@ -28,7 +29,9 @@ def publish_final_models(cfg: FederationConfig, models: dict[str, nn.Module], hi
     last = history[-1] if history else {}
     registry = None
     if cfg.registry_dir and cfg.signing_key:
-        registry = ModelRegistry(Path(cfg.registry_dir), signing_key=load_private_key(Path(cfg.signing_key)))
+        registry = ModelRegistry(Path(cfg.registry_dir), signing_key=load_private_key(Path(cfg.signing_key)),
+                                 audit=AuditLog(Path(cfg.audit_log)) if cfg.audit_log else None,
+                                 actor=f"coordinator:{cfg.run_name}")
     out: dict[str, dict[str, Any]] = {}
     for task, model in models.items():
         eps = (last.get("train") or {}).get(f"{task}.epsilon")

@@ -328,3 +328,21 @@ def test_module_runs_standalone_with_only_stdlib_and_numpy(tmp_path, cases) -> N
     assert report["rows"] == 50 and abs(report["sum"] - float(want[:50].sum())) <= 1e-4
     source = RISCV_FILE.read_text()
     assert "from core" not in source and "import core" not in source and "from models" not in source
+
+
+@pytest.mark.parametrize("raw", [True, False])
+def test_tensor_data_types_decode_like_onnx(raw) -> None:
+    from core.inference.riscv import TensorProto as RiscvTensor
+
+    samples = {
+        TensorProto.FLOAT: np.float32([1.5, -2.25]), TensorProto.DOUBLE: np.float64([1.25, -3.5]),
+        TensorProto.FLOAT16: np.float16([1.5, -2.0]), TensorProto.INT64: np.int64([-(2**62), 5]),
+        TensorProto.INT32: np.int32([-5, 7]), TensorProto.INT8: np.int8([-128, 127]),
+        TensorProto.UINT8: np.uint8([0, 255]), TensorProto.BOOL: np.bool_([True, False]),
+        TensorProto.UINT64: np.uint64([2**64 - 1, 3]),
+    }
+    for code, arr in samples.items():
+        t = numpy_helper.from_array(arr.reshape(2, 1), "t") if raw else helper.make_tensor("t", code, [2, 1], arr, raw=False)
+        got = RiscvTensor(t.SerializeToString()).array()
+        want = numpy_helper.to_array(t)
+        assert got.dtype == want.dtype and got.shape == want.shape and np.array_equal(got, want), code

@@ -321,8 +321,17 @@ def test_serving_process_never_imports_torch(world, tmp_path) -> None:
     from anya_fl.deployment import free_port, stop_process
 
     port = free_port()
+    store, audit = tmp_path / "tokens.json", tmp_path / "audit.jsonl"
+    tokens = {}
+    for role in ("operator", "viewer"):
+        made = subprocess.run([sys.executable, "-m", "anya_fl.cli", "token", "create", "--role", role, "--name", role,
+                               "--store", str(store), "--log", str(audit)], cwd=ROOT, capture_output=True, text=True)
+        assert made.returncode == 0, made.stderr
+        tokens[role] = made.stdout.strip()
     proc = subprocess.Popen([sys.executable, "-m", "anya_fl.cli", "serve", "--registry", str(reg.root), "--port",
-                             str(port), "--trust", str(world["root"] / "keys" / "coord.pub")], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             str(port), "--trust", str(world["root"] / "keys" / "coord.pub"), "--tokens", str(store),
+                             "--audit-log", str(audit)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
     try:
         deadline = time.monotonic() + 60
         ready = False
@@ -332,9 +341,17 @@ def test_serving_process_never_imports_torch(world, tmp_path) -> None:
             except httpx.HTTPError:
                 time.sleep(0.2)
         assert ready, "serve did not become ready"
-        r = httpx.post(f"http://127.0.0.1:{port}/v1/fee/predict", json={"rows": world["rows"]["fee"][:3].tolist()})
+        url, body = f"http://127.0.0.1:{port}/v1/fee/predict", {"rows": world["rows"]["fee"][:3].tolist()}
+        assert httpx.post(url, json=body).status_code == 401  # no token
+        bearer = {role: {"Authorization": f"Bearer {t}"} for role, t in tokens.items()}
+        assert httpx.post(url, json=body, headers=bearer["viewer"]).status_code == 403  # viewers may not predict
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/models", headers=bearer["viewer"]).status_code == 200
+        r = httpx.post(url, json=body, headers=bearer["operator"])
         assert r.status_code == 200
         maps = Path(f"/proc/{proc.pid}/maps").read_text()
         assert "libtorch" not in maps and "onnxruntime" in maps
     finally:
         stop_process(proc)
+    log = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert [r["action"] for r in log].count("request-refused") == 2 and all(t not in audit.read_text()
+                                                                           for t in tokens.values())

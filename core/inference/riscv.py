@@ -117,15 +117,17 @@ def _fields(buf: bytes) -> Iterator[tuple[int, int, object]]:
         yield field, wire, value
 
 
-def _ints(wire: int, value: object, out: list[int]) -> None:
-    """Append a repeated int32/int64 field, packed (one length-delimited run of varints) or not."""
+def _ints(wire: int, value: object, out: list[int], signed: bool = True) -> None:
+    """Append a repeated int32/int64 (or, ``signed=False``, uint64) field, packed (one length-delimited run
+    of varints) or not."""
+    conv = _signed64 if signed else int
     if wire == _VARINT:
-        out.append(_signed64(value))  # type: ignore[arg-type]
+        out.append(conv(value))  # type: ignore[arg-type]
     elif wire == _LEN:
         buf, pos = value, 0
         while pos < len(buf):  # type: ignore[arg-type]
             v, pos = _varint(buf, pos)  # type: ignore[arg-type]
-            out.append(_signed64(v))
+            out.append(conv(v))
     else:
         raise OnnxFormatError(f"integer field with wire type {wire}")
 
@@ -186,7 +188,7 @@ class TensorProto:
             elif field == 10:
                 _reals(wire, value, self.double_data, "d")
             elif field == 11:
-                _ints(wire, value, self.uint64_data)
+                _ints(wire, value, self.uint64_data, signed=False)
             elif field == 14:
                 self.external = int(value) == 1  # type: ignore[arg-type]
 
@@ -518,7 +520,8 @@ class _Int8Linear:
             # q - zp for q = clip(round(a / scale) + zp, 0, 255), kept as small integers in float32
             q = np.divide(a, scale)
             np.rint(q, out=q)
-            np.clip(q, -zp, np.float32(255.0) - zp, out=q)
+            np.maximum(q, -zp, out=q)  # (np.clip with array bounds is 2-3x slower)
+            np.minimum(q, np.float32(255.0) - zp, out=q)
             acc = q @ self.w_f32  # every partial sum is an integer below 2**24: exactly the int32 result
         else:
             q8 = np.clip(np.rint(a / scale) + zp, 0, 255).astype(np.uint8)

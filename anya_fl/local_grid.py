@@ -1,0 +1,76 @@
+"""An in-process Flower Grid: the real ServerApp round loop and the real ClientApp, without a transport.
+
+For experiments that run many federations (``anya-fl bench robustness``): each pushed message is handed
+to the ClientApp object in this process, with a per-node Context (node config with ``partition-id``,
+persistent ``state``), exactly as Flower's runtime calls it; replies carry the node's id. Nothing of our
+own is replaced: the server code (strategies, screening, checkpoints) and the ClientApp (DP training,
+health gate, attack wrapper) are the ones the simulation and deployment run. What it leaves out is
+Flower's process isolation and scheduling, which do not change any number it produces.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from flwr.app import Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.serverapp import Grid
+
+FIRST_NODE_ID = 1000
+
+
+class LocalGrid(Grid):
+    """Nodes FIRST_NODE_ID + i holding partition i; messages are answered synchronously on push."""
+
+    def __init__(self, app: ClientApp, nodes: int, run_config: dict[str, Any], run_id: int = 1) -> None:
+        from flwr.supercore.task_identity import TaskIdentity
+
+        self.app = app
+        self.run_config = dict(run_config)
+        self._run_id = run_id
+        self.contexts = {FIRST_NODE_ID + i: Context(run_id=run_id, node_id=FIRST_NODE_ID + i,
+                                        node_config={"partition-id": i, "num-partitions": nodes},
+                                        state=RecordDict(), run_config=self.run_config) for i in range(nodes)}
+        self._replies: dict[str, Message] = {}
+        TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = run_id, 1, SUPERLINK_NODE_ID
+
+    # Grid API ----------------------------------------------------------------------------------------
+
+    def set_run(self, run: Any) -> None:  # the run is fixed at construction
+        pass
+
+    @property
+    def run(self) -> Any:
+        return None
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
+                       ttl: float | None = None) -> Message:
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.contexts)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        from flwr.supercore.task_identity import TaskIdentity
+
+        ids = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+            node = int(msg.metadata.dst_node_id)
+            TaskIdentity.node_id = node  # the ClientApp runs "on" the node
+            try:
+                reply = self.app(msg, self.contexts[node])
+            finally:
+                TaskIdentity.node_id = SUPERLINK_NODE_ID
+            self._replies[msg.metadata.message_id] = reply
+            ids.append(msg.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return self.pull_messages(self.push_messages(messages))
