@@ -77,6 +77,15 @@ def simulate(
     run_dir: Annotated[Path | None, typer.Option(help="Run directory (default: runs/sim-<time>).")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory from its last round.")] = None,
     compare: Annotated[bool, typer.Option("--compare/--no-compare", help="Also train centralized and local-only baselines.")] = True,
+    attack: Annotated[str, typer.Option(help="Poisoning experiment: sign-flip, scaling, gaussian, label-flip, alie.")] = "",
+    malicious: Annotated[float, typer.Option(help="Share of nodes that attack (with --attack).")] = 0.0,
+    screening: Annotated[bool, typer.Option(help="Server-side update screening: reject malformed, flag, clip, exclude.")]
+    = False,
+    central_dp: Annotated[str, typer.Option(help="Server-side user-level DP: fixed or adaptive clipping.")] = "",
+    central_noise: Annotated[float, typer.Option(help="Central DP noise multiplier.")] = 1.0,
+    central_clip: Annotated[float, typer.Option(help="Central DP clipping norm (initial one for adaptive).")] = 1.0,
+    lifetime_epsilon: Annotated[float, typer.Option(help="Each node's epsilon budget per task over all runs (0: none).")]
+    = 0.0,
 ) -> None:
     """Run a whole federation on this machine (Flower Simulation Engine) and write the report."""
     import time as _time
@@ -92,6 +101,8 @@ def simulate(
         cfg = FederationConfig(
             nodes=nodes, rounds=rounds, strategy=strategy, epsilon=epsilon, dp=dp, seed=seed, transactions=transactions,
             local_epochs=local_epochs, min_nodes=min_nodes, fraction_train=fraction_train, byzantine=byzantine,
+            attack=attack, malicious=malicious, screening=screening, central_dp=central_dp, central_noise=central_noise,
+            central_clip=central_clip, lifetime_epsilon=lifetime_epsilon,
         ).validate()
         target = run_dir or Path("runs") / _time.strftime("sim-%Y%m%d-%H%M%S")
         with console.status(f"simulating a {transactions:,}-transaction chain and dealing it to {nodes} nodes"):
@@ -289,6 +300,8 @@ def node(
     probe_interval: Annotated[float, typer.Option(help="Seconds between health probes.")] = 15.0,
     min_stage: Annotated[str, typer.Option(help="Stage /readyz requires (the run's min-stage gates training).")]
     = "production",
+    lifetime_epsilon: Annotated[float, typer.Option(help="This node's privacy budget per task over all runs "
+                                                         "(0: none); beyond it the node declines to train.")] = 0.0,
 ) -> None:
     """Join a federation: run a Flower SuperNode that trains on this node's data (it never leaves).
 
@@ -305,7 +318,10 @@ def node(
     if not probe_interval > 0:
         raise ConfigError("probe-interval", f"{probe_interval} must be > 0 seconds")
     load_node_data(data_dir)  # fail now, with a clear message, rather than inside the first round
-    rpc_config = _node_rpc_config(rpc_url, rpc_cookie, rpc_user)
+    if lifetime_epsilon < 0:
+        raise ConfigError("lifetime-epsilon", f"{lifetime_epsilon} must be >= 0")
+    rpc_config = {**_node_rpc_config(rpc_url, rpc_cookie, rpc_user),
+                  **({"lifetime-epsilon": lifetime_epsilon} if lifetime_epsilon else {})}
     health = _node_health(data_dir, rpc_url, rpc_cookie, rpc_user, min_stage)
     home = _flwr_home("node")
     home.mkdir(parents=True, exist_ok=True)

@@ -53,6 +53,11 @@ class FederationConfig:
     registry_dir: str = ""  # where the final models are published as signed versions ("": ONNX files only)
     signing_key: str = ""  # the coordinator's Ed25519 model-signing key (PEM)
     promote: bool = False  # promote the published versions to production (the simulation's own registry)
+    central_dp: str = ""  # "", "fixed" or "adaptive": user-level DP on the server (Flower's DP strategy wrappers)
+    central_noise: float = 1.0  # central DP noise multiplier (std of the noise / clipping norm)
+    central_clip: float = 1.0  # central DP clipping norm of each node's update (fixed; initial for adaptive)
+    lifetime_epsilon: float = 0.0  # default lifetime budget per node and task over all runs (0: none; a node's
+    # own `lifetime-epsilon` node config overrides it)
     audit_log: str = ""  # the coordinator's hash-chained audit log (publishes, promotions, excluded nodes)
     export_models: bool = True  # export (and publish) the final models after the last round
     attack: str = ""  # robustness experiments: a share of the nodes poisons its updates (fl_client.attacks)
@@ -124,6 +129,12 @@ class FederationConfig:
             raise bad("min-cosine", "must be in [-1, 1]")
         if self.exclude_after < 1:
             raise bad("exclude-after", "must be at least 1")
+        if self.central_dp not in ("", "fixed", "adaptive"):
+            raise bad("central-dp", "must be empty, fixed or adaptive")
+        if not (self.central_noise >= 0 and self.central_clip > 0):
+            raise ConfigError("central-noise/central-clip", "noise must be >= 0 and the clipping norm > 0")
+        if self.lifetime_epsilon < 0:
+            raise bad("lifetime-epsilon", "must be >= 0 (0: no lifetime limit)")
         if self.malicious > 0 and not self.attack:
             raise ConfigError("malicious", "a share of malicious nodes needs --attack")
         return self

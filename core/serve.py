@@ -216,11 +216,18 @@ def build_app(engine: InferenceEngine, health: NodeHealth, *, registry: Any = No
         except Exception as exc:  # noqa: BLE001 - never a traceback to a client; the server keeps serving
             checker.record_input("inference", {"status": 500.0}, error=True)
             return 500, json.dumps({"error": f"internal error ({type(exc).__name__})"}).encode()
+        ood = TASK_SCHEMAS[task].out_of_distribution(x)
+        n_ood = sum(1 for r in ood if r)
         checker.record_input("inference")
         monitor.record(f"http.{task}", time.perf_counter() - t0, items=len(x))
+        if n_ood:
+            monitor.record("ood.rows", 0.0, items=n_ood)
         outputs = [float(v) if math.isfinite(float(v)) else None for v in out]
-        return 200, json.dumps({"task": task, "version": model.version, "output": model.output_name,
-                                "outputs": outputs}).encode()
+        answer: dict[str, Any] = {"task": task, "version": model.version, "output": model.output_name,
+                                  "outputs": outputs}
+        if n_ood:  # rows unlike anything the models were built for: the answer may be unreliable
+            answer["out_of_distribution"] = [{"row": i, "reasons": r} for i, r in enumerate(ood) if r]
+        return 200, json.dumps(answer).encode()
 
     @app.post("/v1/{task}/predict", openapi_extra={"requestBody": PREDICT_BODY},
               summary="Predict: fraud_probability, fee_rate_sat_vb or anomaly_score per row")

@@ -27,7 +27,7 @@ from core.errors import AnyaError
 from core.fedconfig import DECLINE_ERROR_CODE, FederationConfig
 from core.node_health import HealthSettings, NodeHealth
 from fl_client.node_data import load_node_data, node_data_dir
-from fl_client.privacy_ledger import AccountantLedger
+from fl_client.privacy_ledger import AccountantLedger, check_lifetime_budget
 
 app = ClientApp()
 
@@ -95,6 +95,10 @@ def train(msg: Message, context: Context) -> Message:
     metrics: dict[str, float] = {"num-examples": float(data["fraud"].size("train") if "fraud" in data else 0),
                                  "partition-id": float(context.node_config.get("partition-id", -1))}
     share = cfg.epsilon / cfg.rounds
+    if cfg.dp:
+        budget = float(context.node_config.get("lifetime-epsilon", cfg.lifetime_epsilon))
+        planned = {t: min(cfg.epsilon, epsilon_spent(ledger.get(t), cfg.delta) + share) for t in cfg.task_list}
+        check_lifetime_budget(ledger, planned, budget, lambda state: epsilon_spent(state, cfg.delta))
     malicious = attacks.is_malicious(context.node_config, cfg.attack, cfg.malicious, cfg.nodes, cfg.seed)
     global_w = pack(models)
     shard_updates: list[dict] = [{} for _ in range(attacks.ALIE_SHARDS)]

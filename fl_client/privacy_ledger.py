@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from core.errors import DatasetError
+from core.errors import AnyaError, DatasetError
 from core.storage import atomic_write_json
 
 
@@ -32,3 +33,31 @@ class AccountantLedger:
 
     def save(self) -> None:
         atomic_write_json(self.path, self.states)
+
+    def other_runs(self) -> list[AccountantLedger]:
+        """The ledgers of this node's other runs (same directory)."""
+        return [AccountantLedger(self.path.parent.parent, p.stem) for p in sorted(self.path.parent.glob("*.json"))
+                if p != self.path and not p.name.startswith(".")]
+
+
+def check_lifetime_budget(ledger: AccountantLedger, planned: dict[str, float], budget: float,
+                          spent_of: Callable[[dict | None], float]) -> None:
+    """Refuse (BudgetError) when a task's epsilon over the node's lifetime would pass ``budget``.
+
+    Lifetime epsilon is the sum over the node's runs (basic composition across runs): what the other
+    runs' ledgers in ``<data-dir>/privacy/`` spent plus ``planned[task]``, this run's total after the
+    coming round. ``budget`` <= 0 means no lifetime limit.
+    """
+    if budget <= 0:
+        return
+    others = ledger.other_runs()
+    for task, this_run in planned.items():
+        before = sum(spent_of(o.get(task)) for o in others)
+        if before + this_run > budget + 1e-9:
+            raise BudgetError(f"privacy budget: task {task} would reach a lifetime epsilon of {before + this_run:.2f} "
+                              f"over this node's budget of {budget:g} ({before:.2f} spent in {len(others)} earlier "
+                              f"run(s), {this_run:.2f} in this run after the coming round); the node declines to train")
+
+
+class BudgetError(AnyaError):
+    """A node whose next round would pass its lifetime privacy budget."""

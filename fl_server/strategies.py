@@ -3,7 +3,18 @@
 from __future__ import annotations
 
 from flwr.app import MetricRecord, RecordDict
-from flwr.serverapp.strategy import Bulyan, FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum, MultiKrum
+from flwr.serverapp.strategy import (
+    Bulyan,
+    DifferentialPrivacyServerSideAdaptiveClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAdam,
+    FedAvg,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    Krum,
+    MultiKrum,
+)
 from flwr.serverapp.strategy.strategy import Strategy
 
 from core.fedconfig import FederationConfig
@@ -29,7 +40,27 @@ def aggregate_metrics(records: list[RecordDict], weight_key: str) -> MetricRecor
 
 
 def build_strategy(cfg: FederationConfig) -> Strategy:
-    """The Flower strategy named by ``cfg.strategy``."""
+    """The Flower strategy named by ``cfg.strategy``, wrapped in Flower's server-side DP when ``central-dp`` is set.
+
+    Central DP (user-level, McMahan et al. 2018): each node's whole update is clipped to ``central-clip``
+    (fixed) or to an adaptively tuned norm (adaptive: Andrew et al. 2021), and Gaussian noise of std
+    ``central-noise`` x clip is added to the aggregate, so the released global model protects each
+    node's entire participation, against a curious public, not against the server, which sees the raw
+    updates. Local DP-SGD (``dp``) protects each transaction even from the server.
+    """
+    base = _flower_strategy(cfg)
+    if not cfg.central_dp:
+        return base
+    sampled = max(cfg.min_nodes, int(round(cfg.fraction_train * cfg.nodes)))
+    if cfg.central_dp == "fixed":
+        return DifferentialPrivacyServerSideFixedClipping(base, noise_multiplier=cfg.central_noise,
+                                                          clipping_norm=cfg.central_clip, num_sampled_clients=sampled)
+    return DifferentialPrivacyServerSideAdaptiveClipping(base, noise_multiplier=cfg.central_noise,
+                                                         num_sampled_clients=sampled,
+                                                         initial_clipping_norm=cfg.central_clip)
+
+
+def _flower_strategy(cfg: FederationConfig) -> Strategy:
     common = {
         "fraction_train": cfg.fraction_train,
         "fraction_evaluate": cfg.fraction_evaluate,

@@ -15,12 +15,11 @@ import torch
 from torch import Tensor, nn
 
 from core import scoring
-from core.bitcoin.features import DEFAULT_MIN_RELAY_SAT_VB, TASK_SCHEMAS, Schema
+from core.bitcoin.features import DEFAULT_MIN_RELAY_SAT_VB, NORM_CLIP, TASK_SCHEMAS, Schema
 from core.data.datasets import FEE_TARGETS, TaskSplits
 from core.errors import ConfigError
 from models.training import DPConfig, TrainConfig, TrainResult, train
 
-NORM_CLIP = 6.0  # normalized values are clipped to +-6 typical half-widths
 FEE_QUANTILE = 0.95  # the fee model predicts the 95th percentile of the required rate (Core's 95 % threshold)
 FEE_CALIBRATION_TARGETS = FEE_TARGETS
 

@@ -23,6 +23,7 @@ for the fee rate in sat/vB, which can be large):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -84,6 +85,19 @@ def task_rows(task: str, n: int = ROWS, seed: int = 0) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([x, extra]))
 
 
+@contextlib.contextmanager
+def _one_torch_thread():
+    """Tiny models train and export fastest on one thread; on a busy machine several spin and crawl (30x)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def trained_model(task: str, steps: int = TRAIN_STEPS, seed: int = MODEL_SEED):
     """The task model after ``steps`` Adam steps (batch 256, the task's lr) on the chain's train split;
     the fee model also gets nonzero calibration offsets."""
@@ -101,11 +115,12 @@ def trained_model(task: str, steps: int = TRAIN_STEPS, seed: int = MODEL_SEED):
     opt = torch.optim.Adam(model.parameters(), lr=spec.lr)
     gen = torch.Generator().manual_seed(seed)
     model.train()
-    for _ in range(steps):
-        idx = torch.randint(0, len(x), (256,), generator=gen)
-        opt.zero_grad()
-        spec.loss(model(x[idx]), y[idx]).backward()
-        opt.step()
+    with _one_torch_thread():
+        for _ in range(steps):
+            idx = torch.randint(0, len(x), (256,), generator=gen)
+            opt.zero_grad()
+            spec.loss(model(x[idx]), y[idx]).backward()
+            opt.step()
     model.eval()
     if task == "fee":
         with torch.no_grad():
@@ -116,7 +131,8 @@ def trained_model(task: str, steps: int = TRAIN_STEPS, seed: int = MODEL_SEED):
 def export(task: str, model) -> bytes:
     from models.export import export_onnx
 
-    return export_onnx(task, model, {"run": "riscv-check", "round": 0, "steps": TRAIN_STEPS})
+    with _one_torch_thread():
+        return export_onnx(task, model, {"run": "riscv-check", "round": 0, "steps": TRAIN_STEPS})
 
 
 def ort_outputs(onnx_bytes: bytes, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -48,6 +48,9 @@ OTHER_SCRIPT = 5
 NULLDATA = "nulldata"
 
 
+NORM_CLIP = 6.0  # normalized features are clipped to +-6 typical half-widths (here and in the models)
+
+
 @dataclass(frozen=True)
 class Column:
     """One feature column: name, unit, meaning, valid and typical range, transform."""
@@ -111,12 +114,35 @@ class Schema:
         scale = np.maximum((hi - lo) / 2.0, 1e-6)
         return mask, offset.astype(np.float32), loc.astype(np.float32), scale.astype(np.float32)
 
-    def normalize(self, rows: np.ndarray, clip: float = 6.0) -> np.ndarray:
+    def normalize(self, rows: np.ndarray, clip: float = NORM_CLIP) -> np.ndarray:
         """NumPy twin of the models' Normalizer: clipped z-scores from the typical ranges."""
         mask, offset, loc, scale = self.normalization()
         x = np.asarray(rows, dtype=np.float64)
         t = np.where(mask, np.log(np.maximum(x + offset, 1e-12)), x)
         return np.clip((t - loc) / scale, -clip, clip).astype(np.float32)
+
+    def out_of_distribution(self, rows: np.ndarray, clip: float = NORM_CLIP, limit: int = 3) -> list[list[str]]:
+        """Per row, why it lies outside what the models were built for (empty list: in distribution).
+
+        A value outside its column's valid range, or so far outside the typical range that the models'
+        normalizer clips it (|z| > ``clip``, so the model cannot tell it from the clip value), is named.
+        """
+        mask, offset, loc, scale = self.normalization()
+        x = np.asarray(rows, dtype=np.float64)
+        lo = np.array([c.valid[0] for c in self.columns])
+        hi = np.array([c.valid[1] for c in self.columns])
+        t = np.where(mask, np.log(np.maximum(x + offset, 1e-12)), x)
+        z = (t - loc) / scale
+        invalid = (x < lo) | (x > hi)
+        clipped = np.abs(z) > clip
+        out: list[list[str]] = [[] for _ in range(len(x))]
+        for r, c in zip(*np.nonzero(invalid | clipped), strict=True):
+            if len(out[r]) < limit:
+                col = self.columns[c]
+                out[r].append(f"{col.name} {x[r, c]:g} outside the valid range" if invalid[r, c]
+                              else f"{col.name} {x[r, c]:g} far outside the typical range {col.typical[0]:g}.."
+                                   f"{col.typical[1]:g} {col.unit}")
+        return out
 
     def describe(self) -> list[dict[str, Any]]:
         return [
