@@ -528,7 +528,8 @@ def bench(
     list_only: Annotated[bool, typer.Option("--list", help="List benchmarks and exit.")] = False,
     out: Annotated[Path, typer.Option(help="robustness: output directory.")] = Path("runs/robustness"),
     tasks: Annotated[str, typer.Option(help="robustness: tasks (comma-separated).")] = "fraud",
-    rounds: Annotated[int, typer.Option(help="robustness: rounds per federation.")] = 4,
+    rounds: Annotated[int, typer.Option(help="robustness: rounds per federation.")] = 5,
+    local_epochs: Annotated[int, typer.Option(help="robustness: local epochs per round.")] = 5,
     strategies: Annotated[str | None, typer.Option(help="robustness: strategies (default: all).")] = None,
     attacks: Annotated[str | None, typer.Option(help="robustness: attacks (default: all).")] = None,
     fractions: Annotated[str, typer.Option(help="robustness: malicious shares.")] = "0.1,0.2,0.3",
@@ -540,7 +541,7 @@ def bench(
     attack and malicious share; writes OUT/robustness.json and OUT/robustness.png).
     """
     if names == ["robustness"]:
-        _robustness(out, tasks, rounds, strategies, attacks, fractions, dp)
+        _robustness(out, tasks, rounds, local_epochs, strategies, attacks, fractions, dp)
         return
     from anya_fl.bench import BENCHMARKS, run_benchmarks
 
@@ -563,8 +564,8 @@ def bench(
         console.print(f"wrote {json_out}")
 
 
-def _robustness(out: Path, tasks: str, rounds: int, strategies: str | None, attacks: str | None, fractions: str,
-                dp: bool) -> None:
+def _robustness(out: Path, tasks: str, rounds: int, local_epochs: int, strategies: str | None, attacks: str | None,
+                fractions: str, dp: bool) -> None:
     from anya_fl.robustness import STRATEGIES, RobustnessConfig, run_table
     from core.errors import ConfigError
     from core.fedconfig import ATTACKS
@@ -578,7 +579,8 @@ def _robustness(out: Path, tasks: str, rounds: int, strategies: str | None, atta
     fr = _parse_floats(fractions, "fractions")
     if any(not 0 < f < 0.5 for f in fr):
         raise ConfigError("fractions", f"{fr}: each share must be in (0, 0.5)")
-    cfg = RobustnessConfig(tasks=tasks, rounds=rounds, strategies=strat, attacks=atk, fractions=fr, dp=dp)
+    cfg = RobustnessConfig(tasks=tasks, rounds=rounds, local_epochs=local_epochs, strategies=strat, attacks=atk,
+                           fractions=fr, dp=dp)
     total = len(strat) * (1 + len(atk) * len(fr))
     with progress() as prog:
         bar = prog.add_task("robustness table", total=total)
@@ -596,7 +598,7 @@ def _robustness(out: Path, tasks: str, rounds: int, strategies: str | None, atta
                              and abs(r["malicious"] - f) < 1e-9)
                     cells.append(r["metrics"][task])
             rows.append([s, clean, *cells])
-        console.print(table(f"{task}: {table['primary_metric'][task]} of the final global model", ["strategy", "clean",
+        console.print(table(f"{task}: {result['primary_metric'][task]} of the final global model", ["strategy", "clean",
                                                                                                   *cols], rows))
     console.print(f"wrote {out / 'robustness.json'} and {out / 'robustness.png'}")
 

@@ -30,8 +30,8 @@ LOWER_IS_BETTER = {"fee": False, "fraud": False, "anomaly": False}  # primary me
 @dataclass(frozen=True)
 class RobustnessConfig:
     nodes: int = 10
-    rounds: int = 4
-    local_epochs: int = 1
+    rounds: int = 5
+    local_epochs: int = 5
     transactions: int = 40_000
     tasks: str = "fraud"
     dp: bool = False
@@ -59,10 +59,13 @@ def strategy_config(base: FederationConfig, name: str, malicious_nodes: int) -> 
 
 def run_table(cfg: RobustnessConfig, out_dir: Path, on_run: Callable[[str, dict], None] | None = None) -> dict:
     """Run the grid; write robustness.json and robustness.png under ``out_dir``; return the table."""
+    import torch
+
     from anya_fl.local_grid import LocalGrid
     from fl_client.app import app as client_app
     from fl_server.app import run_federation
 
+    torch.set_num_threads(1)  # the server side (held-out evaluation) too: see fl_client.app._torch_threads
     for name in ("flwr", "anya_fl.server"):
         logging.getLogger(name).setLevel(logging.ERROR)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -16,8 +16,8 @@ for the fee rate in sat/vB, which can be large):
   a few hundred steps (sharp logits, as real checkpoints have) 1e-2 holds for the fee rate and anomaly
   score, but int8 moves the fraud probability by up to ~0.016 where it is steepest (p near 0.5), so fraud
   gets 0.03.
-* decisions (``decision``): >= 99.5 % of rows decide the same as with onnxruntime float32, for ``float32``
-  and ``int8``.
+* decisions (``decision``): >= 99.5 % of rows (or all but one, for small samples) decide the same as with
+  onnxruntime float32, for ``float32`` and ``int8``.
 """
 
 from __future__ import annotations
@@ -191,7 +191,9 @@ def check(task: str, mode: str, got: np.ndarray, want: np.ndarray, want_int8: np
         facts["vs_ort_int8"] = error(task, got, want_int8)
         return facts["vs_ort_int8"] <= INT8_VS_ORT_MAX_ERROR, facts
     facts["limit"] = FLOAT_MAX_ERROR if mode == "float32" else INT8_MAX_ERROR[task]
-    return facts["error"] <= facts["limit"] and facts["agreement"] >= DECISION_AGREEMENT, facts
+    differ = round((1 - facts["agreement"]) * len(want))
+    decisions_ok = facts["agreement"] >= DECISION_AGREEMENT or differ <= 1  # one row of 200 is already 0.5 %
+    return facts["error"] <= facts["limit"] and decisions_ok, facts
 
 
 def compare(directory: Path) -> bool:
