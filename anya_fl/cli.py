@@ -65,7 +65,9 @@ def baseline(
 def simulate(
     nodes: Annotated[int, typer.Option(help="Simulated nodes (Flower SuperNodes).")] = 10,
     rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 8,
-    strategy: Annotated[str, typer.Option(help="fedavg, fedprox, fedadam, krum, multikrum, bulyan, median, trimmed-mean.")] = "fedavg",
+    strategy: Annotated[str, typer.Option(help="fedavg, fedprox, fedadam, krum, multikrum, bulyan, median, trimmed-mean "
+                                               "(default median, with --screening: chosen by `anya-fl bench "
+                                               "robustness`).")] = "median",
     epsilon: Annotated[float, typer.Option(help="DP budget per node and task for the whole run.")] = 8.0,
     dp: Annotated[bool, typer.Option("--dp/--no-dp", help="Train with DP-SGD (Opacus).")] = True,
     seed: Annotated[int, typer.Option(help="Seed for the chain, the partition and every model.")] = 0,
@@ -80,7 +82,7 @@ def simulate(
     attack: Annotated[str, typer.Option(help="Poisoning experiment: sign-flip, scaling, gaussian, label-flip, alie.")] = "",
     malicious: Annotated[float, typer.Option(help="Share of nodes that attack (with --attack).")] = 0.0,
     screening: Annotated[bool, typer.Option(help="Server-side update screening: reject malformed, flag, clip, exclude.")]
-    = False,
+    = True,
     central_dp: Annotated[str, typer.Option(help="Server-side user-level DP: fixed or adaptive clipping.")] = "",
     central_noise: Annotated[float, typer.Option(help="Central DP noise multiplier.")] = 1.0,
     central_clip: Annotated[float, typer.Option(help="Central DP clipping norm (initial one for adaptive).")] = 1.0,
@@ -239,7 +241,9 @@ def coordinator_run(
     name: Annotated[str, typer.Option(help="Connection name in FLWR_HOME/config.toml.")] = "anya",
     nodes: Annotated[int, typer.Option(help="Nodes expected in the federation.")] = 3,
     rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 8,
-    strategy: Annotated[str, typer.Option(help="Aggregation strategy.")] = "fedavg",
+    strategy: Annotated[str, typer.Option(help="Aggregation strategy (default median, with screening).")] = "median",
+    screening: Annotated[bool, typer.Option(help="Server-side update screening (reject, flag, clip, exclude).")]
+    = True,
     min_nodes: Annotated[int, typer.Option(help="Nodes that must take part in each round.")] = 2,
     epsilon: Annotated[float, typer.Option(help="DP budget per node and task for the whole run.")] = 8.0,
     local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = 5,
@@ -255,7 +259,7 @@ def coordinator_run(
     from anya_fl.deployment import launch_run, prepare_coordinator_data, wait_for_nodes
     from core.fedconfig import FederationConfig
 
-    cfg = FederationConfig(nodes=nodes, rounds=rounds, strategy=strategy, min_nodes=min_nodes, epsilon=epsilon,
+    cfg = FederationConfig(nodes=nodes, rounds=rounds, strategy=strategy, screening=screening, min_nodes=min_nodes, epsilon=epsilon,
                            local_epochs=local_epochs, seed=seed, run_dir=str(run_dir.resolve()),
                            data_dir=str(data_dir.resolve()), run_name=run_dir.name,
                            registry_dir=str(registry.expanduser().resolve()) if signing_key else "",
@@ -585,21 +589,15 @@ def _robustness(out: Path, tasks: str, rounds: int, local_epochs: int, strategie
     with progress() as prog:
         bar = prog.add_task("robustness table", total=total)
         result = run_table(cfg, out, on_run=lambda name, row: prog.update(bar, advance=1, description=name))
-    tasks_ = list(result["primary_metric"])
-    for task in tasks_:
-        cols = [f"{a} {100 * f:.0f}%" for a in atk for f in fr]
-        rows = []
-        for s in strat:
-            clean = next(r["metrics"][task] for r in result["runs"] if r["strategy"] == s and r["attack"] == "none")
-            cells = []
-            for a in atk:
-                for f in fr:
-                    r = next(r for r in result["runs"] if r["strategy"] == s and r["attack"] == a
-                             and abs(r["malicious"] - f) < 1e-9)
-                    cells.append(r["metrics"][task])
-            rows.append([s, clean, *cells])
-        console.print(table(f"{task}: {result['primary_metric'][task]} of the final global model", ["strategy", "clean",
-                                                                                                  *cols], rows))
+    for task in result["primary_metric"]:
+        def metric(s: str, a: str, f: float, task: str = task) -> float:
+            return next(r["metrics"][task] for r in result["runs"] if r["strategy"] == s and r["attack"] == a
+                        and abs(r["malicious"] - f) < 1e-9)
+
+        rows = [["clean", *(metric(s, "none", 0.0) for s in strat)]]
+        rows += [[f"{a} {100 * f:.0f}%", *(metric(s, a, f) for s in strat)] for a in atk for f in fr]
+        console.print(table(f"{task}: {result['primary_metric'][task]} of the final global model", ["attack", *strat],
+                            rows))
     console.print(f"wrote {out / 'robustness.json'} and {out / 'robustness.png'}")
 
 

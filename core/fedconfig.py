@@ -28,7 +28,7 @@ class FederationConfig:
 
     rounds: int = 8
     nodes: int = 10  # nodes expected in the federation (simulation: SuperNodes started)
-    strategy: str = "fedavg"
+    strategy: str = "median"  # with screening: the default chosen by `anya-fl bench robustness` (README)
     min_nodes: int = 2  # nodes that must take part in a round (train and evaluate)
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
@@ -62,7 +62,7 @@ class FederationConfig:
     export_models: bool = True  # export (and publish) the final models after the last round
     attack: str = ""  # robustness experiments: a share of the nodes poisons its updates (fl_client.attacks)
     malicious: float = 0.0  # share of nodes that attack
-    screening: bool = False  # server-side norm/direction screening and clipping (fl_server.screening)
+    screening: bool = True  # server-side norm/direction screening and clipping (fl_server.screening)
     clip_factor: float = 3.0  # screening: clip updates to this many times the round's median norm
     flag_norm: float = 4.0  # screening: flag updates above this many times the median norm
     min_cosine: float = 0.0  # screening: flag updates pointing away from the median update
