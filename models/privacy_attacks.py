@@ -2,21 +2,26 @@
 
 * ``membership_inference`` is the loss-threshold attack of Yeom et al. (2018): training members tend to have
   a lower loss than non-members, so the negative per-example loss is the attack's membership score. We
-  report its ROC-AUC (0.5 = no leakage) and its best-threshold advantage (max TPR - FPR).
-  ``run_membership_check`` makes the comparison meaningful: a fraud model trained on a big training set
-  generalizes and leaks next to nothing either way, so the check trains a wide model on a *small* training
-  set for many epochs (it overfits), and the same model on the same rows and epochs with DP-SGD, and
-  attacks both. Non-members are drawn from the same (train) time period as the members, stratified by
-  label, so the attack sees membership and not a distribution shift between periods.
+  report its ROC-AUC (0.5 = no leakage) and its best-threshold advantage (max TPR - FPR), over all rows
+  and per label. ``run_membership_check`` makes the comparison meaningful: a fraud model trained on a big
+  training set generalizes and leaks next to nothing either way, so the check trains an unregularized
+  model on a *small* training set for many epochs (it memorizes), and the same model on the same rows and
+  epochs with DP-SGD, and attacks both. Non-members come from the same (train) time period as the
+  members, with the same illicit count, so the attack sees membership and not a shift between periods.
+  On this data the leak shows in the illicit rows (``attack_auc_illicit``); over all rows, which are
+  mostly easy licit ones, a single loss threshold stays at chance even for the overfit model.
 
 * ``adversarial_examples`` / ``adversarial_flip_rate`` perturb raw fraud feature rows with FGSM or PGD
-  (L-infinity, in raw feature units) toward the other side of the model's decision threshold, within a
-  budget that keeps every row valid:
+  (L-infinity) toward the other side of the model's decision threshold, within a budget that keeps every
+  row valid:
 
-  - each continuous column moves by at most ``eps_frac`` times the width of its schema *typical* range
-    (``typical[1] - typical[0]`` in the column's raw unit; for log-normalized columns such as BTC amounts
-    this is a budget in raw units too, not in log space), and the result is clipped to the column's
-    *valid* range;
+  - each continuous column moves by at most ``eps_frac`` times the width of its schema *typical* range,
+    measured by default (``space="schema"``) after the schema's normalization transform - log(x + offset)
+    for the log columns (sizes, fee rate, BTC amounts, input age), x for the others - so every column may
+    move by the same 2 * eps_frac normalized units, and a log column by a bounded *factor*; with
+    ``space="raw"`` the width is in raw units (then 2 % of the 10 BTC typical width of an output amount
+    is 0.2 BTC, a 20x change of a 0.01 BTC payment, and most decisions flip: see the README);
+  - the result is clipped to the column's *valid* range;
   - counts and flags (``HELD_FIXED``: n_inputs, n_outputs, dust_output_count, rbf_signaling,
     has_locktime, input_age_known) are held fixed, so they stay integral without rounding; the share
     columns (``frac_*``, ``round_output_frac``, ``equal_output_frac``) are treated as continuous in [0, 1];
@@ -46,14 +51,15 @@ from torch import nn
 from core import scoring
 from core.bitcoin.features import TASK_SCHEMAS
 from core.data.chain import ChainConfig, simulate_chain
-from core.data.datasets import task_arrays
+from core.data.datasets import TaskSplits, task_arrays
 from core.errors import ConfigError
 from models.tasks import FraudNet, build_model, fraud_loss, infer, task_spec
-from models.training import DPConfig, TrainConfig, train
+from models.training import DPConfig, TrainConfig, TrainResult, train
 
 SCHEMA = TASK_SCHEMAS["fraud"]
 HELD_FIXED = ("n_inputs", "n_outputs", "dust_output_count", "rbf_signaling", "has_locktime", "input_age_known")
 METHODS = ("fgsm", "pgd")
+BUDGET_SPACES = ("schema", "raw")
 
 # the overfitting regime of run_membership_check: an unregularized MLP trained for many epochs on few rows.
 # FraudNet's own width already memorizes 2,000 rows (train loss ~0.001); wider nets (128, 64) and (256, 128)
@@ -94,6 +100,16 @@ def max_advantage(is_member: np.ndarray, score: np.ndarray) -> float:
     tps = np.cumsum(y_sorted)[last]
     fps = (last + 1) - tps
     return float(max(0.0, np.max(tps / y.sum() - fps / (~y).sum())))
+
+
+def _fraud_data(n_transactions: int, seed: int) -> TaskSplits:
+    """Fraud rows of a simulated chain; refuses a chain too short to put both labels in every split."""
+    data = task_arrays(simulate_chain(ChainConfig(n_transactions=n_transactions, seed=seed)))["fraud"]
+    for split, y in data.y.items():
+        if y.sum() == 0 or y.sum() == len(y):
+            raise ConfigError("n_transactions", f"{n_transactions:,} transactions leave the {split} split "
+                              f"{len(y)} rows, {int(y.sum())} illicit; simulate more")
+    return data
 
 
 @contextmanager
@@ -215,7 +231,7 @@ def run_membership_check(seed: int = 0, n_train: int = 2000, epochs: int = 200,
 
 def _membership_check(seed: int, n_train: int, epochs: int, epsilons: tuple[float, ...], n_transactions: int,
                       hidden: tuple[int, ...], illicit_share: float | None, accountant: str) -> dict[str, Any]:
-    data = task_arrays(simulate_chain(ChainConfig(n_transactions=n_transactions, seed=seed)))["fraud"]
+    data = _fraud_data(n_transactions, seed)
     x, y = data.x["train"], data.y["train"]
     members, others = _stratified_members(y, n_train, illicit_share, seed)
     x_in, y_in, x_out, y_out = x[members], y[members], x[others], y[others]
@@ -250,13 +266,42 @@ def _membership_check(seed: int, n_train: int, epochs: int, epsilons: tuple[floa
 # ---------------------------------------------------------------------------------- adversarial flips
 
 
-def attack_budget(eps_frac: float) -> np.ndarray:
-    """Per-column L-infinity budget in raw units: eps_frac * typical width, 0 for HELD_FIXED columns."""
+def _transform(x: np.ndarray, space: str) -> np.ndarray:
+    """Rows in the budget's space, float64: raw, or the schema's normalization transform (log(x + offset)
+    for log columns, x otherwise; the same map the models' Normalizer applies before scaling)."""
+    xd = np.asarray(x, dtype=np.float64)
+    if space == "raw":
+        return xd
+    return np.where(_LOG_MASK, np.log(np.maximum(xd + _LOG_OFFSET, 1e-12)), xd)
+
+
+def _untransform(t: np.ndarray, space: str) -> np.ndarray:
+    return t if space == "raw" else np.where(_LOG_MASK, np.exp(t) - _LOG_OFFSET, t)
+
+
+_LOG_MASK = np.array([c.log_offset is not None for c in SCHEMA.columns])
+_LOG_OFFSET = np.array([c.log_offset or 0.0 for c in SCHEMA.columns], dtype=np.float64)
+
+
+def attack_budget(eps_frac: float, space: str = "schema") -> np.ndarray:
+    """Per-column L-infinity budget: eps_frac times the width of the column's typical range in ``space``.
+
+    ``space="schema"`` (default) measures the width after the schema's normalization transform, so every
+    column may move by the same 2 * eps_frac normalized units (for a log column: a factor of at most
+    exp(budget) on x + offset); ``space="raw"`` measures it in raw units. HELD_FIXED columns get 0.
+    """
+    if space not in BUDGET_SPACES:
+        raise ConfigError("space", f"unknown budget space {space!r}; choose one of {', '.join(BUDGET_SPACES)}")
     if not (eps_frac >= 0 and math.isfinite(eps_frac)):
         raise ConfigError("eps_frac", f"must be a finite number >= 0, got {eps_frac!r}")
-    width = np.array([c.typical[1] - c.typical[0] for c in SCHEMA.columns], dtype=np.float64)
-    fixed = np.isin(SCHEMA.names, HELD_FIXED)
-    return np.where(fixed, 0.0, eps_frac * width)
+    typical = np.array([c.typical for c in SCHEMA.columns], dtype=np.float64).T
+    lo, hi = _transform(typical[0][None, :], space)[0], _transform(typical[1][None, :], space)[0]
+    return np.where(np.isin(SCHEMA.names, HELD_FIXED), 0.0, eps_frac * (hi - lo))
+
+
+def perturbation_size(x: np.ndarray, x_adv: np.ndarray, space: str = "schema") -> np.ndarray:
+    """|x_adv - x| per cell in the budget's space (compare with attack_budget)."""
+    return np.abs(_transform(x_adv, space) - _transform(x, space))
 
 
 def _valid_bounds() -> tuple[np.ndarray, np.ndarray]:
@@ -272,20 +317,21 @@ def valid_range_violations(x: np.ndarray) -> int:
     return int((~(np.isfinite(arr) & (arr >= lo) & (arr <= hi))).sum())
 
 
-def _project(x0: np.ndarray, cand: np.ndarray, budget: np.ndarray) -> np.ndarray:
-    """float32 rows within ``budget`` of x0 (checked in float64) and inside the valid ranges."""
-    x0d = x0.astype(np.float64)
+def _project(x0: np.ndarray, cand: np.ndarray, budget: np.ndarray, space: str) -> np.ndarray:
+    """float32 rows within ``budget`` of the valid rows x0 (in ``space``, checked in float64) and valid.
+
+    ``cand`` is in ``space``. The transforms are increasing, so the box maps to an interval per cell.
+    """
+    t0 = _transform(x0, space)
+    t_box = np.clip(np.asarray(cand, dtype=np.float64), t0 - budget, t0 + budget)
     lo32, hi32 = _valid_bounds()
-    lo = np.maximum(x0d - budget, lo32.astype(np.float64))
-    hi = np.minimum(x0d + budget, hi32.astype(np.float64))
-    out = np.clip(np.asarray(cand, dtype=np.float64), lo, hi).astype(np.float32)
-    # float32 rounding may land just outside the box: step one ulp back toward x0 (at most a few times)
-    for _ in range(4):
-        over = np.abs(out.astype(np.float64) - x0d) > budget
+    out = np.clip(_untransform(t_box, space).astype(np.float32), lo32, hi32)  # x0 lies inside the valid ranges
+    # float32 rounding may land just outside the box: step one ulp back toward x0, which stays valid
+    for _ in range(8):
+        over = perturbation_size(x0, out, space) > budget
         if not over.any():
             break
         out[over] = np.nextafter(out[over], x0[over])
-    out = np.clip(out, lo32, hi32)  # x0 is valid, so this only moves cells toward x0
     return np.where(budget == 0.0, x0, out)
 
 
@@ -299,12 +345,13 @@ def _direction_grad(model: nn.Module, x: np.ndarray, sign: np.ndarray) -> tuple[
 
 
 def adversarial_examples(model: nn.Module, x: np.ndarray, *, method: str = "pgd", eps_frac: float = 0.05,
-                         steps: int = 10, threshold: float = 0.5) -> np.ndarray:
+                         steps: int = 10, threshold: float = 0.5, space: str = "schema") -> np.ndarray:
     """Valid perturbed copies of raw fraud rows x, pushed across ``threshold`` (see the module docstring).
 
-    FGSM takes one step of the full budget along the sign of the gradient; PGD takes ``steps`` steps of a
-    quarter of the budget, projecting after each, and keeps per row the furthest-pushed iterate.
-    Deterministic (no random start).
+    FGSM takes one step of the full budget (``attack_budget(eps_frac, space)``) along the sign of the
+    gradient; PGD takes ``steps`` steps of a quarter of the budget, projecting after each, and keeps per
+    row the furthest-pushed iterate. The gradient's sign is the same in raw and transformed space (the
+    transforms are increasing). Deterministic (no random start).
     """
     if method not in METHODS:
         raise ConfigError("method", f"unknown attack {method!r}; choose one of {', '.join(METHODS)}")
@@ -312,52 +359,54 @@ def adversarial_examples(model: nn.Module, x: np.ndarray, *, method: str = "pgd"
         raise ConfigError("steps", f"must be >= 1, got {steps}")
     if not 0.0 <= threshold <= 1.0:
         raise ConfigError("threshold", f"must be in [0, 1], got {threshold!r}")
+    budget = attack_budget(eps_frac, space)
     x0 = SCHEMA.validate(x, "x").copy()
-    budget = attack_budget(eps_frac)
+    flagged = infer(model, x0) >= threshold
+    # push flagged rows down (toward licit) and the others up: maximize sign * logit
+    sign = np.where(flagged, -1.0, 1.0).astype(np.float32)
+    trainable = [p.requires_grad for p in model.parameters()]
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     try:
-        flagged = infer(model, x0) >= threshold
-        # push flagged rows down (toward licit) and the others up: maximize sign * logit
-        sign = np.where(flagged, -1.0, 1.0).astype(np.float32)
-        if method == "fgsm" or eps_frac == 0.0:
+        if method == "fgsm":
             grad, _ = _direction_grad(model, x0, sign)
-            return _project(x0, x0 + budget * np.sign(grad), budget)
+            return _project(x0, _transform(x0, space) + budget * np.sign(grad), budget, space)
         cur = x0
         best, best_obj = x0, np.full(len(x0), -np.inf)
         for _ in range(steps):
             grad, obj = _direction_grad(model, cur, sign)
             better = obj > best_obj
             best, best_obj = np.where(better[:, None], cur, best), np.where(better, obj, best_obj)
-            cur = _project(x0, cur + 0.25 * budget * np.sign(grad), budget)
+            cur = _project(x0, _transform(cur, space) + 0.25 * budget * np.sign(grad), budget, space)
         _, obj = _direction_grad(model, cur, sign)
         return np.where((obj > best_obj)[:, None], cur, best)
     finally:
-        for p in model.parameters():
-            p.requires_grad_(True)
+        for p, flag in zip(model.parameters(), trainable, strict=True):
+            p.requires_grad_(flag)
 
 
 def adversarial_flip_rate(model: nn.Module, x: np.ndarray, *, method: str = "pgd", eps_frac: float = 0.05,
-                          steps: int = 10, seed: int = 0, threshold: float = 0.5,
+                          steps: int = 10, seed: int = 0, threshold: float = 0.5, space: str = "schema",
                           n: int | None = None) -> dict[str, Any]:
     """Share of rows whose decision (``p >= threshold``) an FGSM / PGD perturbation of the valid budget flips.
 
     ``n`` (optional) attacks a subsample of n rows drawn with ``seed``; otherwise all rows (and the seed is
     unused: the attack itself has no randomness). Returns flip_rate (all rows), flip_rate_illicit (rows
     flagged illicit pushed to licit: evasion), flip_rate_licit (licit rows pushed to illicit), the row
-    counts, mean_abs_prob_change, max_budget_use (max |delta| / budget over perturbed columns, <= 1) and
-    valid_range_violations (asserted 0).
+    counts, mean_abs_prob_change, max_budget_use (max |delta| / budget over perturbed columns, in
+    ``space``; asserted <= 1) and valid_range_violations (asserted 0: every row passes Schema.validate).
     """
     x = np.asarray(x, dtype=np.float32)
     if n is not None and n < len(x):
         x = x[np.sort(np.random.default_rng(seed).choice(len(x), size=n, replace=False))]
-    x_adv = adversarial_examples(model, x, method=method, eps_frac=eps_frac, steps=steps, threshold=threshold)
+    x_adv = adversarial_examples(model, x, method=method, eps_frac=eps_frac, steps=steps, threshold=threshold,
+                                 space=space)
     violations = valid_range_violations(x_adv)
     assert violations == 0, f"{violations} perturbed cells are outside the schema's valid ranges"
     SCHEMA.validate(x_adv, "x_adv")
-    budget = attack_budget(eps_frac)
-    delta = np.abs(x_adv.astype(np.float64) - x.astype(np.float64))
+    budget = attack_budget(eps_frac, space)
+    delta = perturbation_size(x, x_adv, space)
     assert (delta <= budget).all(), "a perturbation exceeds its column's budget"
     moved = budget > 0
     p0, p1 = infer(model, x).astype(np.float64), infer(model, x_adv).astype(np.float64)
@@ -370,6 +419,7 @@ def adversarial_flip_rate(model: nn.Module, x: np.ndarray, *, method: str = "pgd
     return {
         "method": method,
         "eps_frac": eps_frac,
+        "budget_space": space,
         "steps": steps if method == "pgd" else 1,
         "threshold": threshold,
         "rows": len(x),
@@ -384,7 +434,8 @@ def adversarial_flip_rate(model: nn.Module, x: np.ndarray, *, method: str = "pgd
     }
 
 
-def train_standard_fraud(data, *, seed: int = 0, epsilon: float | None = None, accountant: str = "prv"):
+def train_standard_fraud(data: TaskSplits, *, seed: int = 0, epsilon: float | None = None,
+                         accountant: str = "prv") -> tuple[FraudNet, TrainResult]:
     """The standard fraud recipe (TASK_SPECS["fraud"], as train_recipe / the baseline) on data's train split.
 
     Returns (model, TrainResult).
@@ -400,24 +451,27 @@ def train_standard_fraud(data, *, seed: int = 0, epsilon: float | None = None, a
 
 def run_adversarial_check(seed: int = 0, epsilons: tuple[float, ...] = (8.0,), *, n_transactions: int = 60_000,
                           eps_fracs: tuple[float, ...] = (0.02, 0.05, 0.1), methods: tuple[str, ...] = METHODS,
-                          steps: int = 10, accountant: str = "prv") -> dict[str, Any]:
+                          steps: int = 10, space: str = "schema", accountant: str = "prv") -> dict[str, Any]:
     """Flip rates of the standard fraud model, non-private and with DP at each epsilon, on the test split.
 
-    Each model is attacked at its own best-F1 threshold on the validation split. Deterministic for a seed.
+    Simulates a chain (``n_transactions``, ``seed``), trains the standard fraud recipe (TASK_SPECS["fraud"]:
+    its epochs, batch size and learning rate, as the baseline) non-private and with DP-SGD at each target
+    epsilon, and attacks every test row with each method and budget at the model's own best-F1 threshold
+    on the validation split. Runs on one torch thread; deterministic for a seed.
     """
     t0 = time.perf_counter()
     with single_thread():
-        report = _adversarial_check(seed, epsilons, n_transactions, eps_fracs, methods, steps, accountant)
+        report = _adversarial_check(seed, epsilons, n_transactions, eps_fracs, methods, steps, space, accountant)
     report["seconds"] = time.perf_counter() - t0
     return report
 
 
 def _adversarial_check(seed: int, epsilons: tuple[float, ...], n_transactions: int, eps_fracs: tuple[float, ...],
-                       methods: tuple[str, ...], steps: int, accountant: str) -> dict[str, Any]:
-    data = task_arrays(simulate_chain(ChainConfig(n_transactions=n_transactions, seed=seed)))["fraud"]
+                       methods: tuple[str, ...], steps: int, space: str, accountant: str) -> dict[str, Any]:
+    data = _fraud_data(n_transactions, seed)
     report: dict[str, Any] = {
         "config": {"seed": seed, "n_transactions": n_transactions, "epsilons": list(epsilons),
-                   "eps_fracs": list(eps_fracs), "methods": list(methods), "steps": steps,
+                   "eps_fracs": list(eps_fracs), "methods": list(methods), "steps": steps, "budget_space": space,
                    "held_fixed": list(HELD_FIXED), "accountant": accountant},
         "test_rows": int(len(data.y["test"])),
         "models": [],
@@ -426,7 +480,7 @@ def _adversarial_check(seed: int, epsilons: tuple[float, ...], n_transactions: i
         model, result = train_standard_fraud(data, seed=seed, epsilon=eps, accountant=accountant)
         threshold = scoring.best_f1_threshold(data.y["val"], infer(model, data.x["val"]))
         attacks = [adversarial_flip_rate(model, data.x["test"], method=m, eps_frac=f, steps=steps, seed=seed,
-                                         threshold=threshold)
+                                         threshold=threshold, space=space)
                    for m in methods for f in eps_fracs]
         report["models"].append({
             "private": eps is not None,

@@ -221,6 +221,14 @@ def test_predict_rows_and_bitcoin_core_json(live, world) -> None:
     assert fee.status_code == 200
     rates = fee.json()["outputs"]
     assert len(rates) == 4 and all(v >= 1.0 for v in rates)
+    # out-of-distribution rows are answered and named; the simulated chain's own rows (nearly all) are not
+    typical = c.post("/v1/fraud/predict", json={"rows": world["rows"]["fraud"][:500].tolist()}).json()
+    assert len(typical.get("out_of_distribution", [])) <= 5
+    odd = world["rows"]["fraud"][:2].copy()
+    odd[1, 0] = 1e9  # vsize
+    flagged = c.post("/v1/fraud/predict", json={"rows": odd.tolist()}).json()
+    assert flagged["out_of_distribution"] == [{"row": 1, "reasons": ["vsize 1e+09 outside the valid range"]}]
+    assert len(flagged["outputs"]) == 2
     models = c.get("/v1/models").json()["models"]
     assert set(models) == set(TASKS) and len(models["fee"]["feature_names"]) == 13
     assert "/v1/{task}/predict" in c.get("/openapi.json").json()["paths"]
