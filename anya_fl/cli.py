@@ -314,7 +314,7 @@ def node(
     """
     from anya_fl.deployment import start_supernode, stop_process
     from core.errors import ConfigError
-    from core.health_http import BackgroundServer, ProbeLoop, health_app
+    from core.health_http import BackgroundServer, health_app, probe_loop
     from fl_client.node_data import load_node_data
 
     if not insecure and (ca is None or key is None):
@@ -332,7 +332,7 @@ def node(
     proc = start_supernode(superlink, home, home / "supernode.log", data_dir=data_dir.resolve(), root_certificates=ca,
                            private_key=key, insecure=insecure, fast=fast_poll, node_config=rpc_config,
                            warn=lambda m: err_console.print(f"[yellow]{escape(m)}[/yellow]", soft_wrap=True))
-    loop = ProbeLoop(health, probe_interval).start()
+    loop = probe_loop(health, probe_interval).start()
     server = None
     try:
         if health_port:
@@ -410,7 +410,7 @@ def serve(
     import uvicorn
 
     from core.errors import ConfigError
-    from core.health_http import ProbeLoop
+    from core.health_http import probe_loop
     from core.inference.engine import EngineSettings, InferenceEngine
     from core.registry import ModelRegistry
     from core.serve import FastPredict, RegistryWatcher, ServeLimits, build_app, serving_health
@@ -440,7 +440,7 @@ def serve(
     rows = [[t, i["version"], i["providers"][0], i["quantization"] or "float32", f"{i['load_ms']:.1f}"]
             for t, i in engine.models().items()]
     console.print(table("serving", ["task", "version", "provider", "weights", "load ms"], rows))
-    loop = ProbeLoop(health, 15.0).start()
+    loop = probe_loop(health, 15.0).start()
     watcher.start()
     asgi = FastPredict(build_app(engine, health, registry=reg, limits=ServeLimits(max_rows=max_rows)))
     if auth:

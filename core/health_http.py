@@ -138,29 +138,32 @@ class BackgroundServer:
         self.thread.join(timeout)
 
 
-class ProbeLoop:
-    """Refresh a NodeHealth every ``interval_s`` seconds in a daemon thread."""
+class Periodic:
+    """Call ``fn`` every ``interval_s`` seconds in a daemon thread (first call at once unless ``delay_first``)."""
 
-    def __init__(self, health: NodeHealth, interval_s: float = 15.0) -> None:
-        self.health = health
+    def __init__(self, fn: Callable[[], Any], interval_s: float, name: str, *, delay_first: bool = False) -> None:
+        self.fn = fn
         self.interval_s = interval_s
+        self.delay_first = delay_first
         self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self.thread = threading.Thread(target=self._run, name="anya-fl-probes", daemon=True)
-
-    def refresh(self) -> None:
-        with self._lock:
-            self.health.refresh()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def _run(self) -> None:
+        if self.delay_first and self._stop.wait(self.interval_s):
+            return
         while not self._stop.is_set():
-            self.refresh()
+            self.fn()
             self._stop.wait(self.interval_s)
 
-    def start(self) -> ProbeLoop:
+    def start(self) -> Periodic:
         self.thread.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
         self.thread.join(timeout=30)
+
+
+def probe_loop(health: NodeHealth, interval_s: float = 15.0) -> Periodic:
+    """Refresh a NodeHealth every ``interval_s`` seconds (the node's probes)."""
+    return Periodic(health.refresh, interval_s, "anya-fl-probes")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from core.bitcoin.features import TASK_SCHEMAS, fee_rows
 from core.bitcoin.parsing import parse_mempool, parse_transaction
 from core.errors import AnyaError, FeatureError
-from core.health_http import health_router
+from core.health_http import Periodic, health_router
 from core.inference.engine import InferenceEngine
 from core.node_health import NodeHealth
 
@@ -289,15 +288,14 @@ class FastPredict:
 
 
 class RegistryWatcher:
-    """Every ``interval_s``, hot-swap newly promoted production versions and update the checker."""
+    """Hot-swap newly promoted production versions (every ``interval_s`` once started) and update the checker."""
 
     def __init__(self, engine: InferenceEngine, registry: Any, health: NodeHealth, interval_s: float = 5.0,
                  tasks: tuple[str, ...] = TASKS, validation: dict[str, np.ndarray] | None = None) -> None:
-        self.engine, self.registry, self.health, self.interval_s, self.tasks = engine, registry, health, interval_s, tasks
+        self.engine, self.registry, self.health, self.tasks = engine, registry, health, tasks
         self.validation = validation
         self.log: list[str] = []
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="anya-fl-registry", daemon=True)
+        self.loop = Periodic(self.sync_once, interval_s, "anya-fl-registry", delay_first=True)
 
     def sync_once(self) -> list[str]:
         changed = self.engine.sync(self.registry, self.tasks, self.validation)
@@ -310,17 +308,12 @@ class RegistryWatcher:
                                    {"loaded": float(len(loaded))})
         return changed
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.sync_once()
-
     def start(self) -> RegistryWatcher:
-        self.thread.start()
+        self.loop.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        self.thread.join(timeout=30)
+        self.loop.stop()
 
 
 def serving_health(health: NodeHealth) -> NodeHealth:

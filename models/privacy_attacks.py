@@ -40,8 +40,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -54,7 +52,7 @@ from core.data.chain import ChainConfig, simulate_chain
 from core.data.datasets import TaskSplits, task_arrays
 from core.errors import ConfigError
 from models.tasks import FraudNet, build_model, fraud_loss, infer, task_spec
-from models.training import DPConfig, TrainConfig, TrainResult, train
+from models.training import DPConfig, TrainConfig, TrainResult, single_torch_thread, train
 
 SCHEMA = TASK_SCHEMAS["fraud"]
 HELD_FIXED = ("n_inputs", "n_outputs", "dust_output_count", "rbf_signaling", "has_locktime", "input_age_known")
@@ -112,20 +110,7 @@ def _fraud_data(n_transactions: int, seed: int) -> TaskSplits:
     return data
 
 
-@contextmanager
-def single_thread() -> Iterator[None]:
-    """Run torch on one CPU thread, then restore the previous setting.
-
-    These MLPs are far too small to gain from intra-op threads: on a 2-core machine shared with other
-    work, two threads made DP-SGD steps 3-5x slower than one. One thread also makes the numbers
-    independent of the machine's core count.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+single_thread = single_torch_thread  # the one helper lives in models.training
 
 
 def _fraud_net(hidden: tuple[int, ...], seed: int) -> FraudNet:

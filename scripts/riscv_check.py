@@ -23,7 +23,6 @@ for the fee rate in sat/vB, which can be large):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 from pathlib import Path
@@ -85,17 +84,11 @@ def task_rows(task: str, n: int = ROWS, seed: int = 0) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([x, extra]))
 
 
-@contextlib.contextmanager
 def _one_torch_thread():
-    """Tiny models train and export fastest on one thread; on a busy machine several spin and crawl (30x)."""
-    import torch
+    """models.training.single_torch_thread (imported late: the host side only needs torch here)."""
+    from models.training import single_torch_thread
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    return single_torch_thread()
 
 
 def trained_model(task: str, steps: int = TRAIN_STEPS, seed: int = MODEL_SEED):
