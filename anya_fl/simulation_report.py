@@ -622,6 +622,17 @@ def write_html_report(metrics: dict, comparison: dict | None, plots: list[Path],
     else:
         parts.append('<p class="note">No health figures recorded.</p>')
 
+    # Update screening (rejected, flagged, clipped, excluded updates).
+    parts.append("<h2>Update screening</h2>")
+    events = [(rnd, e) for rnd, rec in zip(_rounds(history), history, strict=True) for e in rec.get("screening", [])]
+    if events:
+        parts.append(_table(["round", "node", "event", "reason"],
+                            [[rnd, e.get("node"), e.get("kind"), e.get("reason", "")] for rnd, e in events], text_cols=4))
+    else:
+        parts.append('<p class="note">No update was rejected, flagged, clipped or excluded'
+                     + ("" if config.get("screening", True) else " (screening was off; malformed updates are "
+                        "still rejected)") + ".</p>")
+
     # Failures.
     parts.append("<h2>Node failures</h2>")
     fails = [(rnd, f) for rnd, rec in zip(_rounds(history), history, strict=True) for f in _failures(rec)]

@@ -65,6 +65,8 @@ def make_metrics(rounds: int = 3, nodes: int = 3, tasks: tuple[str, ...] = ALL_T
             "nodes_replied": len(replied),
             "nodes_missing": 0,
             "nodes_failed": failed,
+            "screening": [{"node": "77", "kind": "flagged", "reason": "fraud: update norm 9.8x the median",
+                           "consecutive": rnd}] if rnd >= 2 else [],
             "train": train,
             "nodes": replied,
             "global": {t: _global(t, rnd) for t in tasks},
@@ -205,6 +207,8 @@ def test_html_report(full) -> None:
     assert "median_overpay_sat_vb (sat/vB, lower is better)" in text
     # Failure list names node, code and round; epsilon table has every node and task.
     assert "code 4100" in text and "round 2" in text
+    # Screening events per round, with the reason.
+    assert "Update screening" in text and "fraud: update norm 9.8x the median" in text
     for col in ("fraud ε", "fee ε", "anomaly ε", "transactions ε"):
         assert col in text
 
