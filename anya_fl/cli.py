@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from anya_fl.console import console, err_console, progress, table
+from anya_fl.console import anya_home, console, err_console, progress, table
 from anya_fl.models_cli import DEFAULT_REGISTRY, models_app
 from anya_fl.security_cli import DEFAULT_AUDIT_LOG, DEFAULT_STORE, audit_app, token_app
 from core.errors import AnyaError
@@ -182,7 +182,7 @@ app.add_typer(audit_app, name="audit")
 def _flwr_home(role: str) -> Path:
     import os
 
-    return Path(os.environ.get("FLWR_HOME") or Path.home() / ".anya-fl" / f"flwr-home-{role}")
+    return Path(os.environ.get("FLWR_HOME") or anya_home() / f"flwr-home-{role}")
 
 
 @coordinator_app.command("init")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -59,3 +61,8 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
     for r in rows:
         t.add_row(*(fmt(v) for v in r))
     return t
+
+
+def anya_home() -> Path:
+    """The user's anya-fl directory (registry, tokens, audit log, FLWR_HOMEs): $ANYA_FL_HOME or ~/.anya-fl."""
+    return Path(os.environ.get("ANYA_FL_HOME") or "~/.anya-fl").expanduser()

@@ -8,12 +8,12 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from anya_fl.console import console, table
+from anya_fl.console import anya_home, console, table
 from core.errors import ConfigError
 from core.registry import INDEX, STAGES, ModelRegistry, ModelVersion
 from core.signing import load_private_key, load_public_key
 
-DEFAULT_REGISTRY = Path("~/.anya-fl/registry")
+DEFAULT_REGISTRY = anya_home() / "registry"
 
 models_app = typer.Typer(
     help="The signed model registry: versions of each task's model, their stage, integrity and bundles for nodes.",

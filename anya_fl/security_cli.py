@@ -10,13 +10,13 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from anya_fl.console import console, err_console, table
+from anya_fl.console import anya_home, console, err_console, table
 from core.errors import ConfigError
 from core.security.audit import TOKEN_CREATE, TOKEN_REVOKE, AuditLog
 from core.security.tokens import RIGHTS, TokenStore
 
-DEFAULT_STORE = Path("~/.anya-fl/tokens.json").expanduser()
-DEFAULT_AUDIT_LOG = Path("~/.anya-fl/audit.jsonl").expanduser()
+DEFAULT_STORE = anya_home() / "tokens.json"
+DEFAULT_AUDIT_LOG = anya_home() / "audit.jsonl"
 
 token_app = typer.Typer(help="API tokens: create one per client with a role, list them, revoke them.",
                         no_args_is_help=True)
