@@ -24,7 +24,15 @@ from core.storage import atomic_write_bytes, atomic_write_json
 
 DEFAULT_STRATEGY = "screened-median"  # chosen from the table (README, "Robustness")
 STRATEGIES = ("fedavg", "krum", "multikrum", "bulyan", "median", "trimmed-mean", "screened-fedavg", "screened-median")
-LOWER_IS_BETTER = {"fee": False, "fraud": False, "anomaly": False}  # primary metrics: higher is better
+# What the table scores per task. Fee uses its pinball loss (lower is better), not the hit rate: a poisoned
+# fee model that overpays wildly still "hits" every target (hit rate 1.0 under every attack, measured).
+METRIC = {"fraud": PRIMARY_METRIC["fraud"], "fee": "pinball_loss", "anomaly": PRIMARY_METRIC["anomaly"]}
+LOWER_IS_BETTER = {"fraud": False, "fee": True, "anomaly": False}
+
+
+def _drop(task: str, clean: float, value: float) -> float:
+    """How much worse ``value`` is than ``clean`` (positive = worse), whichever way the metric points."""
+    return value - clean if LOWER_IS_BETTER[task] else clean - value
 
 
 @dataclass(frozen=True)
@@ -93,7 +101,7 @@ def run_table(cfg: RobustnessConfig, out_dir: Path, on_run: Callable[[str, dict]
         flagged = [{e["node"] for e in h.get("screening", []) if e["kind"] in ("flagged", "rejected")} for h in history]
         row = {"strategy": strategy, "attack": attack or "none", "malicious": fraction, "seconds":
                time.perf_counter() - t0,
-               "metrics": {t: float(last["global"][t][PRIMARY_METRIC[t]]) for t in tasks},
+               "metrics": {t: float(last["global"][t][METRIC[t]]) for t in tasks},
                "flags_true": sum(len(f & bad_nodes) for f in flagged),
                "flags_false": sum(len(f - bad_nodes) for f in flagged),
                "excluded": sorted({e["node"] for h in history for e in h.get("screening", [])
@@ -103,7 +111,8 @@ def run_table(cfg: RobustnessConfig, out_dir: Path, on_run: Callable[[str, dict]
             on_run(name, row)
     table = {"config": {**asdict(cfg), "fractions": list(cfg.fractions), "attacks": list(cfg.attacks),
                         "strategies": list(cfg.strategies)},
-             "primary_metric": {t: PRIMARY_METRIC[t] for t in tasks}, "runs": runs,
+             "primary_metric": {t: METRIC[t] for t in tasks},
+             "lower_is_better": {t: LOWER_IS_BETTER[t] for t in tasks}, "runs": runs,
              "default_strategy": DEFAULT_STRATEGY}
     table["summary"] = summarize(table)
     atomic_write_json(out_dir / "robustness.json", table)
@@ -122,10 +131,10 @@ def summarize(table: dict) -> dict[str, Any]:
         for task in table["primary_metric"]:
             clean = _clean(table, strategy, task)
             rows = [r for r in table["runs"] if r["strategy"] == strategy and r["attack"] != "none"]
-            worst = max(rows, key=lambda r: clean - r["metrics"][task], default=None)
+            worst = max(rows, key=lambda r: _drop(task, clean, r["metrics"][task]), default=None)
             out[f"{strategy}/{task}"] = {
                 "clean": clean,
-                "worst_drop": None if worst is None else clean - worst["metrics"][task],
+                "worst_drop": None if worst is None else _drop(task, clean, worst["metrics"][task]),
                 "worst_at": None if worst is None else f"{worst['attack']} {100 * worst['malicious']:.0f} %",
             }
     return out
@@ -154,7 +163,7 @@ def plot_table(table: dict, path: Path) -> Path:
                 r = next((r for r in table["runs"] if r["strategy"] == s and r["attack"] == a
                           and abs(r["malicious"] - f) < 1e-9), None)
                 if r is not None:
-                    grid[i, j] = clean - r["metrics"][task]
+                    grid[i, j] = _drop(task, clean, r["metrics"][task])
         im = ax.imshow(grid, cmap="Reds", vmin=0, vmax=max(0.05, float(np.nanmax(grid)) if np.isfinite(grid).any() else 1))
         for i in range(grid.shape[0]):
             for j in range(grid.shape[1]):
@@ -162,7 +171,8 @@ def plot_table(table: dict, path: Path) -> Path:
                     ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=6)
         ax.set_yticks(range(len(strategies)), strategies, fontsize=7)
         ax.set_xticks(range(len(cols)), [f"{a}\n{100 * f:.0f}%" for a, f in cols], fontsize=6)
-        ax.set_title(f"{task}: drop of {table['primary_metric'][task]} from each strategy's clean run", fontsize=9)
+        ax.set_title(f"{task}: how much worse {table['primary_metric'][task]} is than each strategy's clean run",
+                     fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.02)
     fig.tight_layout()
     buf = io.BytesIO()
