@@ -71,6 +71,7 @@ def run_table(cfg: RobustnessConfig, out_dir: Path, on_run: Callable[[str, dict]
 
     from anya_fl.local_grid import LocalGrid
     from fl_client.app import app as client_app
+    from fl_client.attacks import malicious_partitions
     from fl_server.app import run_federation
 
     torch.set_num_threads(1)  # the server side (held-out evaluation) too: see fl_client.app._torch_threads
@@ -95,8 +96,6 @@ def run_table(cfg: RobustnessConfig, out_dir: Path, on_run: Callable[[str, dict]
         t0 = time.perf_counter()
         history = run_federation(LocalGrid(client_app, cfg.nodes, run_cfg.to_run_config()), run_cfg)
         last = history[-1]
-        from fl_client.attacks import malicious_partitions
-
         bad_nodes = {str(1000 + p) for p in malicious_partitions(cfg.nodes, fraction, cfg.seed)} if attack else set()
         flagged = [{e["node"] for e in h.get("screening", []) if e["kind"] in ("flagged", "rejected")} for h in history]
         row = {"strategy": strategy, "attack": attack or "none", "malicious": fraction, "seconds":

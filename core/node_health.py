@@ -33,8 +33,6 @@ from core.performance import PerformanceMonitor
 
 WEIGHTS = {"data": 2.0, "resources": 1.0, "bitcoin.sync": 3.0, "bitcoin.connection": 1.0,
            "bitcoin.mempool": 1.0, "bitcoin.fees": 0.5, "bitcoin.utxo": 0.5}
-RPC_KEYS = ("bitcoin-rpc-url", "bitcoin-rpc-cookie", "bitcoin-rpc-user", "bitcoin-rpc-password",
-            "bitcoin-rpc-timeout")
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,6 @@ from fl_client.privacy_ledger import AccountantLedger, check_lifetime_budget
 
 app = ClientApp()
 
-DECLINED = DECLINE_ERROR_CODE  # a node that declines to train (reason in the message)
-
 
 def _node_seed(cfg: FederationConfig, data_dir: Path, server_round: int) -> int:
     """Seed of a node's training in a round: from the run seed, the node's dataset name and the round
@@ -48,7 +46,7 @@ def _declines_with_reason(handler: Callable[[Message, Context], Message]) -> Cal
         try:
             return handler(msg, context)
         except AnyaError as exc:
-            return Message(Error(code=DECLINED, reason=str(exc)), reply_to=msg)
+            return Message(Error(code=DECLINE_ERROR_CODE, reason=str(exc)), reply_to=msg)
 
     return wrapped
 
@@ -70,17 +68,21 @@ def node_health(context: Context, cfg: FederationConfig, data_dir: Path) -> Node
     return NodeHealth(HealthSettings.from_node_config(context.node_config, data_dir, cfg.min_stage))
 
 
-def _setup(msg: Message, context: Context) -> tuple[FederationConfig, Path, dict, dict]:
-    """Run settings, the node's data and the global models from the message."""
+def _run_settings(context: Context) -> tuple[FederationConfig, Path]:
+    """The run's settings and this node's dataset directory."""
+    cfg = FederationConfig.from_run_config(context.run_config).validate()
+    return cfg, node_data_dir(context.node_config, cfg.data_dir)
+
+
+def _setup(msg: Message, cfg: FederationConfig, data_dir: Path) -> tuple[dict, dict]:
+    """The node's data and the global models from the message."""
     from models.params import unpack_into
     from models.tasks import build_model
 
-    cfg = FederationConfig.from_run_config(context.run_config).validate()
-    data_dir = node_data_dir(context.node_config, cfg.data_dir)
     data = load_node_data(data_dir)
     models = {t: build_model(t, seed=cfg.seed) for t in cfg.task_list}
     unpack_into(models, msg.content["arrays"].to_torch_state_dict())
-    return cfg, data_dir, data, models
+    return data, models
 
 
 @app.train()
@@ -93,13 +95,13 @@ def train(msg: Message, context: Context) -> Message:
     from models.training import BudgetExhausted, DPConfig, TrainConfig, epsilon_spent
     from models.training import train as train_model
 
-    cfg = FederationConfig.from_run_config(context.run_config).validate()
+    cfg, data_dir = _run_settings(context)
     _torch_threads(context)
-    health = node_health(context, cfg, node_data_dir(context.node_config, cfg.data_dir))
+    health = node_health(context, cfg, data_dir)
     allowed, why = health.gate()
     if not allowed:
-        return Message(Error(code=DECLINED, reason=f"node health: {why}"), reply_to=msg)
-    cfg, data_dir, data, models = _setup(msg, context)
+        return Message(Error(code=DECLINE_ERROR_CODE, reason=f"node health: {why}"), reply_to=msg)
+    data, models = _setup(msg, cfg, data_dir)
     server_round = int(msg.content["config"]["server-round"])
     t_start = time.perf_counter()
     seed = _node_seed(cfg, data_dir, server_round)
@@ -108,9 +110,10 @@ def train(msg: Message, context: Context) -> Message:
     metrics: dict[str, float] = {"num-examples": float(data["fraud"].size("train") if "fraud" in data else 0),
                                  "partition-id": float(context.node_config.get("partition-id", -1))}
     share = cfg.epsilon / cfg.rounds
+    spent = {t: epsilon_spent(ledger.get(t), cfg.delta) for t in cfg.task_list} if cfg.dp else {}
+    planned = {t: min(cfg.epsilon, s + share) for t, s in spent.items()}
     if cfg.dp:
         budget = float(context.node_config.get("lifetime-epsilon", cfg.lifetime_epsilon))
-        planned = {t: min(cfg.epsilon, epsilon_spent(ledger.get(t), cfg.delta) + share) for t in cfg.task_list}
         check_lifetime_budget(ledger, planned, budget, lambda state: epsilon_spent(state, cfg.delta))
     malicious = attacks.is_malicious(context.node_config, cfg.attack, cfg.malicious, cfg.nodes, cfg.seed)
     global_w = pack(models)
@@ -123,11 +126,9 @@ def train(msg: Message, context: Context) -> Message:
             y = attacks.poison_labels(task, y, seed)
         dp = None
         if cfg.dp:
-            spent = epsilon_spent(ledger.get(task), cfg.delta)
-            target = min(cfg.epsilon, spent + share)
-            if spent >= 0.995 * cfg.epsilon:
-                raise BudgetExhausted(cfg.epsilon, spent, f"task {task}: the node's budget for this run is spent")
-            dp = DPConfig(target_epsilon=target, delta=cfg.delta, max_grad_norm=cfg.max_grad_norm,
+            if spent[task] >= 0.995 * cfg.epsilon:
+                raise BudgetExhausted(cfg.epsilon, spent[task], f"task {task}: the node's budget for this run is spent")
+            dp = DPConfig(target_epsilon=planned[task], delta=cfg.delta, max_grad_norm=cfg.max_grad_norm,
                           accountant=cfg.accountant)
         tc = TrainConfig(
             epochs=cfg.local_epochs, batch_size=spec.batch_size, lr=spec.lr, seed=seed, device="auto", dp=dp,
@@ -174,7 +175,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     from models.tasks import infer, targets, task_spec
 
     _torch_threads(context)
-    cfg, data_dir, data, models = _setup(msg, context)
+    cfg, data_dir = _run_settings(context)
+    data, models = _setup(msg, cfg, data_dir)
     health = node_health(context, cfg, data_dir)
     health.refresh()
     metrics: dict[str, float] = {"num-examples": float(data["fraud"].size("test") if "fraud" in data else 0),

@@ -110,7 +110,6 @@ def _fraud_data(n_transactions: int, seed: int) -> TaskSplits:
     return data
 
 
-single_thread = single_torch_thread  # the one helper lives in models.training
 
 
 def _fraud_net(hidden: tuple[int, ...], seed: int) -> FraudNet:
@@ -208,7 +207,7 @@ def run_membership_check(seed: int = 0, n_train: int = 2000, epochs: int = 200,
     of the non-members: read attack_auc_illicit / attack_advantage_illicit.
     """
     t0 = time.perf_counter()
-    with single_thread():
+    with single_torch_thread():
         report = _membership_check(seed, n_train, epochs, epsilons, n_transactions, hidden, illicit_share, accountant)
     report["seconds"] = time.perf_counter() - t0
     return report
@@ -290,9 +289,9 @@ def perturbation_size(x: np.ndarray, x_adv: np.ndarray, space: str = "schema") -
 
 
 def _valid_bounds() -> tuple[np.ndarray, np.ndarray]:
-    lo = np.array([c.valid[0] for c in SCHEMA.columns], dtype=np.float64).astype(np.float32)
-    hi = np.array([c.valid[1] for c in SCHEMA.columns], dtype=np.float64).astype(np.float32)
-    return lo, hi
+    """The schema's valid ranges in float32, the precision Schema.validate compares in."""
+    lo, hi = SCHEMA.valid_bounds()
+    return lo.astype(np.float32), hi.astype(np.float32)
 
 
 def valid_range_violations(x: np.ndarray) -> int:
@@ -445,7 +444,7 @@ def run_adversarial_check(seed: int = 0, epsilons: tuple[float, ...] = (8.0,), *
     on the validation split. Runs on one torch thread; deterministic for a seed.
     """
     t0 = time.perf_counter()
-    with single_thread():
+    with single_torch_thread():
         report = _adversarial_check(seed, epsilons, n_transactions, eps_fracs, methods, steps, space, accountant)
     report["seconds"] = time.perf_counter() - t0
     return report

@@ -25,11 +25,11 @@ from models.privacy_attacks import (
     perturbation_size,
     run_adversarial_check,
     run_membership_check,
-    single_thread,
     train_standard_fraud,
     valid_range_violations,
 )
 from models.tasks import build_model, infer
+from models.training import single_torch_thread
 
 SCHEMA = TASK_SCHEMAS["fraud"]
 FIXED = np.isin(SCHEMA.names, HELD_FIXED)
@@ -38,7 +38,7 @@ FIXED = np.isin(SCHEMA.names, HELD_FIXED)
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     # as the run_* checks do: these small models run several times faster on one thread of a busy machine
-    with single_thread():
+    with single_torch_thread():
         yield
 
 

@@ -16,6 +16,7 @@ functions (``transaction_features``, ``mempool_features``), so one code path mak
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -81,6 +82,12 @@ class Schema:
     def index(self, name: str) -> int:
         return self.names.index(name)
 
+    @functools.cache  # noqa: B019 - schemas are a few module-level constants
+    def valid_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(lo, hi) of every column's valid range, as float64 arrays."""
+        return (np.array([c.valid[0] for c in self.columns], dtype=np.float64),
+                np.array([c.valid[1] for c in self.columns], dtype=np.float64))
+
     def validate(self, rows: np.ndarray, what: str = "rows") -> np.ndarray:
         """Return ``rows`` as float32 (n, width); raise FeatureError naming the first bad cell."""
         arr = np.asarray(rows, dtype=np.float32)
@@ -89,8 +96,7 @@ class Schema:
         if arr.ndim != 2 or arr.shape[1] != self.width:
             raise FeatureError(what, f"expected shape (n, {self.width}) for {self.name}, got {tuple(arr.shape)}")
         finite = np.isfinite(arr)
-        lo = np.array([c.valid[0] for c in self.columns], dtype=np.float64)
-        hi = np.array([c.valid[1] for c in self.columns], dtype=np.float64)
+        lo, hi = self.valid_bounds()
         ok = finite & (arr >= lo.astype(np.float32)) & (arr <= hi.astype(np.float32))
         if not ok.all():
             r, c = (int(v[0]) for v in np.nonzero(~ok))
@@ -100,6 +106,7 @@ class Schema:
             raise FeatureError(f"{what}[{r}].{col.name}", why)
         return arr
 
+    @functools.cache  # noqa: B019 - schemas are a few module-level constants; callers copy the arrays
     def normalization(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(log_mask, log_offset, loc, scale) so that z = (t(x) - loc) / scale maps typical to [-1, 1]."""
         mask = np.array([c.log_offset is not None for c in self.columns])
@@ -129,8 +136,7 @@ class Schema:
         """
         mask, offset, loc, scale = self.normalization()
         x = np.asarray(rows, dtype=np.float64)
-        lo = np.array([c.valid[0] for c in self.columns])
-        hi = np.array([c.valid[1] for c in self.columns])
+        lo, hi = self.valid_bounds()
         t = np.where(mask, np.log(np.maximum(x + offset, 1e-12)), x)
         z = (t - loc) / scale
         invalid = (x < lo) | (x > hi)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import tempfile
 import threading
 import time
@@ -281,8 +280,3 @@ class InferenceEngine:
             except AnyaError as exc:
                 changed.append(f"!{task}: {exc}")
         return changed
-
-
-def single_thread_blas() -> None:
-    """NumPy/OpenBLAS threads slow small batches (FACTS.md): one thread unless the user chose otherwise."""
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
