@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -71,7 +72,9 @@ def simulate(
     epsilon: Annotated[float, typer.Option(help="DP budget per node and task for the whole run.")] = 8.0,
     dp: Annotated[bool, typer.Option("--dp/--no-dp", help="Train with DP-SGD (Opacus).")] = True,
     seed: Annotated[int, typer.Option(help="Seed for the chain, the partition and every model.")] = 0,
-    transactions: Annotated[int, typer.Option(help="Transactions in the simulated chain.")] = 200_000,
+    transactions: Annotated[int, typer.Option(help="Transactions in the simulated chain. The splits are by time, so "
+                                                   "a short chain is refused; 40,000 works with seed 0 (a quick trial), and the error "
+                                                   "names the smallest larger size, in steps of 5,000, that works for the seed.")] = 200_000,
     local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = 5,
     min_nodes: Annotated[int, typer.Option(help="Nodes that must take part in each round.")] = 2,
     fraction_train: Annotated[float, typer.Option(help="Share of nodes sampled for training each round.")] = 1.0,
@@ -128,8 +131,20 @@ def _round_display(prog, first: str, rounds: int):
     return show
 
 
-def _report(run_dir: Path, metrics: dict, compare: bool) -> None:
-    from anya_fl.simulation_report import comparison_rows, plot_rounds, summarize, write_html_report
+def _report(run_dir: Path, metrics: dict, compare: bool, key_names: dict[str, str] | None = None,
+            kind: str = "simulation") -> None:
+    """Print the run's tables and write plots, report.html and summary.json.
+
+    ``key_names``: Flower node id -> registered key name (deployment; :func:`_registered_node_names`).
+    """
+    from anya_fl.simulation_report import (
+        comparison_rows,
+        node_epsilon_rows,
+        node_names,
+        plot_rounds,
+        summarize,
+        write_html_report,
+    )
     from core.storage import atomic_write_json
 
     comparison = None
@@ -155,19 +170,13 @@ def _report(run_dir: Path, metrics: dict, compare: bool) -> None:
         console.print(table(f"federated vs centralized vs local-only (DP, epsilon <= {eps:.2f} each, same test set)",
                             ["task", "metric", "federated", "centralized", "local-only mean", "fed - local",
                              "fed vs central"], rows))
-    last = hist[-1]["nodes"]
     profiles = json.loads((run_dir / "run.json").read_text()).get("profiles", []) if (run_dir / "run.json").is_file() else []
-
-    def node_name(node_id: str, m: dict) -> str:
-        pid = int(m.get("partition-id", -1))
-        return f"node-{pid} ({profiles[pid]})" if 0 <= pid < len(profiles) else node_id
-
-    console.print(table("epsilon spent per node (whole run)", ["node", *tasks, "transactions (fraud+anomaly)"],
-                        [[node_name(n, m), *[m.get(f"{t}.epsilon", 0.0) for t in tasks], m.get("epsilon-transactions", 0.0)]
-                         for n, m in sorted(last.items(), key=lambda kv: kv[1].get("partition-id", 0))]))
+    names = node_names(metrics, key_names, profiles)
+    console.print(table("epsilon spent per node (whole run)", *node_epsilon_rows(metrics, names)))
     plots = plot_rounds(metrics, run_dir / "plots")
-    html = write_html_report(metrics, comparison, plots, run_dir / "report.html", title=f"anya-fl simulation {run_dir.name}")
-    summary = summarize(metrics)
+    html = write_html_report(metrics, comparison, plots, run_dir / "report.html", title=f"anya-fl {kind} {run_dir.name}",
+                             names=names)
+    summary = summarize(metrics, names)
     atomic_write_json(run_dir / "summary.json", summary)
     console.print(f"wrote {run_dir / 'metrics.json'}, {len(plots)} plots in {run_dir / 'plots'}, and {html}")
 
@@ -204,34 +213,66 @@ def coordinator_init(
 @coordinator_app.command("start")
 def coordinator_start(
     pki_dir: Annotated[Path | None, typer.Argument(help="PKI directory from `coordinator init` (omit with --insecure).")] = None,
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
-    port: Annotated[int, typer.Option(help="SuperLink port (Fleet, Control and ServerAppIo APIs).")] = 9092,
-    address: Annotated[str | None, typer.Option(help="Address the CLI uses to reach it (default 127.0.0.1:PORT).")] = None,
+    host: Annotated[str, typer.Option(help="Address the nodes connect to (the Fleet gateway listens here).")] = "0.0.0.0",
+    port: Annotated[int, typer.Option(help="Port of the Fleet gateway, the only port nodes need.")] = 9092,
+    control_port: Annotated[int, typer.Option(help="Port of the SuperLink itself, on 127.0.0.1 only (Control and "
+                                                   "Runtime APIs; `coordinator run` uses it).")] = 9093,
     insecure: Annotated[bool, typer.Option(help="No TLS, no node authentication (local trials only).")] = False,
     name: Annotated[str, typer.Option(help="Connection name written to FLWR_HOME/config.toml.")] = "anya",
 ) -> None:
-    """Run the Flower SuperLink in the foreground (TLS and SuperNode authentication by default)."""
-    from anya_fl.deployment import register_node, start_superlink, stop_process, write_connection
+    """Run the Flower SuperLink on loopback and the Fleet gateway in front of it, in the foreground.
+
+    Nodes reach only the Fleet API (register-node and run submission are not reachable from the
+    network); `anya-fl coordinator run` on this machine talks to the SuperLink on 127.0.0.1.
+    TLS and SuperNode authentication by default.
+    """
+    from anya_fl.deployment import (
+        register_node,
+        start_fleet_gateway,
+        start_superlink,
+        stop_process,
+        wait_for_port,
+        write_connection,
+    )
     from core.errors import ConfigError
 
     if not insecure and pki_dir is None:
         raise ConfigError("pki-dir", "is required unless --insecure; create one with `anya-fl coordinator init DIR`")
+    if control_port == port:
+        raise ConfigError("control-port", f"{control_port} must differ from --port (the gateway's)")
     home = _flwr_home("coordinator")
     home.mkdir(parents=True, exist_ok=True)
-    link = start_superlink(host, port, home, home / "superlink.log", pki_dir=pki_dir, insecure=insecure,
-                           database=home / "superlink-state.db",
-                           warn=lambda m: err_console.print(f"[yellow]{escape(m)}[/yellow]", soft_wrap=True))
+    started = []
     try:
-        write_connection(home, name, address or f"127.0.0.1:{port}", insecure=insecure,
+        link = start_superlink("127.0.0.1", control_port, home, home / "superlink.log", pki_dir=pki_dir,
+                               insecure=insecure, database=home / "superlink-state.db",
+                               warn=lambda m: err_console.print(f"[yellow]{escape(m)}[/yellow]", soft_wrap=True))
+        started.append(link)
+        gate = start_fleet_gateway(host, port, f"127.0.0.1:{control_port}", home / "fleet-gateway.log",
+                                   pki_dir=pki_dir, insecure=insecure)
+        started.append(gate)
+        wait_for_port(host, port, proc=gate)
+        write_connection(home, name, f"127.0.0.1:{control_port}", insecure=insecure,
                          root_certificates=None if insecure else pki_dir / "ca.pem", default=True)
         if not insecure:
             for pub in sorted((pki_dir / "nodes").glob("*.pub")):
                 register_node(home, name, pub, superlink=link)
                 console.print(f"registered {pub.name}")
-        console.print(f"SuperLink running (pid {link.pid}, log {home / 'superlink.log'}); Ctrl-C stops it")
-        link.wait()
+        console.print(f"Fleet gateway on {host}:{port} (pid {gate.pid}, log {home / 'fleet-gateway.log'}): the only "
+                      f"port nodes need")
+        console.print(f"SuperLink on 127.0.0.1:{control_port} (pid {link.pid}, log {home / 'superlink.log'}); "
+                      "Ctrl-C stops both")
+        while link.poll() is None and gate.poll() is None:
+            try:
+                link.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                pass
+        dead = link if link.poll() is not None else gate
+        raise AnyaError(f"{'the SuperLink' if dead is link else 'the Fleet gateway'} exited (code {dead.returncode}); "
+                        "see its log")
     finally:
-        stop_process(link)
+        for proc in reversed(started):
+            stop_process(proc)
 
 
 @coordinator_app.command("run")
@@ -249,16 +290,21 @@ def coordinator_run(
     local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = 5,
     seed: Annotated[int, typer.Option(help="Seed of the models and of the simulated held-out set.")] = 0,
     wait_nodes: Annotated[float, typer.Option(help="Seconds to wait for min-nodes SuperNodes before giving up.")] = 300.0,
-    signing_key: Annotated[Path | None, typer.Option(help="The coordinator's model-signing key (pki/model-signing.key); "
-                                                          "without it the final models are exported unsigned "
-                                                          "to RUN_DIR/models only.")] = None,
+    signing_key: Annotated[Path | None, typer.Option(help="The coordinator's model-signing key (default: "
+                                                          "PKI_DIR/model-signing.key when it exists); without one "
+                                                          "the final models are exported unsigned to RUN_DIR/models "
+                                                          "only.")] = None,
     registry: Annotated[Path, typer.Option(help="Registry the final models are published to (as candidates).")]
     = DEFAULT_REGISTRY,
+    pki_dir: Annotated[Path | None, typer.Option(help="The PKI from `coordinator init` (default: ./pki when it "
+                                                      "exists): its model-signing key, and its nodes/*.pub to name "
+                                                      "nodes in the report.")] = None,
 ) -> None:
     """Launch a federated run on the running SuperLink and wait for it; then write the report."""
     from anya_fl.deployment import launch_run, prepare_coordinator_data, wait_for_nodes
     from core.fedconfig import FederationConfig
 
+    pki_dir, signing_key, key_note = coordinator_run_keys(pki_dir, signing_key)
     cfg = FederationConfig(nodes=nodes, rounds=rounds, strategy=strategy, screening=screening, min_nodes=min_nodes, epsilon=epsilon,
                            local_epochs=local_epochs, seed=seed, run_dir=str(run_dir.resolve()),
                            data_dir=str(data_dir.resolve()), run_name=run_dir.name,
@@ -266,20 +312,70 @@ def coordinator_run(
                            signing_key=str(signing_key.resolve()) if signing_key else "",
                            audit_log=str(DEFAULT_AUDIT_LOG)).validate()
     if signing_key is None:
-        err_console.print("[yellow]no --signing-key: the final models are exported to RUN_DIR/models unsigned and "
-                          "not published to a registry[/yellow]")
-    elif not signing_key.is_file():
-        from core.errors import ConfigError
-
-        raise ConfigError("signing-key", f"{signing_key} is not a file (coordinator init writes pki/model-signing.key)")
+        err_console.print(f"[yellow]{escape(key_note)}[/yellow]", soft_wrap=True)
+    else:
+        console.print(escape(key_note), soft_wrap=True)
     prepare_coordinator_data(Path(cfg.data_dir), cfg.transactions, cfg.seed)
     with console.status(f"waiting for {cfg.min_nodes} SuperNodes to come online (up to {wait_nodes:.0f} s)"):
         online = wait_for_nodes(_flwr_home("coordinator"), name, cfg.min_nodes, timeout=wait_nodes)
-    console.print(f"{len(online)} SuperNodes online")
+    key_names = _registered_node_names(pki_dir, name)
+    console.print(f"{len(online)} SuperNodes online: "
+                  + ", ".join(sorted(key_names.get(str(n.get("node-id")), str(n.get("node-id"))) for n in online)))
     with progress() as prog:
         metrics = launch_run(_flwr_home("coordinator"), name, cfg, log_file=run_dir / "flwr-run.log",
                              on_progress=_round_display(prog, "waiting for the run", cfg.rounds))
-    _report(run_dir, metrics, compare=False)
+    if any(str(n) not in key_names for h in metrics.get("history", []) for n in h.get("nodes", {})):
+        key_names = _registered_node_names(pki_dir, name) or key_names  # a node registered during the run
+    _report(run_dir, metrics, compare=False, key_names=key_names, kind="deployment")
+
+
+DEFAULT_PKI_DIR = Path("pki")  # `anya-fl coordinator init pki`, as the README runs it
+
+
+def coordinator_run_keys(pki_dir: Path | None, signing_key: Path | None) -> tuple[Path | None, Path | None, str]:
+    """The PKI directory and model-signing key `coordinator run` uses, and a line that says which key.
+
+    An explicit ``--pki-dir`` or ``--signing-key`` must exist. Otherwise the PKI is ./pki when it is a
+    directory, and the key its ``model-signing.key`` (written by `coordinator init`) when that exists;
+    no key at all means unsigned models (the line is then the warning). Returns (pki_dir or None,
+    signing_key or None, line).
+    """
+    from core.errors import ConfigError
+    from core.pki import SIGNING_KEY
+
+    if pki_dir is not None and not pki_dir.is_dir():
+        raise ConfigError("pki-dir", f"{pki_dir} is not a directory (`anya-fl coordinator init DIR` writes one)")
+    if signing_key is not None and not signing_key.is_file():
+        raise ConfigError("signing-key", f"{signing_key} is not a file (coordinator init writes pki/model-signing.key)")
+    if pki_dir is None and DEFAULT_PKI_DIR.is_dir():
+        pki_dir = DEFAULT_PKI_DIR
+    if signing_key is not None:
+        return pki_dir, signing_key, f"signing the final models with {signing_key}"
+    if pki_dir is not None and (pki_dir / SIGNING_KEY).is_file():
+        key = pki_dir / SIGNING_KEY
+        return pki_dir, key, f"signing the final models with {key} (the PKI's key; --signing-key chooses another)"
+    where = pki_dir / SIGNING_KEY if pki_dir is not None else DEFAULT_PKI_DIR / SIGNING_KEY
+    return pki_dir, None, (f"no --signing-key and no {where}: the final models are exported to RUN_DIR/models "
+                           "unsigned and not published to a registry")
+
+
+def _registered_node_names(pki_dir: Path | None, connection: str) -> dict[str, str]:
+    """Flower node id -> name of the key it registered with (pki/nodes/node-0.pub -> node-0); {} when unknown.
+
+    From the SuperLink's own record of each node's public key, so a node cannot choose its name.
+    """
+    from core.pki import NODES_DIR, node_key_names
+
+    if pki_dir is None or not any((pki_dir / NODES_DIR).glob("*.pub")):
+        return {}
+    from anya_fl.flwr_compat.node_keys import list_node_keys
+
+    try:
+        return node_key_names(list_node_keys(_flwr_home("coordinator"), connection), pki_dir)
+    except AnyaError as exc:
+        err_console.print(f"[yellow]nodes are shown by their Flower node id: {escape(str(exc))}[/yellow]",
+                          soft_wrap=True)
+        return {}
 
 
 RpcUrl = Annotated[str | None, typer.Option(help="Bitcoin Core JSON-RPC URL, e.g. http://127.0.0.1:8332.")]

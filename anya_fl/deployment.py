@@ -5,17 +5,22 @@ them as subprocesses (each in its own session, logs to a file) and stops them by
 default: TLS with the certificates of :mod:`core.pki` and SuperNode authentication (only keys
 registered with ``flwr supernode register`` may join). ``insecure=True`` is for loopback tests.
 
+Only the Fleet API faces the network: the SuperLink listens on loopback (its Control and Runtime
+APIs share that port and the Control API has no authentication), and :mod:`anya_fl.fleet_gateway`
+forwards the Fleet routes from the public address to it.
+
 Typical sequence (coordinator, then each node)::
 
     pki = init_pki(pki_dir, nodes=3, hosts=["coordinator.example", "10.0.0.5"])   # core.pki
-    link = start_superlink("0.0.0.0", 9092, flwr_home, log, pki_dir=pki_dir)
-    write_connection(flwr_home, "anya", "coordinator.example:9092", root_certificates=pki_dir / "ca.pem")
+    link = start_superlink("127.0.0.1", 9093, flwr_home, log, pki_dir=pki_dir)
+    gate = start_fleet_gateway("0.0.0.0", 9092, "127.0.0.1:9093", log_gw, pki_dir=pki_dir)
+    write_connection(flwr_home, "anya", "127.0.0.1:9093", root_certificates=pki_dir / "ca.pem")
     register_node(flwr_home, "anya", pki_dir / "nodes/node-0.pub")
     node = start_supernode("coordinator.example:9092", flwr_home_node, log_node, data_dir=...,
                            root_certificates=ca_pem, private_key=node_key)
     prepare_coordinator_data(cfg.data_dir, cfg.transactions, cfg.seed)
     metrics = launch_run(flwr_home, "anya", cfg, log_file=run_log)
-    stop_process(node); stop_process(link)
+    stop_process(node); stop_process(gate); stop_process(link)
 
 ``FLWR_HOME`` (Flower's config.toml and installed apps) must lie outside the app directory: ``flwr
 run <app>`` packs the app directory into a FAB, and a FLWR_HOME inside it would be packed too.
@@ -23,6 +28,7 @@ run <app>`` packs the app directory into a FAB, and a FLWR_HOME inside it would 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -140,17 +146,45 @@ def log_tail(log_file: Path, lines: int = 20) -> str:
 
 # ---------------------------------------------------------------------------------------------- processes
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) can only be reached from this machine."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _tls_files(pki_dir: Path | None) -> list[Path]:
+    """ca.pem, server.pem, server.key of ``pki_dir``, each checked to exist."""
+    if pki_dir is None:
+        raise ConfigError("pki-dir", "is not set: TLS needs ca.pem, server.pem and server.key "
+                                     "(create them with init_pki), or pass insecure=True")
+    files = [pki_dir / CA_CERT, pki_dir / SERVER_CERT, pki_dir / SERVER_KEY]
+    for f in files:
+        if not f.is_file():
+            raise ConfigError("pki-dir", f"{f} does not exist")
+    return files
+
+
 def start_superlink(host: str, port: int, flwr_home: Path, log_file: Path, *, pki_dir: Path | None = None,
                     insecure: bool = False, node_auth: bool = True, database: Path | None = None,
                     task_poll_s: float | None = FAST_TASK_POLL_S,
                     warn: Callable[[str], None] | None = None) -> subprocess.Popen:
-    """Start ``flower-superlink`` on ``host:port`` (Fleet, Control and ServerAppIo share that one port).
+    """Start ``flower-superlink`` on loopback ``host:port`` (Fleet, Control and Runtime share that one port).
 
+    ``host`` must be a loopback address: the Control API on the same port registers nodes and starts
+    runs without authentication. Nodes reach the Fleet API through :func:`start_fleet_gateway`.
     TLS from ``pki_dir`` (ca.pem, server.pem, server.key) and SuperNode authentication by default;
     ``insecure=True`` disables both and reports :data:`INSECURE_WARNING` through ``warn`` (default:
     stderr). ``database`` keeps the SuperLink state (registered nodes, runs) across restarts; None =
     in memory. Returns the Popen; the SuperLink's own flower-superexec child exits with it.
     """
+    if not is_loopback(host):
+        raise ConfigError("host", f"{host!r} is not a loopback address: the SuperLink's Control API (register "
+                                  "nodes, start runs) has no authentication, so it listens on 127.0.0.1 only; "
+                                  "nodes connect through the Fleet gateway (start_fleet_gateway)")
     flwr_home = check_flwr_home(flwr_home)
     cmd = [flower_bin("flower-superlink"), "--host", host, "--port", str(port),
            "--disable-runtime-dependency-installation"]
@@ -158,13 +192,7 @@ def start_superlink(host: str, port: int, flwr_home: Path, log_file: Path, *, pk
         cmd.append("--insecure")
         (warn or (lambda m: print(m, file=sys.stderr)))(INSECURE_WARNING)
     else:
-        if pki_dir is None:
-            raise ConfigError("pki-dir", "is not set: a TLS SuperLink needs ca.pem, server.pem and server.key "
-                                         "(create them with init_pki), or pass insecure=True")
-        files = [pki_dir / CA_CERT, pki_dir / SERVER_CERT, pki_dir / SERVER_KEY]
-        for f in files:
-            if not f.is_file():
-                raise ConfigError("pki-dir", f"{f} does not exist")
+        files = _tls_files(pki_dir)
         cmd += ["--ssl-ca-certfile", str(files[0]), "--ssl-certfile", str(files[1]), "--ssl-keyfile", str(files[2])]
         if node_auth:
             cmd.append("--enable-supernode-auth")
@@ -172,6 +200,41 @@ def start_superlink(host: str, port: int, flwr_home: Path, log_file: Path, *, pk
         database.parent.mkdir(parents=True, exist_ok=True)
         cmd += ["--database", str(database)]
     return _spawn(cmd, flower_process_env(flwr_home, task_poll_s=task_poll_s), log_file)
+
+
+def start_fleet_gateway(host: str, port: int, upstream: str, log_file: Path, *, pki_dir: Path | None = None,
+                        insecure: bool = False) -> subprocess.Popen:
+    """Start :mod:`anya_fl.fleet_gateway` on ``host:port``, forwarding only the Fleet API to ``upstream``.
+
+    ``upstream`` is the loopback SuperLink (``127.0.0.1:PORT``). With TLS (the default) the gateway
+    presents ``server.pem`` to nodes and verifies the SuperLink against ``ca.pem``; ``insecure=True``
+    speaks plain HTTP on both sides (local trials only).
+    """
+    up_host = upstream.rpartition(":")[0]
+    if not is_loopback(up_host):
+        raise ConfigError("upstream", f"{upstream!r} must be the SuperLink on a loopback address")
+    cmd = [sys.executable, "-m", "anya_fl.fleet_gateway", "--listen", f"{host}:{port}", "--upstream", upstream]
+    if not insecure:
+        ca, cert, key = _tls_files(pki_dir)
+        cmd += ["--certfile", str(cert.resolve()), "--keyfile", str(key.resolve()), "--ca", str(ca.resolve())]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(project_root()), env.get("PYTHONPATH", "")]))
+    return _spawn(cmd, env, log_file)
+
+
+def wait_for_port(host: str, port: int, *, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+    """Wait until ``host:port`` accepts TCP connections (AnyaError after ``timeout`` or if ``proc`` exits)."""
+    deadline = time.monotonic() + timeout
+    target = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host in ("::", "[::]") else host.strip("[]"))
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AnyaError(f"the process serving {host}:{port} exited (code {proc.returncode}); see its log")
+        try:
+            with socket.create_connection((target, port), timeout=1.0):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AnyaError(f"nothing listens on {host}:{port} after {timeout:.0f} s")
 
 
 def _node_config_value(value: Any) -> str:
@@ -196,15 +259,17 @@ def start_supernode(superlink: str, flwr_home: Path, log_file: Path, *, data_dir
                     insecure: bool = False, port: int | None = None, fast: bool = False,
                     task_poll_s: float | None = FAST_TASK_POLL_S, max_retries: int | None = None,
                     max_wait_time: float | None = None, node_config: dict[str, Any] | None = None,
-                    warm: bool = True, warn: Callable[[str], None] | None = None) -> subprocess.Popen:
+                    warn: Callable[[str], None] | None = None) -> subprocess.Popen:
     """Start a SuperNode connected to ``superlink`` (host:port) that trains on ``data_dir``.
 
     ``port`` is the node's local runtime API port (a free one when None; it must differ between
     SuperNodes on one host). ``fast`` (opt-in) runs it through :mod:`anya_fl.fast_supernode` (caps
     Flower's hardcoded 3 s idle poll; no gain measured on 2 cores). ``max_retries`` / ``max_wait_time`` make it exit instead of retrying
-    forever when it cannot connect or is refused (exit code 305 for an unregistered key). ``warm``
-    (default) runs each message's ClientApp as a fork of a process that imported it once
-    (:mod:`anya_fl.warm_superexec`) instead of a fresh interpreter per message.
+    forever when it cannot connect or is refused (exit code 305 for an unregistered key). Each
+    message's ClientApp runs as a fork of a process that imported it once
+    (:mod:`anya_fl.warm_superexec`), and only after the run's app bundle proved to be this node's own
+    installed anya-fl (:func:`core.security.app_bundle.verify_app_bundle`): a coordinator cannot make
+    the node run other code.
     """
     flwr_home = check_flwr_home(flwr_home)
     data_dir = Path(data_dir).resolve()
@@ -234,8 +299,7 @@ def start_supernode(superlink: str, flwr_home: Path, log_file: Path, *, data_dir
     if max_wait_time is not None:
         cmd += ["--max-wait-time", str(max_wait_time)]
     env = flower_process_env(flwr_home, task_poll_s=task_poll_s)
-    if warm:
-        env["PATH"] = os.pathsep.join([str(warm_superexec_shim(flwr_home)), env["PATH"]])
+    env["PATH"] = os.pathsep.join([str(warm_superexec_shim(flwr_home)), env["PATH"]])
     return _spawn(cmd, env, log_file)
 
 
@@ -470,6 +534,8 @@ def launch_run(flwr_home: Path, connection: str, cfg: FederationConfig, *, log_f
     progress = _read_json(run_dir / "progress.json") or {}
     metrics = _read_json(run_dir / "metrics.json") or {}
     rounds = [h.get("round") for h in metrics.get("history", [])]
+    if progress.get("phase") == "failed" and progress.get("updated", 0) >= started:  # the ServerApp said why
+        raise AnyaError(f"the run failed: {progress.get('error')} (log: {log_file})")
     if progress.get("phase") != "done" or progress.get("updated", 0) < started or cfg.rounds not in rounds:
         raise AnyaError(f"the run stopped before its {cfg.rounds} rounds were done (flwr exit code {proc.returncode}, "
                         f"progress {progress}); see {log_file}:\n{log_tail(log_file)}")

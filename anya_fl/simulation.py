@@ -98,9 +98,17 @@ def run_flower(run_dir: Path, on_progress=None, poll_s: float = 0.5) -> int:
 
 
 def check_finished(run_dir: Path, rc: int) -> dict:
-    """The run's metrics, or a clear error pointing at the log when Flower failed."""
+    """The run's metrics, or a clear error: the ServerApp's own one-line reason when it recorded one
+    (``progress.json`` phase "failed", written after this attempt started), else the log's tail."""
     metrics = run_dir / "metrics.json"
     if rc != 0 or not metrics.is_file():
+        try:
+            progress = json.loads((run_dir / "progress.json").read_text())
+            started = (run_dir / "runner.pid").stat().st_mtime  # run_flower writes it when the attempt starts
+        except (OSError, json.JSONDecodeError):
+            progress, started = {}, float("inf")
+        if progress.get("phase") == "failed" and progress.get("updated", 0) >= started:
+            raise AnyaError(f"the simulation failed: {progress.get('error')} (log: {run_dir / 'simulation.log'})")
         tail = (run_dir / "simulation.log").read_text(errors="replace").strip().splitlines()[-15:]
         raise AnyaError(f"the simulation stopped (exit code {rc}); see {run_dir / 'simulation.log'}:\n" + "\n".join(tail))
     return json.loads(metrics.read_text())

@@ -11,7 +11,8 @@ import base64
 import html
 import io
 import math
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,11 +83,9 @@ def _failures(rec: dict) -> list[dict]:
     return [f for f in rec.get("nodes_failed") or [] if isinstance(f, dict)]
 
 
-def _node_sort_key(node: str) -> tuple[int, float | str]:
-    try:
-        return (0, float(node))
-    except ValueError:
-        return (1, node)
+def _natural_key(text: str) -> list[int | str]:
+    """Sort key that puts node-2 before node-10 (digits compare as numbers)."""
+    return [int(p) if i % 2 else p for i, p in enumerate(re.split(r"(\d+)", text))]
 
 
 def _series(history: Sequence[dict], block: str, key: str, task: str | None = None) -> list[float]:
@@ -178,10 +177,18 @@ def _round_axis(ax, rounds: Sequence[int]) -> None:
     ax.grid(True, alpha=0.3)
 
 
+def _figure(ncols: int = 1, *, figsize: tuple[float, float]):
+    """A figure with ``ncols`` axes in one row, laid out by matplotlib's constrained layout.
+
+    Constrained layout keeps titles, axis labels and legends placed outside the axes inside the
+    image; titles are set with ``wrap=True`` so that a long one breaks into lines instead of being cut.
+    """
+    return _pyplot().subplots(1, ncols, figsize=figsize, squeeze=False, layout="constrained")
+
+
 def _save(fig, path: Path) -> Path:
     plt = _pyplot()
     try:
-        fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=100)
     finally:
@@ -189,7 +196,7 @@ def _save(fig, path: Path) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def _plot_task(history: Sequence[dict], rounds: list[int], task: str, path: Path) -> Path | None:
+def _plot_task(history: Sequence[dict], rounds: list[int], task: str):
     names: dict[str, None] = {}
     for rec in history:
         block = (rec.get("global") or {}).get(task) or {}
@@ -203,22 +210,22 @@ def _plot_task(history: Sequence[dict], rounds: list[int], task: str, path: Path
     for m in series:
         idx, label = _unit_group(m)
         groups.setdefault(idx, (label, []))[1].append(m)
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(groups), figsize=(5.6 * len(groups), 4.4), squeeze=False)
+    fig, axes = _figure(len(groups), figsize=(5.6 * len(groups), 5.0))
     for ax, idx in zip(axes[0], sorted(groups), strict=True):
         label, members = groups[idx]
         for m in members:
             ax.plot(rounds, series[m], marker="o", label=m + (" (primary)" if m == PRIMARY.get(task) else ""))
         _round_axis(ax, rounds)
         ax.set_ylabel(label)
-        ax.legend(fontsize=7, loc="best")
-    fig.suptitle(f"{task}: global model on the coordinator's held-out test set, per round")
-    return _save(fig, path)
+        # below the axes: with five rates in [0, 1] no corner of the plot is free of lines
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
+    fig.suptitle(f"{task}: global model per round, coordinator's held-out test set", wrap=True)
+    return fig
 
 
-def _plot_epsilon(history: Sequence[dict], rounds: list[int], tasks: list[str], config: dict, path: Path) -> Path | None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(10.0, 4.6))
+def _plot_epsilon(history: Sequence[dict], rounds: list[int], tasks: list[str], config: dict):
+    fig, axes = _figure(figsize=(10.0, 4.6))
+    ax = axes[0][0]
     drawn = False
     keys = [(f"{t}.epsilon", t) for t in tasks] + [("epsilon-transactions", "transactions (fraud + anomaly, composed)")]
     markers = "os^Dv"
@@ -242,7 +249,7 @@ def _plot_epsilon(history: Sequence[dict], rounds: list[int], tasks: list[str], 
             else:
                 ax.vlines(rounds, lo, hi, color=color, alpha=0.5, linewidth=6)
     if not drawn:
-        plt.close(fig)
+        _pyplot().close(fig)
         return None
     budget = _num(config.get("epsilon"))
     if budget is not None:
@@ -251,12 +258,12 @@ def _plot_epsilon(history: Sequence[dict], rounds: list[int], tasks: list[str], 
     _round_axis(ax, rounds)
     ax.set_ylabel("ε spent, cumulative per node" + (f" (δ = {delta:g})" if delta is not None else ""))
     ax.set_ylim(bottom=0)
-    ax.set_title("Privacy spent per round: max over nodes (line), min–max over nodes (band)")
+    ax.set_title("Privacy spent per round: max over nodes (line), min–max over nodes (band)", wrap=True)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    return _save(fig, path)
+    return fig
 
 
-def _plot_nodes(history: Sequence[dict], rounds: list[int], path: Path) -> Path | None:
+def _plot_nodes(history: Sequence[dict], rounds: list[int]):
     from matplotlib.ticker import MaxNLocator
 
     replied = [_num(r.get("nodes_replied")) for r in history]
@@ -268,8 +275,8 @@ def _plot_nodes(history: Sequence[dict], rounds: list[int], path: Path) -> Path 
     bars = [(n, v, c) for n, v, c in bars if any(x is not None for x in v)]
     if not bars:
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    fig, axes = _figure(figsize=(7.5, 4.2))
+    ax = axes[0][0]
     width = 0.8 / len(bars)
     for i, (name, vals, color) in enumerate(bars):
         xs = [r + (i - (len(bars) - 1) / 2) * width for r in rounds]
@@ -281,12 +288,12 @@ def _plot_nodes(history: Sequence[dict], rounds: list[int], path: Path) -> Path 
     top = max([v for _, vals, _ in bars for v in vals if v is not None] + [v for v in sampled if v is not None] + [1.0])
     ax.set_ylim(0, top * 1.3)
     ax.set_ylabel("nodes (count)")
-    ax.set_title("Training replies per round: replied / failed / missing")
+    ax.set_title("Training replies per round: replied / failed / missing", wrap=True)
     ax.legend(fontsize=8, loc="upper center", ncol=4)
-    return _save(fig, path)
+    return fig
 
 
-def _plot_loss(history: Sequence[dict], rounds: list[int], tasks: list[str], path: Path) -> Path | None:
+def _plot_loss(history: Sequence[dict], rounds: list[int], tasks: list[str]):
     panels = []
     for t in tasks:
         train = _series(history, "train", f"{t}.loss")
@@ -295,39 +302,50 @@ def _plot_loss(history: Sequence[dict], rounds: list[int], tasks: list[str], pat
             panels.append((t, train, fed))
     if not panels:
         return None
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 4.2), squeeze=False)
+    fig, axes = _figure(len(panels), figsize=(4.8 * len(panels), 4.6))
     for ax, (task, train, fed) in zip(axes[0], panels, strict=True):
         if _has_data(train):
             ax.plot(rounds, train, "-", marker="o", label="train (weighted mean over nodes)")
         if _has_data(fed):
             ax.plot(rounds, fed, "--", marker="s", label="federated eval (nodes' local test data)")
         _round_axis(ax, rounds)
-        ax.set_ylabel(f"{task} loss (training objective, lower is better)")
-        ax.set_title(task)
+        ax.set_ylabel(f"{task} loss (lower is better)")
+        ax.set_title(task, wrap=True)
         ax.legend(fontsize=7, loc="best")
-    fig.suptitle("Loss per round")
-    return _save(fig, path)
+    fig.suptitle("Loss per round (the training objective)", wrap=True)
+    return fig
 
 
-def plot_rounds(metrics: dict, out_dir: Path) -> list[Path]:
-    """Per-round PNG figures in ``out_dir``; returns the files written (figures without data are skipped).
+def figures(metrics: dict) -> Iterator[tuple[str, Any]]:
+    """The run's matplotlib figures, ``(file name, Figure)``, one at a time; figures without data are skipped.
 
     ``global_<task>.png`` for every task with global metrics, ``epsilon.png``, ``nodes.png`` and ``loss.png``.
+    The caller saves and closes each (:func:`plot_rounds`).
     """
     history = _history(metrics)
     if not history:
-        return []
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+        return
     rounds = _rounds(history)
     tasks = run_tasks(metrics)
     config = metrics.get("config") or {}
-    written: list[Path | None] = [_plot_task(history, rounds, t, out_dir / f"global_{t}.png") for t in tasks]
-    written.append(_plot_epsilon(history, rounds, tasks, config, out_dir / "epsilon.png"))
-    written.append(_plot_nodes(history, rounds, out_dir / "nodes.png"))
-    written.append(_plot_loss(history, rounds, tasks, out_dir / "loss.png"))
-    return [p for p in written if p is not None]
+    builders = [(f"global_{t}.png", lambda t=t: _plot_task(history, rounds, t)) for t in tasks]
+    builders += [("epsilon.png", lambda: _plot_epsilon(history, rounds, tasks, config)),
+                 ("nodes.png", lambda: _plot_nodes(history, rounds)),
+                 ("loss.png", lambda: _plot_loss(history, rounds, tasks))]
+    for name, build in builders:
+        fig = build()
+        if fig is not None:
+            yield name, fig
+
+
+def plot_rounds(metrics: dict, out_dir: Path) -> list[Path]:
+    """Per-round PNG figures (:func:`figures`) in ``out_dir``; returns the files written."""
+    out_dir = Path(out_dir)
+    written = []
+    for name, fig in figures(metrics):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        written.append(_save(fig, out_dir / name))
+    return written
 
 
 # ----------------------------------------------------------------------------- tables
@@ -405,12 +423,13 @@ def format_comparison_rows(rows: list[list]) -> list[list[str]]:
     return out
 
 
-def summarize(metrics: dict) -> dict[str, Any]:
+def summarize(metrics: dict, names: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Headline numbers of a run.
 
     ``rounds``, ``final_round``, ``final_global`` (the last round's global metrics per task),
     ``total_seconds``, ``max_epsilon`` (per task, over rounds and nodes), ``max_epsilon_transactions``,
-    ``failed_replies`` and ``missing_replies`` (summed over rounds).
+    ``failed_replies`` and ``missing_replies`` (summed over rounds), and ``node_names`` (Flower node id
+    -> the name the report shows, :func:`node_names`; ``names`` when given).
     """
     history = _history(metrics)
     tasks = run_tasks(metrics)
@@ -436,11 +455,53 @@ def summarize(metrics: dict) -> dict[str, Any]:
         "max_epsilon_transactions": worst("epsilon-transactions"),
         "failed_replies": sum(len(_failures(r)) for r in history),
         "missing_replies": int(sum(_num(r.get("nodes_missing")) or 0 for r in history)),
+        "node_names": dict(node_names(metrics) if names is None else names),
     }
 
 
-def _node_epsilon_rows(history: Sequence[dict], tasks: list[str]) -> tuple[list[str], list[list[Any]]]:
-    """Each node's epsilon at its latest reply (the last round it replied in)."""
+def node_names(metrics: dict, key_names: Mapping[str, str] | None = None,
+               profiles: Sequence[str] = ()) -> dict[str, str]:
+    """The name an operator reads for every node id in ``metrics`` (replies, failures, screening events).
+
+    The one place nodes are named; the console tables, ``report.html`` and ``summary.json`` all use it.
+    Deployment: ``key_names`` (node id -> registered key file name, e.g. ``node-0`` for
+    ``pki/nodes/node-0.pub``; :func:`core.pki.node_key_names`), the coordinator's own record, which a
+    node cannot choose. Simulation: ``node-<partition> (<profile>)`` from the partition id Flower's
+    Simulation Engine gives each node and the run's ``profiles``. Otherwise Flower's numeric node id.
+    """
+    key_names = key_names or {}
+    history = _history(metrics)
+    ids: dict[str, None] = {}
+    partition: dict[str, int] = {}
+    for rec in history:
+        for node, m in (rec.get("nodes") or {}).items():
+            ids[str(node)] = None
+            pid = _num(m.get("partition-id")) if isinstance(m, dict) else None
+            if pid is not None and pid >= 0 and pid == int(pid):
+                partition[str(node)] = int(pid)
+        for event in [*_failures(rec), *(e for e in rec.get("screening") or [] if isinstance(e, dict))]:
+            if event.get("node") is not None:
+                ids[str(event["node"])] = None
+    names = {}
+    for node in ids:
+        if node in key_names:
+            names[node] = str(key_names[node])
+        elif node in partition:
+            pid = partition[node]
+            names[node] = f"node-{pid}" + (f" ({profiles[pid]})" if pid < len(profiles) else "")
+        else:
+            names[node] = node
+    return names
+
+
+def node_epsilon_rows(metrics: dict, names: Mapping[str, str] | None = None) -> tuple[list[str], list[list[Any]]]:
+    """Each node's cumulative epsilon at its latest reply (the last round it replied in), by name.
+
+    ``names``: :func:`node_names` (default: computed from ``metrics`` alone). Rows are sorted by name.
+    """
+    history = _history(metrics)
+    tasks = run_tasks(metrics)
+    names = node_names(metrics) if names is None else names
     latest: dict[str, tuple[int, dict]] = {}
     for rnd, rec in zip(_rounds(history), history, strict=True):
         for node, m in (rec.get("nodes") or {}).items():
@@ -448,10 +509,10 @@ def _node_epsilon_rows(history: Sequence[dict], tasks: list[str]) -> tuple[list[
                 latest[str(node)] = (rnd, m)
     cols = ["node", "round of latest reply", *[f"{t} ε" for t in tasks], "transactions ε (fraud + anomaly)"]
     rows = []
-    for node in sorted(latest, key=_node_sort_key):
-        rnd, m = latest[node]
-        rows.append([node, rnd, *[_num(m.get(f"{t}.epsilon")) for t in tasks], _num(m.get("epsilon-transactions"))])
-    return cols, rows
+    for node, (rnd, m) in latest.items():
+        rows.append([names.get(node, node), rnd, *[_num(m.get(f"{t}.epsilon")) for t in tasks],
+                     _num(m.get("epsilon-transactions"))])
+    return cols, sorted(rows, key=lambda r: _natural_key(r[0]))
 
 
 # ----------------------------------------------------------------------------- HTML
@@ -471,6 +532,8 @@ figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 13px; }
 .note { color: #555; font-size: 13px; }
 code { background: #f4f4f4; padding: 0 3px; }
+details { margin-top: 2em; }
+details > summary { cursor: pointer; font-size: 1.2em; font-weight: bold; }
 """
 
 
@@ -527,18 +590,29 @@ def _img(path: Path) -> str:
             f"<figcaption>{_e(Path(path).name)}</figcaption></figure>")
 
 
+def _node_label(names: Mapping[str, str], node: Any) -> str:
+    return "?" if node is None else names.get(str(node), str(node))
+
+
 def _config_value(v: Any) -> Any:
     if isinstance(v, dict | list | tuple):
         return str(v)
     return v
 
 
-def write_html_report(metrics: dict, comparison: dict | None, plots: list[Path], out_path: Path, title: str) -> Path:
-    """One self-contained HTML page (PNG figures inline as base64, no scripts, no external resources)."""
+def write_html_report(metrics: dict, comparison: dict | None, plots: list[Path], out_path: Path, title: str,
+                      names: Mapping[str, str] | None = None) -> Path:
+    """One self-contained HTML page (PNG figures inline as base64, no scripts, no external resources).
+
+    Results first (summary, comparison, figures), then the per-round and per-node details, and the run
+    configuration last, collapsed. ``names``: how nodes are named (:func:`node_names`; default: from
+    ``metrics`` alone).
+    """
     history = _history(metrics)
     tasks = run_tasks(metrics)
     config = metrics.get("config") or {}
-    summary = summarize(metrics)
+    names = node_names(metrics) if names is None else names
+    summary = summarize(metrics, names)
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -563,9 +637,6 @@ def write_html_report(metrics: dict, comparison: dict | None, plots: list[Path],
             srows.append([f"final {t} {metric} (global model, held-out test)", block[metric]])
     parts += ["<h2>Summary</h2>", _table(["", "value"], srows)]
 
-    # Config.
-    parts += ["<h2>Run configuration</h2>", _table(["key", "value"], [[str(k), _config_value(v)] for k, v in config.items()])]
-
     # Comparison.
     if comparison:
         rows = comparison_rows(comparison)
@@ -576,13 +647,21 @@ def write_html_report(metrics: dict, comparison: dict | None, plots: list[Path],
                          "For overpayment a negative difference is an improvement.</p>")
         else:
             parts.append('<p class="note">No comparable metrics.</p>')
-        for task, block in comparison.items():
-            local = [r for r in (block.get("local_only") or []) if isinstance(r, dict)] if isinstance(block, dict) else []
-            if not local:
-                continue
+
+    # Figures.
+    if plots:
+        parts.append("<h2>Figures</h2>")
+        parts += [_img(p) for p in plots]
+
+    # Local-only baselines, per node (the details behind the comparison's local-only mean).
+    local_tables = []
+    for task, block in (comparison or {}).items():
+        local = [r for r in (block.get("local_only") or []) if isinstance(r, dict)] if isinstance(block, dict) else []
+        if local:
             cols = list(dict.fromkeys(k for r in local for k in r))
-            parts.append(f"<h3>{_e(task)}: local-only models, per node</h3>")
-            parts.append(_table(cols, [[_config_value(r.get(c)) for c in cols] for r in local]))
+            local_tables += [f"<h3>{_e(task)}</h3>", _table(cols, [[_config_value(r.get(c)) for c in cols] for r in local])]
+    if local_tables:
+        parts += ["<h2>Local-only models, per node</h2>", *local_tables]
 
     # Per round.
     if history:
@@ -600,7 +679,7 @@ def write_html_report(metrics: dict, comparison: dict | None, plots: list[Path],
                   _table(cols, rrows)]
 
     # Epsilon per node.
-    ecols, erows = _node_epsilon_rows(history, tasks)
+    ecols, erows = node_epsilon_rows(metrics, names)
     parts.append("<h2>Privacy spent per node</h2>")
     if erows:
         parts.append('<p class="note">Cumulative ε of each node at its latest reply'
@@ -627,7 +706,8 @@ def write_html_report(metrics: dict, comparison: dict | None, plots: list[Path],
     events = [(rnd, e) for rnd, rec in zip(_rounds(history), history, strict=True) for e in rec.get("screening", [])]
     if events:
         parts.append(_table(["round", "node", "event", "reason"],
-                            [[rnd, e.get("node"), e.get("kind"), e.get("reason", "")] for rnd, e in events], text_cols=4))
+                            [[rnd, _node_label(names, e.get("node")), e.get("kind"), e.get("reason", "")]
+                             for rnd, e in events], text_cols=4))
     else:
         parts.append('<p class="note">No update was rejected, flagged, clipped or excluded'
                      + ("" if config.get("screening", True) else " (screening was off; malformed updates are "
@@ -640,7 +720,7 @@ def write_html_report(metrics: dict, comparison: dict | None, plots: list[Path],
         items = []
         for rnd in dict.fromkeys(r for r, _ in fails):
             lis = "".join(
-                f"<li>node <code>{_e(f.get('node', '?'))}</code>"
+                f"<li>node <code>{_e(_node_label(names, f.get('node')))}</code>"
                 + (f" (code {_e(f.get('code'))})" if f.get("code") is not None else "")
                 + f": {_e(f.get('reason', ''))}</li>"
                 for r, f in fails if r == rnd)
@@ -649,9 +729,9 @@ def write_html_report(metrics: dict, comparison: dict | None, plots: list[Path],
     else:
         parts.append('<p class="note">No node failures.</p>')
 
-    # Figures.
-    if plots:
-        parts.append("<h2>Figures</h2>")
-        parts += [_img(p) for p in plots]
+    # Run configuration, collapsed: it is long and rarely what a reader opens the report for.
+    if config:
+        parts += [f"<details><summary>Run configuration ({len(config)} settings)</summary>",
+                  _table(["key", "value"], [[str(k), _config_value(v)] for k, v in config.items()]), "</details>"]
     parts.append("</body></html>")
     return atomic_write_bytes(Path(out_path), ("\n".join(parts) + "\n").encode("utf-8"))

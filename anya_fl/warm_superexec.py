@@ -14,8 +14,14 @@ once, then runs Flower's own SuperExec loop with one change: a ClientApp task is
 parent-PID watch) and exits with ``os._exit``. Other task types keep Flower's subprocess launch.
 The parent never runs a torch operation, so no thread pool exists to be broken by the fork.
 
+It is also where the node decides which code it runs: before Flower unpacks a run's app bundle (FAB),
+:func:`core.security.app_bundle.verify_app_bundle` checks that every file in it is byte-identical to
+this node's installed anya-fl; any other bundle is refused with the reason in the node's reply, and
+none of its files is unpacked or imported.
+
 Run it as a script (``python .../anya_fl/warm_superexec.py <flower-superexec flags>``). It relies on
-``SubprocessExecutor.launch`` and ``run_clientapp``'s signature; if they change, it fails at start.
+``SubprocessExecutor.launch``, ``run_clientapp``'s signature and its module-level ``install_from_fab``;
+if they change, it fails at start.
 """
 
 from __future__ import annotations
@@ -62,16 +68,34 @@ def _run_child(spec) -> int:
         return 1
 
 
+def trusted_install(install_from_fab):
+    """Flower's ``install_from_fab``, preceded by the check that the bundle is this node's own anya-fl."""
+    from anya_fl.deployment import project_root
+    from core.security.app_bundle import verify_app_bundle
+
+    def install(fab_file, *args, **kwargs):
+        if not isinstance(fab_file, bytes):
+            raise TypeError("the trusted install expects the bundle's bytes")
+        verify_app_bundle(fab_file, project_root())
+        return install_from_fab(fab_file, *args, **kwargs)
+
+    return install
+
+
 def patch() -> None:
-    """Make SuperExec fork this warm process for ClientApp tasks."""
+    """Make SuperExec fork this warm process for ClientApp tasks, each checking its app bundle first."""
     from flwr.supercore.constant import TaskType
     from flwr.supercore.superexec.executor import subprocess_executor as se
+    from flwr.supernode.runtime import run_clientapp as rc
     from flwr.supernode.runtime.run_clientapp import run_clientapp
 
     expected = {"runtime_api_address", "token", "insecure", "certificates", "parent_pid",
                 "runtime_dependency_install"}
     if not expected <= set(inspect.signature(run_clientapp).parameters):
         raise RuntimeError("flwr run_clientapp changed its signature: the warm launcher does not apply")
+    if not callable(getattr(rc, "install_from_fab", None)):
+        raise RuntimeError("flwr run_clientapp no longer calls install_from_fab: app bundles cannot be checked")
+    rc.install_from_fab = trusted_install(rc.install_from_fab)
     cold_launch = se.SubprocessExecutor.launch
     cold_reconcile = se.SubprocessExecutor.reconcile
 

@@ -7,6 +7,7 @@ It travels as Flower's run config (flat ``key = value`` with dashes, as in pypro
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -20,6 +21,9 @@ TASK_NAMES = ("fraud", "fee", "anomaly")
 
 ATTACKS = ("sign-flip", "scaling", "gaussian", "label-flip", "alie")  # fl_client.attacks implements them
 DECLINE_ERROR_CODE = 4100  # Flower error code of a node that declines a message (the reason says why)
+
+
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,9 @@ class FederationConfig:
             raise bad("lifetime-epsilon", "must be >= 0 (0: no lifetime limit)")
         if self.malicious > 0 and not self.attack:
             raise ConfigError("malicious", "a share of malicious nodes needs --attack")
+        if not RUN_NAME.fullmatch(self.run_name):
+            # it names the privacy ledger <data-dir>/privacy/<run-name>.json on every node: no paths
+            raise bad("run-name", "must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
         return self
 
     def to_run_config(self) -> dict[str, Any]:

@@ -7,6 +7,7 @@ scrape from the checker's and the monitor's reports by one collector (no second 
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -138,21 +139,33 @@ class BackgroundServer:
         self.thread.join(timeout)
 
 
+log = logging.getLogger(__name__)
+
+
 class Periodic:
     """Call ``fn`` every ``interval_s`` seconds in a daemon thread (first call at once unless ``delay_first``)."""
 
-    def __init__(self, fn: Callable[[], Any], interval_s: float, name: str, *, delay_first: bool = False) -> None:
+    def __init__(self, fn: Callable[[], Any], interval_s: float, name: str, *, delay_first: bool = False,
+                 on_error: Callable[[BaseException], Any] | None = None) -> None:
         self.fn = fn
+        self.on_error = on_error
         self.interval_s = interval_s
         self.delay_first = delay_first
         self._stop = threading.Event()
+        self.failures = 0
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def _run(self) -> None:
         if self.delay_first and self._stop.wait(self.interval_s):
             return
         while not self._stop.is_set():
-            self.fn()
+            try:
+                self.fn()
+            except Exception as exc:  # noqa: BLE001 - one bad round (a bug, an odd reply) must not end the loop
+                self.failures += 1
+                log.exception("%s: this round failed; the next one runs in %g s", self.thread.name, self.interval_s)
+                if self.on_error is not None:
+                    self.on_error(exc)
             self._stop.wait(self.interval_s)
 
     def start(self) -> Periodic:
@@ -166,4 +179,4 @@ class Periodic:
 
 def probe_loop(health: NodeHealth, interval_s: float = 15.0) -> Periodic:
     """Refresh a NodeHealth every ``interval_s`` seconds (the node's probes)."""
-    return Periodic(health.refresh, interval_s, "anya-fl-probes")
+    return Periodic(health.refresh, interval_s, "anya-fl-probes", on_error=health.probe_round_failed)

@@ -97,6 +97,8 @@ class NodeHealth:
                 names.append("bitcoin.utxo")
             for name in names:
                 self.checker.register(name, WEIGHTS[name])
+        self.probed = (["data"] if settings.data_dir is not None else []) + ["resources"] + (
+            names if self.probes is not None else [])
 
     def _data_readiness(self) -> tuple[float, str, dict[str, float]]:
         d = self.settings.data_dir
@@ -145,6 +147,12 @@ class NodeHealth:
                 self.checker.record_input(r.component, r.metrics, error=r.error)
                 self.checker.update(r.component, r.readiness, r.reason, r.metrics, evaluate=False)
         return self.checker.evaluate()
+
+    def probe_round_failed(self, exc: BaseException) -> None:
+        """A probe round ended in an unexpected error: the probed components' state is unknown, so not ready."""
+        reason = f"health unknown: the last probe round failed ({type(exc).__name__}: {exc})"[:300]
+        for name in self.probed:
+            self.checker.update(name, 0.0, reason, evaluate=False)
 
     def gate(self) -> tuple[bool, str]:
         """Whether the node may train now (refreshes first); when not, why."""

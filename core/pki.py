@@ -17,7 +17,9 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -133,7 +135,8 @@ def init_pki(directory: Path, nodes: int, hosts: list[str] | None = None) -> dic
     that already holds a PKI.
     """
     directory = Path(directory)
-    hosts = list(hosts) if hosts else list(DEFAULT_HOSTS)
+    # loopback names always: the coordinator's own CLI and the Fleet gateway reach the SuperLink on 127.0.0.1
+    hosts = list(dict.fromkeys([*(hosts or []), *DEFAULT_HOSTS]))
     if nodes < 0:
         raise ConfigError("nodes", f"{nodes} must be >= 0")
     if any((directory / f).exists() for f in (CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY, SIGNING_KEY)):
@@ -157,3 +160,33 @@ def init_pki(directory: Path, nodes: int, hosts: list[str] | None = None) -> dic
         key_path, pub_path = write_node_keys(directory / NODES_DIR, f"node-{i}")
         out["nodes"].append({"name": f"node-{i}", "key": key_path, "pub": pub_path})
     return out
+
+
+def _openssh_key(text: str) -> str | None:
+    """An OpenSSH public key line in canonical form (type and key, no comment), or None if it is none."""
+    try:
+        key = serialization.load_ssh_public_key(text.strip().encode())
+    except (ValueError, TypeError, UnicodeEncodeError):
+        return None
+    return key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+
+
+def node_key_names(nodes: Iterable[Mapping[str, Any]], pki_dir: Path) -> dict[str, str]:
+    """Node id -> name of its registered key file (``nodes/node-0.pub`` -> ``node-0``).
+
+    ``nodes`` are the SuperLink's records, ``{"node-id", "public-key": <OpenSSH line>}`` each
+    (:func:`anya_fl.flwr_compat.node_keys.list_node_keys`): the coordinator's own record of which key
+    each node id authenticates with, so a node cannot choose its name. Nodes whose key is not in
+    ``pki_dir/nodes`` are left out.
+    """
+    by_key: dict[str, str] = {}
+    for pub in sorted((Path(pki_dir) / NODES_DIR).glob("*.pub")):
+        key = _openssh_key(pub.read_text(errors="replace"))
+        if key is not None:
+            by_key[key] = pub.stem
+    names = {}
+    for node in nodes:
+        key = _openssh_key(str(node.get("public-key") or ""))
+        if key in by_key and node.get("node-id") not in (None, ""):
+            names[str(node["node-id"])] = by_key[key]
+    return names

@@ -4,6 +4,12 @@ The round loop uses the chosen Flower strategy's own ``configure_train`` / ``agg
 ``configure_evaluate`` / ``aggregate_evaluate`` (Flower's ``Strategy.start`` always starts at round
 1; our loop can start at any round, which is what resume needs). After every round the coordinator
 evaluates the global models on its held-out set and writes a checkpoint atomically.
+
+A run that fails on our own error (:class:`~core.errors.AnyaError`: a bad setting, a missing or
+foreign dataset) ends as one line, ``error: <setting>: <problem>``, in the run's log instead of a
+traceback; ``progress.json`` says ``"phase": "failed"`` with that line, and Flower marks the run
+``finished:failed`` with the line in its status details (``flwr ls``). ``flwr run`` itself still exits
+0 (Flower 1.42): callers read the status or ``progress.json``.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.serverapp import Grid, ServerApp
 
 from core.data.datasets import load_dataset, write_federation_data
-from core.errors import ConfigError
+from core.errors import AnyaError, ConfigError
 from core.fedconfig import DECLINE_ERROR_CODE, FederationConfig
 from core.security.audit import NODE_EXCLUDED, AuditLog
 from core.storage import atomic_write_json
@@ -80,10 +86,68 @@ def _node_rows(replies: list[Message]) -> tuple[dict[str, dict[str, float]], lis
     return ok, failed
 
 
+class _OneLineErrors(logging.Filter):
+    """Turns Flower's log record of an escaping :class:`AnyaError` into ``error: <message>``, without traceback.
+
+    Flower 1.42 logs an exception that leaves the ServerApp on its ``flwr`` logger with ``exc_info``
+    ("ServerApp raised an exception" in a deployment's flwr-serverapp, "Simulation raised an
+    exception" under the Simulation Engine), then sets the run to ``finished:failed`` with
+    ``str(exception)`` in its details. Our errors are meant for users, so the record keeps only the
+    message; any other exception keeps its traceback (it is a bug). Should Flower log it differently,
+    the only loss is that the traceback shows again (tests/test_flower_failures.py checks it does not).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, AnyaError):
+            record.msg, record.args = "error: %s", (exc,)
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _show_our_errors_as_one_line() -> None:
+    flower_logger = logging.getLogger("flwr")
+    if not any(type(f).__name__ == _OneLineErrors.__name__ for f in flower_logger.filters):
+        flower_logger.addFilter(_OneLineErrors())
+
+
+def failure_line(err: BaseException) -> str:
+    """The one line that says why a run failed: our own message, else the exception's type and first line."""
+    if isinstance(err, AnyaError):
+        return str(err)
+    first = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {first[0]}" if first else type(err).__name__
+
+
+def _record_failure(run_dir: str, err: BaseException, rounds: Any, started: float) -> None:
+    """``progress.json`` phase "failed" with the error line and the round this run got to, if there is a run dir."""
+    if not run_dir:
+        return
+    path = Path(run_dir) / "progress.json"
+    try:
+        previous = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        previous = {}
+    if not isinstance(previous, dict) or previous.get("updated", 0) < started:
+        previous = {}  # an earlier run's progress says nothing about this one
+    try:
+        _progress(Path(run_dir), round=int(previous.get("round", 0)), rounds=previous.get("rounds", rounds),
+                  phase="failed", error=failure_line(err), setting=getattr(err, "setting", None))
+    except OSError as exc:  # e.g. a run-dir that cannot be written: the run's status still says why
+        log.warning("could not write %s: %s", path, exc)
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    cfg = FederationConfig.from_run_config(context.run_config).validate()
-    run_federation(PromptGrid(grid), cfg)
+    _show_our_errors_as_one_line()
+    started = time.time()
+    run_dir = str(context.run_config.get("run-dir", "") or "")
+    try:
+        cfg = FederationConfig.from_run_config(context.run_config).validate()
+        run_federation(PromptGrid(grid), cfg)
+    except Exception as err:
+        _record_failure(run_dir, err, context.run_config.get("rounds"), started)
+        raise  # Flower marks the run failed, with str(err) in its details
 
 
 def run_federation(grid: Grid, cfg: FederationConfig) -> list[dict[str, Any]]:

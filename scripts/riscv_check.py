@@ -128,6 +128,32 @@ def export(task: str, model) -> bytes:
         return export_onnx(task, model, {"run": "riscv-check", "round": 0, "steps": TRAIN_STEPS})
 
 
+def ort_int8_exact() -> bool:
+    """Whether onnxruntime's MatMulInteger accumulates exactly in int32 on this CPU.
+
+    Its u8 x s8 kernel for AVX2 without VNNI (``vpmaddubsw``) saturates each pair of products at int16:
+    255 * 127 four times gives 65,534 instead of 129,540. There, onnxruntime's dynamic-int8 output is
+    not the exact reference the int8-tensor comparison needs (measured on an AVX2-only AMD EPYC).
+    """
+    if "ort_int8_exact" not in _CACHE:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+
+        a = helper.make_tensor_value_info("a", TensorProto.UINT8, [1, 4])
+        y = helper.make_tensor_value_info("y", TensorProto.INT32, [1, 1])
+        b = helper.make_tensor("b", TensorProto.INT8, [4, 1], [127] * 4)
+        graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "probe", [a], [y], [b])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        got = int(sess.run(None, {"a": np.full((1, 4), 255, np.uint8)})[0][0, 0])
+        _CACHE["ort_int8_exact"] = got == 255 * 127 * 4
+    return bool(_CACHE["ort_int8_exact"])
+
+
+ORT_INT8_INEXACT = ("onnxruntime's int8 MatMulInteger saturates at int16 on this CPU (AVX2 without VNNI), so its "
+                    "int8 output is not an exact reference: not compared")
+
+
 def ort_outputs(onnx_bytes: bytes, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """onnxruntime's float32 output and its dynamic-int8 (per-channel QInt8 weights) output for ``x``."""
     import logging
@@ -172,16 +198,26 @@ def prepare(directory: Path, rows: int) -> None:
         np.save(directory / f"{task}.rows.npy", x)
         np.save(directory / f"{task}.ort.npy", want)
         np.save(directory / f"{task}.ort-int8.npy", want_int8)
+        (directory / "ort-int8-exact").write_text("1" if ort_int8_exact() else "0")
         print(f"riscv-check: {task}: model {len(onnx_bytes)} bytes, {len(x)} rows, onnxruntime references written")
 
 
-def check(task: str, mode: str, got: np.ndarray, want: np.ndarray, want_int8: np.ndarray) -> tuple[bool, dict]:
-    """Whether ``got`` (the executor's ``mode`` output) passes, and the numbers behind the verdict."""
+def check(task: str, mode: str, got: np.ndarray, want: np.ndarray, want_int8: np.ndarray,
+          int8_reference_exact: bool = True) -> tuple[bool, dict]:
+    """Whether ``got`` (the executor's ``mode`` output) passes, and the numbers behind the verdict.
+
+    int8-tensor is compared with onnxruntime's dynamic int8 only where that is exact
+    (``int8_reference_exact``, :func:`ort_int8_exact` on the machine that made the reference); elsewhere
+    it is reported with ``skipped`` and not judged.
+    """
     if got.shape != want.shape or not np.isfinite(got).all():
         return False, {"problem": f"shape {got.shape} (want {want.shape}) or non-finite values"}
     facts = {"error": error(task, got, want), "agreement": agreement(task, got, want)}
     if mode == "int8-tensor":
         facts["vs_ort_int8"] = error(task, got, want_int8)
+        if not int8_reference_exact:
+            facts["skipped"] = ORT_INT8_INEXACT
+            return True, facts
         return facts["vs_ort_int8"] <= INT8_VS_ORT_MAX_ERROR, facts
     facts["limit"] = FLOAT_MAX_ERROR if mode == "float32" else INT8_MAX_ERROR[task]
     differ = round((1 - facts["agreement"]) * len(want))
@@ -198,6 +234,8 @@ def compare(directory: Path) -> bool:
               f"{'decisions':>10}  result")
     print(header)
     print("-" * len(header))
+    marker = directory / "ort-int8-exact"
+    exact = not marker.is_file() or marker.read_text().strip() == "1"
     for task in TASKS:
         want = np.load(directory / f"{task}.ort.npy")
         want_int8 = np.load(directory / f"{task}.ort-int8.npy")
@@ -208,7 +246,7 @@ def compare(directory: Path) -> bool:
                 ok = False
                 continue
             got = np.load(path)
-            passed, f = check(task, mode, got, want, want_int8)
+            passed, f = check(task, mode, got, want, want_int8, exact)
             ok &= passed
             if "problem" in f:
                 print(f"{task:8} {mode:12} {len(got):>5}  {f['problem']}  FAIL")
@@ -217,8 +255,10 @@ def compare(directory: Path) -> bool:
             f32_limit = f"{'-':>6}" if tensor else f"{f['limit']:6.0e}"
             vs = f"{f['vs_ort_int8']:11.2e} {INT8_VS_ORT_MAX_ERROR:6.0e}" if tensor else f"{'-':>11} {'-':>6}"
             agree = f"({f['agreement']:.2%})" if tensor else f"{f['agreement']:.2%}"
-            print(f"{task:8} {mode:12} {len(got):>5} {f['error']:10.2e} {f32_limit} {vs} {agree:>10}  "
-                  f"{'ok' if passed else 'FAIL'}")
+            verdict = "not compared" if "skipped" in f else ("ok" if passed else "FAIL")
+            print(f"{task:8} {mode:12} {len(got):>5} {f['error']:10.2e} {f32_limit} {vs} {agree:>10}  {verdict}")
+    if not exact:
+        print(f"note: {ORT_INT8_INEXACT}")
     return ok
 
 

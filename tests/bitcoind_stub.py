@@ -142,7 +142,7 @@ class FakeBitcoind:
         self.cookie: str | None = None
         self.chain = _Chain(seed)
         # scenario state
-        self.state = "synced"  # "synced" | "ibd" | "behind"
+        self.state = "synced"  # "synced" | "ibd" | "behind" | "nan"
         self.tip = self.chain.top - 1  # the last block's transactions are still in the mempool
         self.delay_s = 0.0
         self.malformed: set[str] = set()  # methods whose result loses a documented field (_DROPPED_FIELD)
@@ -244,6 +244,8 @@ class FakeBitcoind:
             return self.tip, self.tip + 50_000, 0.732, True
         if self.state == "behind":
             return self.tip, self.tip + 5, 0.99991, False
+        if self.state == "nan":  # not something Core writes; Python's json would parse it as a float
+            return self.tip, self.tip, float("nan"), False
         return self.tip, self.tip, 0.9999987, False
 
     def rpc_getblockchaininfo(self) -> dict[str, Any]:

@@ -12,7 +12,18 @@ import pytest
 from core.bitcoin.features import MEMPOOL_SCHEMA, TX_SCHEMA
 from core.bitcoin.parsing import parse_transaction
 from core.data.chain import ChainConfig, core_transaction_json, simulate_chain
-from core.data.datasets import FEE_TARGETS, load_dataset, partition_nodes, save_dataset, split_times, task_arrays
+from core.data.datasets import (
+    FEE_TARGETS,
+    TaskSplits,
+    held_out_shortfall,
+    load_dataset,
+    partition_nodes,
+    save_dataset,
+    smallest_usable_chain,
+    split_times,
+    task_arrays,
+    write_federation_data,
+)
 from core.errors import ConfigError, DatasetError
 from core.scoring import roc_auc
 
@@ -156,3 +167,43 @@ def test_core_package_never_imports_torch_or_flwr() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert int(proc.stdout.split()[0]) >= 8  # really walked the package
+
+
+def test_a_quick_trial_chain_is_refused_with_the_smallest_size_that_works(tmp_path) -> None:
+    """20,000 transactions (seed 0) arrive over a dozen blocks: the time splits leave val empty. The error
+    names the next size, in steps of 5,000, that works for the seed, and that size does work end to end."""
+    with pytest.raises(ConfigError) as caught:
+        write_federation_data(tmp_path / "small", 20_000, seed=0, nodes=3)
+    err = caught.value
+    assert err.setting == "transactions"
+    assert str(err).startswith("transactions: 20,000 transactions leave only 0 fraud rows in the val split")
+    assert str(err).endswith("the smallest size above 20,000 that works with seed 0 is 40,000 (tried in steps of 5,000)")
+    assert not (tmp_path / "small").exists(), "nothing is written for a refused chain"
+    for n in (25_000, 30_000, 35_000):  # "smallest": every size between the two is refused too
+        assert held_out_shortfall(task_arrays(simulate_chain(ChainConfig(n_transactions=n, seed=0))))
+    assert smallest_usable_chain(20_000, seed=0) == 40_000
+
+    profiles = write_federation_data(tmp_path / "trial", 40_000, seed=0, nodes=3)
+    assert profiles == ["exchange", "merchant", "hobbyist"]
+    held_out, manifest = load_dataset(tmp_path / "trial" / "coordinator")
+    assert manifest["info"] == {"seed": 0, "transactions": 40_000, "role": "coordinator"}
+    assert held_out_shortfall(held_out) == ""
+    for i in range(3):
+        node, _ = load_dataset(tmp_path / "trial" / f"node-{i}")
+        assert all(node[t].size("train") > 0 for t in ("fraud", "fee", "anomaly"))
+
+
+def test_a_split_without_one_class_is_named() -> None:
+    """The fraud threshold is chosen on val and PR-AUC/ROC-AUC need both classes: a split without one is refused."""
+    rows = np.zeros((30, 1), np.float32)
+
+    def splits(val_labels: np.ndarray) -> TaskSplits:
+        y = {"train": np.r_[np.ones(1), np.zeros(29)], "val": val_labels, "test": np.r_[np.ones(1), np.zeros(29)]}
+        return TaskSplits(x=dict.fromkeys(("train", "val", "test"), rows), y={k: v.astype(np.float32) for k, v in y.items()})
+
+    assert held_out_shortfall({"fraud": splits(np.zeros(30))}, ("fraud",)) == "no illicit fraud row in the val split"
+    assert held_out_shortfall({"anomaly": splits(np.ones(30))}, ("anomaly",)) == "no normal anomaly row in the val split"
+    assert held_out_shortfall({"fraud": splits(np.r_[np.ones(1), np.zeros(29)])}, ("fraud",)) == ""
+    short = TaskSplits(x={"train": rows, "val": rows[:19], "test": rows}, y={"train": np.zeros(30), "val": np.zeros(19),
+                                                                             "test": np.zeros(30)})
+    assert held_out_shortfall({"fee": short}, ("fee",)) == "only 19 fee rows in the val split"

@@ -1,7 +1,10 @@
-"""Deployment on loopback: TLS + SuperNode auth, a node killed mid-run, an unregistered key refused; the PKI."""
+"""Deployment on loopback: TLS + SuperNode auth behind the Fleet gateway, a node killed mid-run, an
+unregistered key refused, a stranger's register and run refused at the gateway, a foreign app refused
+by the nodes; the PKI."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
@@ -96,22 +99,81 @@ def _tree(proc: subprocess.Popen) -> list[int]:
         return [proc.pid]
 
 
+FOREIGN_APP = """
+import json
+import os
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+MARKERS = Path({markers!r})
+# importing this module is already running its code: leave a mark naming where (the FLWR_HOME)
+(MARKERS / f"imported-{{os.getpid()}}").write_text(os.environ.get("FLWR_HOME", "?"))
+client = ClientApp()
+server = ServerApp()
+
+
+@client.query()
+def query(msg: Message, context: Context) -> Message:
+    (MARKERS / f"ran-{{os.getpid()}}").write_text("foreign ClientApp ran")
+    return Message(RecordDict({{"c": ConfigRecord({{"ran": 1}})}}), reply_to=msg)
+
+
+@server.main()
+def main(grid: Grid, context: Context) -> None:
+    nodes = list(grid.get_node_ids())
+    msgs = [Message(RecordDict({{"c": ConfigRecord({{"x": 1}})}}), dst_node_id=n, message_type="query") for n in nodes]
+    replies = list(grid.send_and_receive(msgs, timeout=90))
+    out = [{{"error": r.error.reason if r.has_error() else None}} for r in replies]
+    Path({result!r}).write_text(json.dumps({{"nodes": len(nodes), "replies": out}}))
+"""
+
+
+def _foreign_app(root: Path) -> tuple[Path, Path, Path]:
+    """A one-file Flower app whose ClientApp would leave marker files if any of its code ran on a node."""
+    app, markers, result = root / "foreign-app", root / "markers", root / "foreign-result.json"
+    app.mkdir()
+    markers.mkdir()
+    (app / "pyproject.toml").write_text(
+        '[project]\nname = "foreign"\nversion = "1.0.0"\n[tool.flwr.app]\npublisher = "stranger"\n'
+        '[tool.flwr.app.components]\nserverapp = "foreign_app:server"\nclientapp = "foreign_app:client"\n'
+        '[tool.flwr.app.config]\n')
+    (app / "foreign_app.py").write_text(FOREIGN_APP.format(markers=str(markers), result=str(result)))
+    return app, markers, result
+
+
 def test_deployment_tls_auth_node_killed_mid_run(tmp_path) -> None:
     t_start = time.monotonic()
-    pki = init_pki(tmp_path / "pki", NODES + 1, ["127.0.0.1", "localhost"])
+    pki = init_pki(tmp_path / "pki", NODES + 2, ["127.0.0.1", "localhost"])
     coordinator_data, node_dirs = _write_data(tmp_path)
     home = tmp_path / "flwr-home"  # the coordinator's FLWR_HOME, outside the repository
-    port = dep.free_port()
-    address = f"127.0.0.1:{port}"
+    stranger_home = tmp_path / "stranger-home"  # someone holding only ca.pem, on the nodes' address
+    control_port, port = dep.free_port(), dep.free_port()
+    address = f"127.0.0.1:{port}"  # the Fleet gateway: the one address nodes (and strangers) reach
     started: list[subprocess.Popen] = []
     seen_pids: set[int] = set()
     victim: dict = {}
+    foreign_app, markers, foreign_result = _foreign_app(tmp_path)
     try:
-        link = dep.start_superlink("127.0.0.1", port, home, tmp_path / "superlink.log", pki_dir=pki["dir"])
+        link = dep.start_superlink("127.0.0.1", control_port, home, tmp_path / "superlink.log", pki_dir=pki["dir"])
         started.append(link)
-        dep.write_connection(home, "anya", address, root_certificates=pki["ca_cert"])
+        gate = dep.start_fleet_gateway("127.0.0.1", port, f"127.0.0.1:{control_port}", tmp_path / "gateway.log",
+                                       pki_dir=pki["dir"])
+        started.append(gate)
+        dep.wait_for_port("127.0.0.1", port, proc=gate)
+        dep.write_connection(home, "anya", f"127.0.0.1:{control_port}", root_certificates=pki["ca_cert"])
+        dep.write_connection(stranger_home, "coord", address, root_certificates=pki["ca_cert"])
         for node in pki["nodes"][:NODES]:
             assert "registered successfully" in dep.register_node(home, "anya", node["pub"], superlink=link)
+        # a stranger on the nodes' address can neither register a key nor start a run
+        attacker_pub = pki["nodes"][NODES + 1]["pub"]
+        res = dep.flwr_cli(["supernode", "register", str(attacker_pub), "coord"], stranger_home)
+        assert "registered successfully" not in res.stdout + res.stderr
+        res = dep.flwr_cli(["run", str(foreign_app), "coord"], stranger_home, timeout=120)
+        assert res.returncode != 0 and "Successfully started run" not in res.stdout + res.stderr
+        assert "refused POST '/v1/control/" in (tmp_path / "gateway.log").read_text()
         nodes = []
         for i, node in enumerate(pki["nodes"][:NODES]):
             p = dep.start_supernode(address, tmp_path / f"node-{i}" / "flwr-home", tmp_path / f"node-{i}.log",
@@ -126,12 +188,26 @@ def test_deployment_tls_auth_node_killed_mid_run(tmp_path) -> None:
         started.append(rogue)
         online = dep.wait_for_nodes(home, "anya", NODES, timeout=90)
         assert len(online) == NODES
+        assert len(dep.list_nodes(home, "anya")) == NODES  # the stranger's key is not among the registered
         assert rogue.wait(timeout=60) != 0  # Flower logs its own exit code (305); the process exits with 1
         rogue_text = rogue_log.read_text()
         assert "Exit Code: 305" in rogue_text and "[code: 2004] Failed to activate SuperNode." in rogue_text
         assert "ApiError:2004" in (tmp_path / "superlink.log").read_text()
         for p in started:
             seen_pids.update(_tree(p))
+
+        # a foreign app submitted from the coordinator itself: its ServerApp runs there (the coordinator's
+        # own choice), but every node refuses its bundle and none of its code runs on a node
+        foreign = dep.flwr_cli(["run", str(foreign_app), "anya", "--stream"], home, timeout=200)
+        assert foreign_result.is_file(), foreign.stdout[-2000:] + foreign.stderr[-2000:]
+        outcome = json.loads(foreign_result.read_text())
+        assert outcome["nodes"] == NODES and len(outcome["replies"]) == NODES
+        for reply in outcome["replies"]:
+            assert reply["error"] and "BundleRefused" in reply["error"], reply
+            assert "pyproject.toml: differs from this node's anya-fl" in reply["error"], reply
+        marks = [(m.name.split("-")[0], m.read_text()) for m in markers.iterdir()]
+        on_nodes = [m for m in marks if m[0] == "ran" or m[1] != str(home.resolve())]
+        assert not on_nodes, f"code of the foreign app ran on a node: {on_nodes}"
 
         cfg = FederationConfig(rounds=2, nodes=NODES, min_nodes=2, local_epochs=1, transactions=20_000,
                                round_timeout=120.0, tasks="fraud,fee,anomaly", seed=0,

@@ -144,6 +144,14 @@ def test_run_config_round_trip_and_type_errors() -> None:
         FederationConfig.from_run_config({"rounds": 2.5})
 
 
+@pytest.mark.parametrize("name", ["../../home/op/.bashrc", "/etc/x", "a/b", ".hidden", "", "x" * 65, "run name"])
+def test_run_name_from_a_coordinator_cannot_be_a_path(name: str) -> None:
+    """run-name names the privacy ledger on every node (<data-dir>/privacy/<run-name>.json)."""
+    with pytest.raises(ConfigError, match="run-name: .* must be 1-64 letters"):
+        FederationConfig.from_run_config({"run-name": name}).validate()
+    FederationConfig.from_run_config({"run-name": "sim-20261202-184000.v2"}).validate()
+
+
 def test_pyproject_is_a_flower_app_with_valid_defaults() -> None:
     import tomllib
 

@@ -82,6 +82,48 @@ def _train_message(cfg: FederationConfig) -> Message:
     return Message(content, dst_node_id=1, message_type="train")
 
 
+def test_odd_replies_and_failing_probe_rounds_never_leave_a_stale_verdict(tmp_path) -> None:
+    """A NaN in a reply is a malformed reply; a probe round that raises marks the node not ready and the loop goes on."""
+    import threading
+
+    from core.bitcoin.probes import NodeProbes
+    from core.bitcoin.rpc import BitcoinRPC
+    from core.health_http import Periodic, probe_loop
+
+    node = FakeBitcoind().start()
+    try:
+        node.state = "nan"
+        sync = {r.component: r for r in NodeProbes(BitcoinRPC(RPCConfig(
+            url=node.url, user="alice", password="secret", retries=0))).probe_all()}["bitcoin.sync"]
+        assert sync.error and sync.readiness == 0.0 and "NaN is not JSON" in sync.reason
+        health = NodeHealth(HealthSettings(rpc=RPCConfig(url=node.url, user="alice", password="secret", retries=0),
+                                           state_dir=tmp_path / "health"))
+        node.state = "synced"
+        assert health.refresh().stage == SystemStage.RELEASE
+        calls: list[int] = []
+        done = threading.Event()
+
+        def refresh_then_fail() -> None:
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("a bug in a probe")
+            done.set()
+
+        loop = probe_loop(health, interval_s=0.01)
+        loop.fn = refresh_then_fail
+        loop.start()
+        assert done.wait(30), "the probe loop stopped after a failing round"
+        loop.stop()
+        assert loop.failures == 1 and len(calls) >= 2
+        a = health.checker.evaluate()
+        assert a.stage == SystemStage.UNAVAILABLE
+        assert "the last probe round failed (RuntimeError: a bug in a probe)" in health.checker.allows(
+            SystemStage.PRODUCTION)[1]
+        assert isinstance(loop, Periodic)
+    finally:
+        node.stop()
+
+
 def test_client_declines_below_min_stage_and_replies_carry_health(node_dir) -> None:
     from flwr.supercore.task_identity import TaskIdentity
 

@@ -221,14 +221,20 @@ def test_predict_rows_and_bitcoin_core_json(live, world) -> None:
     assert fee.status_code == 200
     rates = fee.json()["outputs"]
     assert len(rates) == 4 and all(v >= 1.0 for v in rates)
-    # out-of-distribution rows are answered and named; the simulated chain's own rows (nearly all) are not
+    # valid rows far outside the typical range are answered and named; the simulated chain's own rows
+    # (nearly all) are not; a value outside the valid range is refused (tests/test_serve_hostile.py)
     typical = c.post("/v1/fraud/predict", json={"rows": world["rows"]["fraud"][:500].tolist()}).json()
     assert len(typical.get("out_of_distribution", [])) <= 5
     odd = world["rows"]["fraud"][:2].copy()
-    odd[1, 0] = 1e9  # vsize
+    odd[1, 3] = 50_000  # n_inputs: valid (<= 100,000) but the normalizer clips it
     flagged = c.post("/v1/fraud/predict", json={"rows": odd.tolist()}).json()
-    assert flagged["out_of_distribution"] == [{"row": 1, "reasons": ["vsize 1e+09 outside the valid range"]}]
+    assert flagged["out_of_distribution"] == [
+        {"row": 1, "reasons": ["n_inputs 50000 far outside the typical range 1..20 count"]}]
     assert len(flagged["outputs"]) == 2
+    odd[1, 0] = 1e9  # vsize: outside the valid range
+    refused = c.post("/v1/fraud/predict", json={"rows": odd.tolist()})
+    assert refused.status_code == 422
+    assert refused.json()["error"] == "rows[1].vsize: 1e+09 is outside the valid range [10, 1e+06] vB"
     models = c.get("/v1/models").json()["models"]
     assert set(models) == set(TASKS) and len(models["fee"]["feature_names"]) == 13
     assert "/v1/{task}/predict" in c.get("/openapi.json").json()["paths"]
@@ -239,8 +245,9 @@ def test_predict_rows_and_bitcoin_core_json(live, world) -> None:
     ("/v1/nope/predict", b"{}", 404, "task: 'nope' is not a task"),
     ("/v1/fraud/predict", b"[1, 2]", 422, "body: expected a JSON object, got an array"),
     ("/v1/fraud/predict", b'{"rows": [[1, 2, 3]]}', 422, "rows: rows have 3 numbers; this task takes 22"),
-    ("/v1/fraud/predict", b'{"rows": [[' + b"NaN, " * 21 + b'1]]}', 422, "rows[0][0]: not a finite number"),
-    ("/v1/fraud/predict", b'{"rows": [[' + b"1e39, " * 21 + b'1]]}', 422, "not a finite number"),
+    ("/v1/fraud/predict", b'{"rows": [[' + b"NaN, " * 21 + b'1]]}', 422, "rows[0].vsize: is not a finite number"),
+    ("/v1/fraud/predict", b'{"rows": [[' + b"1e39, " * 21 + b'1]]}', 422,
+     "rows[0].vsize: 1e+39 is outside the valid range"),
     ("/v1/fraud/predict", b'{"rows": [["a"]]}', 422, "rows[0][0]: expected a number, got a string"),
     ("/v1/fraud/predict", b'{"rows": []}', 422, "rows: expected a non-empty array"),
     ("/v1/fraud/predict", b'{"rows": [[1]], "extra": 1}', 422, "unknown field(s) 'extra'"),

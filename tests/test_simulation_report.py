@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import io
 import math
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -14,6 +16,8 @@ from anya_fl.simulation_report import (
     PRIMARY,
     comparison_rows,
     format_comparison_rows,
+    node_epsilon_rows,
+    node_names,
     plot_rounds,
     summarize,
     write_html_report,
@@ -268,3 +272,106 @@ def test_history_out_of_order_and_nan(tmp_path) -> None:
     s = summarize(metrics)
     assert s["final_round"] == 3 and "pr_auc" not in s["final_global"]["fraud"]
     assert len(plot_rounds(metrics, tmp_path)) == 6
+
+
+def test_results_and_figures_come_first_configuration_is_collapsed(full) -> None:
+    _, plots, page = full
+    text = page.read_text(encoding="utf-8")
+    sections = re.findall(r"<h2>(.*?)</h2>", text)
+    assert sections == ["Summary", "Federated vs centralized vs local-only", "Figures", "Local-only models, per node",
+                        "Per round", "Privacy spent per node", "Node health per round", "Update screening",
+                        "Node failures"]
+    assert "Run configuration" not in sections  # not a section of its own: a collapsed <details>
+    details = re.findall(r"<details>(.*?)</details>", text, flags=re.S)
+    assert len(details) == 1 and details[0].startswith("<summary>Run configuration (8 settings)</summary>")
+    assert "&lt;b&gt;run&lt;/b&gt;" in details[0] and "strategy" in details[0]
+    outside = text.replace(details[0], "")
+    assert "&lt;b&gt;run&lt;/b&gt;" not in outside  # the configuration table is nowhere else
+    # every figure comes before the per-round and per-node tables and before the configuration
+    last_img = text.rindex("<img ")
+    assert last_img < text.index("<h2>Per round</h2>") < text.index("<details>")
+    assert text.count("<img ") == len(plots)
+
+
+def _outside(inner, outer) -> bool:
+    return (inner.x0 >= outer.x0 - 0.5 and inner.y0 >= outer.y0 - 0.5 and inner.x1 <= outer.x1 + 0.5
+            and inner.y1 <= outer.y1 + 0.5)
+
+
+@pytest.mark.parametrize(("rounds", "tasks"), [(4, ALL_TASKS), (1, ("fraud",))])
+def test_every_title_label_and_legend_lies_inside_the_image(rounds, tasks) -> None:
+    import matplotlib.pyplot as plt
+    from matplotlib.text import Text
+
+    from anya_fl.simulation_report import figures
+
+    seen = set()
+    for name, fig in figures(make_metrics(rounds=rounds, tasks=tasks)):
+        try:
+            fig.savefig(io.BytesIO(), format="png", dpi=100)  # lays the figure out as the saved PNG is
+            renderer = fig.canvas.get_renderer()
+            suptitle = [t for t in fig.findobj(Text) if fig.get_suptitle() and t.get_text() == fig.get_suptitle()]
+            titles = [*suptitle, *(ax.title for ax in fig.axes if ax.get_title())]
+            assert titles, name
+            labels = [lab for ax in fig.axes for lab in (ax.xaxis.label, ax.yaxis.label) if lab.get_text()]
+            legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+            for t in [*titles, *labels, *legends]:
+                box = t.get_window_extent(renderer)
+                what = t.get_text() if isinstance(t, Text) else "legend"
+                assert _outside(box, fig.bbox), f"{name}: {what!r} at {box} is cut off"
+            seen.add(name)
+        finally:
+            plt.close(fig)
+    assert {f"global_{t}.png" for t in tasks} | {"epsilon.png", "nodes.png", "loss.png"} == seen
+
+
+def test_a_title_too_long_for_its_figure_is_wrapped_not_cut() -> None:
+    import matplotlib.pyplot as plt
+
+    from anya_fl.simulation_report import _figure
+
+    fig, axes = _figure(figsize=(3.0, 2.5))
+    try:
+        title = fig.suptitle("fraud: global model per round, coordinator's held-out test set", wrap=True)
+        axes[0][0].plot([1, 2], [1, 2])
+        fig.savefig(io.BytesIO(), format="png", dpi=100)
+        box = title.get_window_extent(fig.canvas.get_renderer())
+        assert _outside(box, fig.bbox) and box.height > 1.5 * title.get_fontsize()  # two lines or more
+    finally:
+        plt.close(fig)
+
+
+def test_nodes_are_named_in_one_place_for_every_table(tmp_path) -> None:
+    metrics = make_metrics()
+    ids = ["15450403177221490609", "13142786802073205879", "9007199254740993"]
+    for rec in metrics["history"]:  # Flower's numeric ids; node "2" fails in round 2 and is flagged as "77"
+        rec["nodes"] = {ids[int(k)]: v for k, v in rec["nodes"].items()}
+        for f in rec["nodes_failed"]:
+            f["node"] = ids[int(f["node"])]
+        for e in rec["screening"]:
+            e["node"] = ids[2]
+    key_names = {ids[0]: "node-0", ids[1]: "node-1", ids[2]: "node-10"}
+    names = node_names(metrics, key_names)
+    assert names == key_names
+    cols, rows = node_epsilon_rows(metrics, names)
+    assert [r[0] for r in rows] == ["node-0", "node-1", "node-10"]  # sorted by name, 10 after 1
+    assert rows[2][1] == 3 and rows[2][cols.index("fraud ε")] == pytest.approx(1.7)
+    page = write_html_report(metrics, None, [], tmp_path / "report.html", "deployment", names=names)
+    text = page.read_text()
+    assert not any(i in text for i in ids)  # no numeric id anywhere: table, failures, screening
+    assert "node <code>node-10</code> (code 4100)" in text and "<td class=\"text\">node-10</td>" in text
+    assert summarize(metrics, names)["node_names"] == key_names
+    # an id the coordinator cannot name stays the numeric id
+    assert node_names(metrics, {ids[0]: "node-0"})[ids[1]] == ids[1]
+
+
+def test_simulated_nodes_are_named_by_partition_and_profile() -> None:
+    metrics = make_metrics(failure=False)
+    for rec in metrics["history"]:
+        for node_id, m in rec["nodes"].items():
+            m["partition-id"] = float(node_id)
+    names = node_names(metrics, profiles=["exchange", "miner", "merchant"])
+    assert names == {"0": "node-0 (exchange)", "1": "node-1 (miner)", "2": "node-2 (merchant)", "77": "77"}
+    # a deployment node reports partition-id -1: it gets no partition name, and a key name wins over one
+    metrics["history"][-1]["nodes"]["1"]["partition-id"] = -1.0
+    assert node_names(metrics, {"0": "node-5"}, ["exchange", "miner", "merchant"])["0"] == "node-5"

@@ -6,9 +6,11 @@ Three column sets are defined here and nowhere else:
 * ``MEMPOOL_SCHEMA`` — one row per mempool snapshot (fee task; second part of the anomaly input).
 * ``FEE_SCHEMA`` / ``ANOMALY_SCHEMA`` — the task inputs built from the two above.
 
-Every column carries its unit, a *valid* range (values outside it are rejected as malformed) and a
-*typical* range taken from public knowledge of mainnet, not from any node's data. Models normalize
-with the typical range (``Schema.normalization``), so normalization never leaks a node's raw data.
+Every column carries its unit, a *valid* range (values outside it are refused by ``Schema.validate``, the
+one rule for parsed JSON, simulator columns and the prediction API's rows) and a *typical* range taken from
+public knowledge of mainnet, not from any node's data (valid values far outside it are flagged by
+``Schema.out_of_distribution``). Models normalize with the typical range (``Schema.normalization``), so
+normalization never leaks a node's raw data.
 
 Parsers (``parse_transaction``, ``parse_mempool``) and the simulator both end in the same vectorized
 functions (``transaction_features``, ``mempool_features``), so one code path makes every row.
@@ -82,33 +84,48 @@ class Schema:
     def index(self, name: str) -> int:
         return self.names.index(name)
 
-    @functools.cache  # noqa: B019 - schemas are a few module-level constants
-    def valid_bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        """(lo, hi) of every column's valid range, as float64 arrays."""
+    @functools.cached_property
+    def _valid_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        # computed once per schema and kept on the instance: functools.cache would hash the whole frozen
+        # dataclass (every column) at each call, about 10 us per request
         return (np.array([c.valid[0] for c in self.columns], dtype=np.float64),
                 np.array([c.valid[1] for c in self.columns], dtype=np.float64))
 
+    @functools.cached_property
+    def _valid_bounds32(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._valid_bounds[0].astype(np.float32), self._valid_bounds[1].astype(np.float32)
+
+    def valid_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(lo, hi) of every column's valid range, as float64 arrays (shared: do not modify)."""
+        return self._valid_bounds
+
     def validate(self, rows: np.ndarray, what: str = "rows") -> np.ndarray:
-        """Return ``rows`` as float32 (n, width); raise FeatureError naming the first bad cell."""
-        arr = np.asarray(rows, dtype=np.float32)
+        """Return ``rows`` as float32 (n, width); raise FeatureError naming the first bad cell.
+
+        This is the one input rule: a value outside its column's valid range (or not finite) is refused.
+        float64 rows are checked before narrowing, so 1e39 is named as out of range rather than as an
+        overflow of float32; other rows are checked as float32.
+        """
+        arr = np.asarray(rows)
+        if arr.dtype != np.float64:
+            arr = arr.astype(np.float32, copy=False)
         if arr.ndim == 1:
             arr = arr[None, :]
         if arr.ndim != 2 or arr.shape[1] != self.width:
             raise FeatureError(what, f"expected shape (n, {self.width}) for {self.name}, got {tuple(arr.shape)}")
-        finite = np.isfinite(arr)
-        lo, hi = self.valid_bounds()
-        ok = finite & (arr >= lo.astype(np.float32)) & (arr <= hi.astype(np.float32))
+        lo, hi = self._valid_bounds if arr.dtype == np.float64 else self._valid_bounds32
+        ok = (arr >= lo) & (arr <= hi)  # False for NaN and +-inf as well: every bound is finite
         if not ok.all():
+            finite = np.isfinite(arr)
             r, c = (int(v[0]) for v in np.nonzero(~ok))
             col = self.columns[c]
             val = float(arr[r, c])
             why = "is not a finite number" if not finite[r, c] else f"{val:g} is outside the valid range [{col.valid[0]:g}, {col.valid[1]:g}] {col.unit}"
             raise FeatureError(f"{what}[{r}].{col.name}", why)
-        return arr
+        return arr.astype(np.float32, copy=False)
 
-    @functools.cache  # noqa: B019 - schemas are a few module-level constants; callers copy the arrays
-    def normalization(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(log_mask, log_offset, loc, scale) so that z = (t(x) - loc) / scale maps typical to [-1, 1]."""
+    @functools.cached_property
+    def _normalization(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         mask = np.array([c.log_offset is not None for c in self.columns])
         offset = np.array([c.log_offset or 0.0 for c in self.columns], dtype=np.float64)
 
@@ -121,6 +138,13 @@ class Schema:
         scale = np.maximum((hi - lo) / 2.0, 1e-6)
         return mask, offset.astype(np.float32), loc.astype(np.float32), scale.astype(np.float32)
 
+    def normalization(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(log_mask, log_offset, loc, scale) so that z = (t(x) - loc) / scale maps typical to [-1, 1].
+
+        The arrays are shared (computed once per schema): copy before modifying.
+        """
+        return self._normalization
+
     def normalize(self, rows: np.ndarray, clip: float = NORM_CLIP) -> np.ndarray:
         """NumPy twin of the models' Normalizer: clipped z-scores from the typical ranges."""
         mask, offset, loc, scale = self.normalization()
@@ -129,25 +153,23 @@ class Schema:
         return np.clip((t - loc) / scale, -clip, clip).astype(np.float32)
 
     def out_of_distribution(self, rows: np.ndarray, clip: float = NORM_CLIP, limit: int = 3) -> list[list[str]]:
-        """Per row, why it lies outside what the models were built for (empty list: in distribution).
+        """Per row of *valid* rows (see :meth:`validate`), why it lies outside what the models were built for.
 
-        A value outside its column's valid range, or so far outside the typical range that the models'
-        normalizer clips it (|z| > ``clip``, so the model cannot tell it from the clip value), is named.
+        A value so far outside its column's typical range that the models' normalizer clips it (|z| >
+        ``clip``, so the model cannot tell it from the clip value) is named, at most ``limit`` per row; an
+        empty list means in distribution. Values outside the valid range are refused by :meth:`validate`,
+        never flagged here.
         """
         mask, offset, loc, scale = self.normalization()
         x = np.asarray(rows, dtype=np.float64)
-        lo, hi = self.valid_bounds()
         t = np.where(mask, np.log(np.maximum(x + offset, 1e-12)), x)
-        z = (t - loc) / scale
-        invalid = (x < lo) | (x > hi)
-        clipped = np.abs(z) > clip
+        clipped = np.abs((t - loc) / scale) > clip
         out: list[list[str]] = [[] for _ in range(len(x))]
-        for r, c in zip(*np.nonzero(invalid | clipped), strict=True):
+        for r, c in zip(*np.nonzero(clipped), strict=True):
             if len(out[r]) < limit:
                 col = self.columns[c]
-                out[r].append(f"{col.name} {x[r, c]:g} outside the valid range" if invalid[r, c]
-                              else f"{col.name} {x[r, c]:g} far outside the typical range {col.typical[0]:g}.."
-                                   f"{col.typical[1]:g} {col.unit}")
+                out[r].append(f"{col.name} {x[r, c]:g} far outside the typical range {col.typical[0]:g}.."
+                              f"{col.typical[1]:g} {col.unit}")
         return out
 
     def describe(self) -> list[dict[str, Any]]:

@@ -142,7 +142,11 @@ class NodeProbes:
         return ProbeResult("bitcoin.sync", readiness, f"verification progress {progress * 100:.2f} %", metrics)
 
     def probe_mempool(self) -> ProbeResult:
-        """Mempool: 0 until loaded, 0.5 when usage exceeds 95 % of maxmempool, else 1."""
+        """Mempool: 0 until loaded, else 1; a mempool over 95 % of maxmempool is named but not held against the node.
+
+        Anyone can fill every node's mempool by broadcasting transactions (and the default 300 MB one is
+        full for weeks at a time on mainnet): that is the network's state, not this node's fault.
+        """
         info = self.rpc.getmempoolinfo()
         usage, cap = info["usage"], info["maxmempool"]
         metrics = {"size": float(info["size"]), "bytes": float(info["bytes"]), "usage": float(usage),
@@ -151,7 +155,7 @@ class NodeProbes:
             return ProbeResult("bitcoin.mempool", 0.0, "mempool not loaded yet", metrics)
         if cap > 0 and usage / cap > MEMPOOL_FULL:
             reason = f"mempool {usage / cap * 100:.0f} % full (usage {usage:,} of maxmempool {cap:,} bytes)"
-            return ProbeResult("bitcoin.mempool", 0.5, reason, metrics)
+            return ProbeResult("bitcoin.mempool", 1.0, reason, metrics)
         return ProbeResult("bitcoin.mempool", 1.0, "", metrics)
 
     def probe_fees(self) -> ProbeResult:

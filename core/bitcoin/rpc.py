@@ -186,6 +186,15 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
 
 
+class _NonFinite(ValueError):
+    """NaN or Infinity in a reply."""
+
+
+def _no_constant(name: str) -> Any:
+    """Core never writes NaN or Infinity: Python's json would accept them and let them through as floats."""
+    raise _NonFinite(f"{name} is not JSON")
+
+
 class BitcoinRPC:
     """A Bitcoin Core JSON-RPC client: ``call(method, *params)`` plus typed helpers that check their fields."""
 
@@ -285,7 +294,11 @@ class BitcoinRPC:
             return RPCMalformedReplyError(problem, url=self.url, method=method, field=field)
 
         try:
-            reply = json.loads(data)
+            reply = json.loads(data, parse_constant=_no_constant)
+        except _NonFinite as exc:
+            raise bad(f"{exc} (HTTP {status}): Core writes only finite numbers") from None
+        except RecursionError:
+            raise bad(f"nested too deeply to be a Core reply (HTTP {status})") from None
         except (ValueError, UnicodeDecodeError):
             if not data.strip():
                 raise bad(f"not JSON (HTTP {status}, empty body)") from None

@@ -7,6 +7,8 @@
   the node's profile (exchange, merchant, hobbyist, miner), so category mix and illicit rate differ.
 * ``save_dataset`` / ``load_dataset`` store task arrays in a directory with a schema version, so a
   node can be pointed at its data directory.
+* ``held_out_shortfall`` says why a chain is too short to evaluate on; ``smallest_usable_chain`` finds
+  the next size that is long enough for a seed (the error for a too-small chain names it).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 
 from core.bitcoin.features import SCHEMA_VERSION, TASK_SCHEMAS, anomaly_rows, fee_rows
 from core.data.categories import PROFILE_ORDER, affinity_matrix
-from core.data.chain import Chain
+from core.data.chain import Chain, ChainConfig, simulate_chain
 from core.errors import ConfigError, DatasetError
 from core.seeding import categorical, stream
 from core.storage import atomic_write_json, atomic_write_npz
@@ -28,6 +30,9 @@ TASKS = ("fraud", "fee", "anomaly")
 SPLITS = ("train", "val", "test")
 FEE_TARGETS = (1, 2, 3, 6, 12)
 DEFAULT_SPLIT = (0.6, 0.2, 0.2)
+MIN_SPLIT_ROWS = 20  # rows each task needs in each split of the coordinator's held-out set
+CHAIN_SIZE_STEP = 5_000  # granularity of the smallest usable chain size named in the error
+CHAIN_SIZE_TRIES = 40  # sizes tried above the requested one before giving up
 MANIFEST = "manifest.json"
 ARRAYS = "arrays.npz"
 
@@ -164,22 +169,68 @@ def load_dataset(directory: str | Path) -> tuple[dict[str, TaskSplits], dict]:
     return out, manifest
 
 
+CLASS_NAMES = {"fraud": ("licit", "illicit"), "anomaly": ("normal", "anomalous")}
+
+
+def held_out_shortfall(held_out: dict[str, TaskSplits], tasks: tuple[str, ...] = TASKS) -> str:
+    """Why ``held_out`` cannot score ``tasks`` ('' when it can).
+
+    Each task needs :data:`MIN_SPLIT_ROWS` rows in every split, and fraud and anomaly need both
+    classes in every split (the fraud threshold is chosen on val; PR-AUC and ROC-AUC need both).
+    """
+    for task in tasks:
+        for split in SPLITS:
+            rows = held_out[task].size(split)
+            if rows < MIN_SPLIT_ROWS:
+                return f"only {rows} {task} row{'' if rows == 1 else 's'} in the {split} split"
+            if task in CLASS_NAMES:
+                positives = int(np.count_nonzero(held_out[task].y[split]))
+                for name, count in zip(CLASS_NAMES[task], (rows - positives, positives), strict=True):
+                    if count == 0:
+                        return f"no {name} {task} row in the {split} split"
+    return ""
+
+
+def _chain_shortfall(transactions: int, seed: int, tasks: tuple[str, ...]) -> tuple[str, Chain, dict[str, TaskSplits]]:
+    chain = simulate_chain(ChainConfig(n_transactions=transactions, seed=seed))
+    held_out = task_arrays(chain)
+    return held_out_shortfall(held_out, tasks), chain, held_out
+
+
+def smallest_usable_chain(above: int, seed: int, tasks: tuple[str, ...] = TASKS, step: int = CHAIN_SIZE_STEP,
+                          tries: int = CHAIN_SIZE_TRIES) -> int | None:
+    """The smallest multiple of ``step`` above ``above`` whose chain (for ``seed``) gives every task rows in
+    every split; None when none of the next ``tries`` sizes does.
+
+    Splits are by time and snap to block times, so whether a size works depends on where the seed's
+    blocks fall: it is found by simulating each candidate (a 40,000-transaction chain takes well under
+    a second), not by a formula. Usable sizes are not monotone for every seed, hence "above".
+    """
+    n = (above // step + 1) * step
+    for _ in range(tries):
+        if not _chain_shortfall(n, seed, tasks)[0]:
+            return n
+        n += step
+    return None
+
+
 def write_federation_data(data_dir: str | Path, transactions: int, seed: int, nodes: int,
                           tasks: tuple[str, ...] = TASKS) -> list[str]:
     """Simulate a chain and write ``coordinator`` (held-out set) and ``node-<i>`` datasets; return profiles.
 
-    Refuses a chain too small to give every task rows in every split.
+    Refuses, before writing anything, a chain too short to give every task rows in every split, and
+    names the smallest larger size that works for ``seed``.
     """
-    from core.data.chain import ChainConfig, simulate_chain
-
     d = Path(data_dir)
-    chain = simulate_chain(ChainConfig(n_transactions=transactions, seed=seed))
-    held_out = task_arrays(chain)
-    for task in tasks:
-        for split in SPLITS:
-            if held_out[task].size(split) < 20:
-                raise ConfigError("transactions", f"{transactions:,} transactions leave only {held_out[task].size(split)} "
-                                  f"{task} rows in the {split} split (a chain of {chain.n_blocks} blocks); use more")
+    problem, chain, held_out = _chain_shortfall(transactions, seed, tasks)
+    if problem:
+        usable = smallest_usable_chain(transactions, seed, tasks)
+        hint = (f"the smallest size above {transactions:,} that works with seed {seed} is {usable:,} (tried in steps "
+                f"of {CHAIN_SIZE_STEP:,})" if usable is not None else
+                f"no size up to {transactions + CHAIN_SIZE_STEP * CHAIN_SIZE_TRIES:,} works with seed {seed}")
+        arrival_blocks = int(np.searchsorted(chain.block_time, chain.tx["arrival_time"][-1]))
+        raise ConfigError("transactions", f"{transactions:,} transactions leave {problem} (they arrive over "
+                                          f"{arrival_blocks} blocks and the splits are by time); {hint}")
     info = {"seed": seed, "transactions": transactions}
     save_dataset(d / "coordinator", held_out, {**info, "role": "coordinator"})
     shards = partition_nodes(chain, nodes, seed)
