@@ -378,35 +378,36 @@ def _riscv_rows() -> float:
     return 50 * 4096 / (time.perf_counter() - t0)
 
 
-# ---------------------------------------------------------------------------------------------- privacy attacks
+# ------------------------------------------------------------------------------- privacy and evasion checks
 # No seed figures: the seed project reports none. Membership inference (loss threshold, Yeom et al. 2018)
 # on an overfit fraud model (2,000 training rows, 200 epochs) vs DP models on the same rows; the AUC is
-# over the illicit rows, where the leak is (over all rows it is 0.50 for every model). Adversarial:
-# PGD within 5 % of each column's typical range (after the schema's log transform), valid ranges kept.
+# over the illicit rows, where the leak is (over all rows it is 0.50 for every model). Evasion (not a
+# privacy attack): PGD within 5 % of each column's typical range (after the schema's log transform),
+# valid ranges kept.
 
 
 def _membership() -> dict:
     if "membership" not in _CACHE:
-        from models.privacy_attacks import run_membership_check
+        from anya_fl.experiments.membership_inference import run_membership_check
 
         _CACHE["membership"] = {m["target_epsilon"]: m for m in run_membership_check(seed=0)["models"]}
     return _CACHE["membership"]
 
 
-def _adversarial() -> dict:
-    if "adversarial" not in _CACHE:
-        from models.privacy_attacks import run_adversarial_check
+def _evasion() -> dict:
+    if "evasion" not in _CACHE:
+        from anya_fl.experiments.evasion import run_adversarial_check
 
         report = run_adversarial_check(seed=0, epsilons=(8.0,), eps_fracs=(0.05,), methods=("pgd",))
-        _CACHE["adversarial"] = {m["target_epsilon"]: m["attacks"][0] for m in report["models"]}
-    return _CACHE["adversarial"]
+        _CACHE["evasion"] = {m["target_epsilon"]: m["attacks"][0] for m in report["models"]}
+    return _CACHE["evasion"]
 
 
 for _eps, _label in ((None, "nonprivate"), (1.0, "dp_eps1"), (8.0, "dp_eps8")):
     benchmark(f"privacy.membership.illicit_auc.{_label}", "AUC", target=None if _eps is None else 0.55)(
         lambda _eps=_eps: float(_membership()[_eps]["attack_auc_illicit"]))
 for _eps, _label in ((None, "nonprivate"), (8.0, "dp_eps8")):
-    benchmark(f"privacy.adversarial.pgd05.evasion.{_label}", "share")(
-        lambda _eps=_eps: float(_adversarial()[_eps]["flip_rate_illicit"]))
-    benchmark(f"privacy.adversarial.pgd05.flips.{_label}", "share")(
-        lambda _eps=_eps: float(_adversarial()[_eps]["flip_rate"]))
+    benchmark(f"evasion.pgd05.illicit.{_label}", "share")(
+        lambda _eps=_eps: float(_evasion()[_eps]["flip_rate_illicit"]))
+    benchmark(f"evasion.pgd05.flips.{_label}", "share")(
+        lambda _eps=_eps: float(_evasion()[_eps]["flip_rate"]))

@@ -16,6 +16,9 @@ from anya_fl.console import anya_home, console, err_console, progress, table
 from anya_fl.models_cli import DEFAULT_REGISTRY, models_app
 from anya_fl.security_cli import DEFAULT_AUDIT_LOG, DEFAULT_STORE, audit_app, token_app
 from core.errors import AnyaError
+from core.fedconfig import FederationConfig
+
+_FED = FederationConfig()  # the one source of the federation defaults: the options below read theirs from it
 
 app = typer.Typer(
     name="anya-fl",
@@ -64,39 +67,49 @@ def baseline(
 
 @app.command()
 def simulate(
-    nodes: Annotated[int, typer.Option(help="Simulated nodes (Flower SuperNodes).")] = 10,
-    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 8,
+    nodes: Annotated[int, typer.Option(help="Simulated nodes (Flower SuperNodes).")] = _FED.nodes,
+    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = _FED.rounds,
     strategy: Annotated[str, typer.Option(help="fedavg, fedprox, fedadam, krum, multikrum, bulyan, median, trimmed-mean "
                                                "(default median, with --screening: chosen by `anya-fl bench "
-                                               "robustness`).")] = "median",
-    epsilon: Annotated[float, typer.Option(help="DP budget per node and task for the whole run.")] = 8.0,
-    dp: Annotated[bool, typer.Option("--dp/--no-dp", help="Train with DP-SGD (Opacus).")] = True,
-    seed: Annotated[int, typer.Option(help="Seed for the chain, the partition and every model.")] = 0,
+                                               "robustness`).")] = _FED.strategy,
+    epsilon: Annotated[float, typer.Option(help="DP budget per node and task for the whole run.")] = _FED.epsilon,
+    dp: Annotated[bool, typer.Option("--dp/--no-dp", help="Train with DP-SGD (Opacus).")] = _FED.dp,
+    seed: Annotated[int, typer.Option(help="Seed for the chain, the partition and every model.")] = _FED.seed,
     transactions: Annotated[int, typer.Option(help="Transactions in the simulated chain. The splits are by time, so "
                                                    "a short chain is refused; 40,000 works with seed 0 (a quick trial), and the error "
-                                                   "names the smallest larger size, in steps of 5,000, that works for the seed.")] = 200_000,
-    local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = 5,
-    min_nodes: Annotated[int, typer.Option(help="Nodes that must take part in each round.")] = 2,
-    fraction_train: Annotated[float, typer.Option(help="Share of nodes sampled for training each round.")] = 1.0,
-    byzantine: Annotated[int, typer.Option(help="Malicious nodes assumed by krum, multikrum and bulyan.")] = 0,
+                                                   "names the smallest larger size, in steps of 5,000, that works for the seed.")] = _FED.transactions,
+    local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = _FED.local_epochs,
+    min_nodes: Annotated[int, typer.Option(help="Nodes that must take part in each round.")] = _FED.min_nodes,
+    fraction_train: Annotated[float, typer.Option(help="Share of nodes sampled for training each round.")] = _FED.fraction_train,
+    byzantine: Annotated[int, typer.Option(help="Malicious nodes assumed by krum, multikrum and bulyan.")] = _FED.byzantine,
     run_dir: Annotated[Path | None, typer.Option(help="Run directory (default: runs/sim-<time>).")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory from its last round.")] = None,
     compare: Annotated[bool, typer.Option("--compare/--no-compare", help="Also train centralized and local-only baselines.")] = True,
-    attack: Annotated[str, typer.Option(help="Poisoning experiment: sign-flip, scaling, gaussian, label-flip, alie.")] = "",
-    malicious: Annotated[float, typer.Option(help="Share of nodes that attack (with --attack).")] = 0.0,
+    attack: Annotated[str, typer.Option(help="Poisoning experiment: sign-flip, scaling, gaussian, label-flip, alie.")] = _FED.attack,
+    malicious: Annotated[float, typer.Option(help="Share of nodes that attack (with --attack).")] = _FED.malicious,
     screening: Annotated[bool, typer.Option(help="Server-side update screening: reject malformed, flag, clip, exclude.")]
-    = True,
-    central_dp: Annotated[str, typer.Option(help="Server-side user-level DP: fixed or adaptive clipping.")] = "",
-    central_noise: Annotated[float, typer.Option(help="Central DP noise multiplier.")] = 1.0,
-    central_clip: Annotated[float, typer.Option(help="Central DP clipping norm (initial one for adaptive).")] = 1.0,
+    = _FED.screening,
+    central_dp: Annotated[str, typer.Option(help="Server-side user-level DP: fixed or adaptive clipping.")] = _FED.central_dp,
+    central_noise: Annotated[float, typer.Option(help="Central DP noise multiplier.")] = _FED.central_noise,
+    central_clip: Annotated[float, typer.Option(help="Central DP clipping norm (initial one for adaptive).")] = _FED.central_clip,
     lifetime_epsilon: Annotated[float, typer.Option(help="Each node's epsilon budget per task over all runs (0: none).")]
-    = 0.0,
+    = _FED.lifetime_epsilon,
+    fraction_evaluate: Annotated[float, typer.Option(help="Share of nodes sampled for federated evaluation each "
+                                                          "round.")] = _FED.fraction_evaluate,
+    ray_address: Annotated[str, typer.Option(help="Attach to a running Ray cluster (HOST:PORT, ray://HOST:PORT or "
+                                                  "auto) instead of starting a private local Ray.")] = "",
+    node_cpus: Annotated[float, typer.Option(help="CPUs Ray reserves per virtual node.")] = 1.0,
+    node_gpus: Annotated[float, typer.Option(help="GPUs per virtual node (fractions share a GPU); training "
+                                                  "uses the GPU Ray assigns.")] = 0.0,
 ) -> None:
-    """Run a whole federation on this machine (Flower Simulation Engine) and write the report."""
+    """Run a whole federation as a simulation (Flower Simulation Engine on Ray) and write the report.
+
+    By default Ray runs privately on this machine, one CPU per virtual node; --ray-address attaches to
+    a Ray cluster so that thousands of virtual nodes run across its machines.
+    """
     import time as _time
 
-    from anya_fl.simulation import check_finished, load_run, prepare_run, run_flower
-    from core.fedconfig import FederationConfig
+    from anya_fl.simulation import SimulationResources, check_finished, load_run, prepare_run, run_flower
 
     if resume is not None:
         cfg = load_run(resume)
@@ -107,11 +120,12 @@ def simulate(
             nodes=nodes, rounds=rounds, strategy=strategy, epsilon=epsilon, dp=dp, seed=seed, transactions=transactions,
             local_epochs=local_epochs, min_nodes=min_nodes, fraction_train=fraction_train, byzantine=byzantine,
             attack=attack, malicious=malicious, screening=screening, central_dp=central_dp, central_noise=central_noise,
-            central_clip=central_clip, lifetime_epsilon=lifetime_epsilon,
+            central_clip=central_clip, lifetime_epsilon=lifetime_epsilon, fraction_evaluate=fraction_evaluate,
         ).validate()
+        resources = SimulationResources(ray_address=ray_address, node_cpus=node_cpus, node_gpus=node_gpus).validate()
         target = run_dir or Path("runs") / _time.strftime("sim-%Y%m%d-%H%M%S")
         with console.status(f"simulating a {transactions:,}-transaction chain and dealing it to {nodes} nodes"):
-            cfg = prepare_run(cfg, target)
+            cfg = prepare_run(cfg, target, resources)
     t0 = _time.perf_counter()
     with progress() as prog:
         rc = run_flower(target, _round_display(prog, "starting Flower (Ray)", cfg.rounds))
@@ -154,12 +168,14 @@ def _report(run_dir: Path, metrics: dict, compare: bool, key_names: dict[str, st
         with progress() as prog:
             comparison = run_compare(run_dir, metrics, prog)
         atomic_write_json(run_dir / "comparison.json", comparison)
-    hist = metrics["history"]
-    tasks = [t for t in ("fraud", "fee", "anomaly") if t in hist[-1]["global"]]
+    from fl_server.round_record import history_from_dicts
+
+    hist = history_from_dicts(metrics["history"])
+    tasks = [t for t in ("fraud", "fee", "anomaly") if t in hist[-1].global_metrics]
     from core.scoring import PRIMARY_METRIC as primary
 
-    rows = [[h["round"], *[h["global"][t][primary[t]] for t in tasks], h["nodes_replied"], len(h["nodes_failed"]),
-             round(h["seconds"], 1)] for h in hist]
+    rows = [[h.round, *[h.global_metrics[t][primary[t]] for t in tasks], len(h.replied), len(h.failed),
+             round(h.seconds, 1)] for h in hist]
     console.print(table("global models on the coordinator's held-out set, per round",
                         ["round", *[f"{t} {primary[t]}" for t in tasks], "nodes ok", "declined", "seconds"], rows))
     if comparison:
@@ -280,15 +296,16 @@ def coordinator_run(
     run_dir: Annotated[Path, typer.Option(help="Where checkpoints, metrics and the report go.")] = Path("runs/coordinator"),
     data_dir: Annotated[Path, typer.Option(help="Holds the coordinator's held-out set (<data-dir>/coordinator).")] = Path("runs/coordinator/data"),
     name: Annotated[str, typer.Option(help="Connection name in FLWR_HOME/config.toml.")] = "anya",
-    nodes: Annotated[int, typer.Option(help="Nodes expected in the federation.")] = 3,
-    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 8,
-    strategy: Annotated[str, typer.Option(help="Aggregation strategy (default median, with screening).")] = "median",
+    nodes: Annotated[int, typer.Option(help="Nodes expected in the federation (a deployment's default: "
+                                            "3, not the simulation's 10).")] = 3,
+    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = _FED.rounds,
+    strategy: Annotated[str, typer.Option(help="Aggregation strategy (default median, with screening).")] = _FED.strategy,
     screening: Annotated[bool, typer.Option(help="Server-side update screening (reject, flag, clip, exclude).")]
-    = True,
-    min_nodes: Annotated[int, typer.Option(help="Nodes that must take part in each round.")] = 2,
-    epsilon: Annotated[float, typer.Option(help="DP budget per node and task for the whole run.")] = 8.0,
-    local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = 5,
-    seed: Annotated[int, typer.Option(help="Seed of the models and of the simulated held-out set.")] = 0,
+    = _FED.screening,
+    min_nodes: Annotated[int, typer.Option(help="Nodes that must take part in each round.")] = _FED.min_nodes,
+    epsilon: Annotated[float, typer.Option(help="DP budget per node and task for the whole run.")] = _FED.epsilon,
+    local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = _FED.local_epochs,
+    seed: Annotated[int, typer.Option(help="Seed of the models and of the simulated held-out set.")] = _FED.seed,
     wait_nodes: Annotated[float, typer.Option(help="Seconds to wait for min-nodes SuperNodes before giving up.")] = 300.0,
     signing_key: Annotated[Path | None, typer.Option(help="The coordinator's model-signing key (default: "
                                                           "PKI_DIR/model-signing.key when it exists); without one "
@@ -302,7 +319,6 @@ def coordinator_run(
 ) -> None:
     """Launch a federated run on the running SuperLink and wait for it; then write the report."""
     from anya_fl.deployment import launch_run, prepare_coordinator_data, wait_for_nodes
-    from core.fedconfig import FederationConfig
 
     pki_dir, signing_key, key_note = coordinator_run_keys(pki_dir, signing_key)
     cfg = FederationConfig(nodes=nodes, rounds=rounds, strategy=strategy, screening=screening, min_nodes=min_nodes, epsilon=epsilon,
@@ -391,7 +407,6 @@ def node(
     ca: Annotated[Path | None, typer.Option(help="The coordinator's CA certificate (ca.pem).")] = None,
     key: Annotated[Path | None, typer.Option(help="This node's private key (node-<i>.key).")] = None,
     insecure: Annotated[bool, typer.Option(help="No TLS, no authentication (local trials only).")] = False,
-    fast_poll: Annotated[bool, typer.Option(help="Experimental: cap Flower's 3 s SuperNode poll at 0.2 s.")] = False,
     rpc_url: RpcUrl = None,
     rpc_cookie: RpcCookie = None,
     rpc_user: RpcUser = None,
@@ -426,7 +441,7 @@ def node(
     home = _flwr_home("node")
     home.mkdir(parents=True, exist_ok=True)
     proc = start_supernode(superlink, home, home / "supernode.log", data_dir=data_dir.resolve(), root_certificates=ca,
-                           private_key=key, insecure=insecure, fast=fast_poll, node_config=rpc_config,
+                           private_key=key, insecure=insecure, node_config=rpc_config,
                            warn=lambda m: err_console.print(f"[yellow]{escape(m)}[/yellow]", soft_wrap=True))
     loop = probe_loop(health, probe_interval).start()
     server = None
@@ -666,7 +681,7 @@ def bench(
 
 def _robustness(out: Path, tasks: str, rounds: int, local_epochs: int, strategies: str | None, attacks: str | None,
                 fractions: str, dp: bool) -> None:
-    from anya_fl.robustness import STRATEGIES, RobustnessConfig, run_table
+    from anya_fl.experiments.robustness import STRATEGIES, RobustnessConfig, run_table
     from core.errors import ConfigError
     from core.fedconfig import ATTACKS
 

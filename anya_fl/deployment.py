@@ -57,7 +57,6 @@ INSECURE_WARNING = ("WARNING: running without TLS and without SuperNode authenti
 # SuperExec polls for new tasks every 1 s by default (Flower env, 0.01..60 s)
 TASK_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
 FAST_TASK_POLL_S = 0.1
-FAST_SUPERNODE_POLL_S = 0.2
 STOP_TIMEOUT_S = 15.0
 
 
@@ -92,8 +91,7 @@ def check_flwr_home(flwr_home: Path, app_dir: Path | None = None) -> Path:
     return flwr_home.resolve()
 
 
-def flower_process_env(flwr_home: Path, *, task_poll_s: float | None = FAST_TASK_POLL_S,
-                       supernode_poll_s: float = FAST_SUPERNODE_POLL_S) -> dict[str, str]:
+def flower_process_env(flwr_home: Path, *, task_poll_s: float | None = FAST_TASK_POLL_S) -> dict[str, str]:
     """Environment for every Flower process: no telemetry, no update check, no runtime ``uv sync``.
 
     ``task_poll_s`` sets Flower's SuperExec task poll interval (None keeps Flower's 1 s default).
@@ -112,7 +110,6 @@ def flower_process_env(flwr_home: Path, *, task_poll_s: float | None = FAST_TASK
         env.pop(TASK_POLL_ENV, None)
     else:
         env[TASK_POLL_ENV] = f"{task_poll_s:g}"
-    env["ANYA_FL_SUPERNODE_POLL_S"] = f"{supernode_poll_s:g}"
     return env
 
 
@@ -256,18 +253,17 @@ def node_config_arg(config: dict[str, Any]) -> str:
 
 def start_supernode(superlink: str, flwr_home: Path, log_file: Path, *, data_dir: Path,
                     root_certificates: Path | None = None, private_key: Path | None = None,
-                    insecure: bool = False, port: int | None = None, fast: bool = False,
+                    insecure: bool = False, port: int | None = None,
                     task_poll_s: float | None = FAST_TASK_POLL_S, max_retries: int | None = None,
                     max_wait_time: float | None = None, node_config: dict[str, Any] | None = None,
                     warn: Callable[[str], None] | None = None) -> subprocess.Popen:
     """Start a SuperNode connected to ``superlink`` (host:port) that trains on ``data_dir``.
 
     ``port`` is the node's local runtime API port (a free one when None; it must differ between
-    SuperNodes on one host). ``fast`` (opt-in) runs it through :mod:`anya_fl.fast_supernode` (caps
-    Flower's hardcoded 3 s idle poll; no gain measured on 2 cores). ``max_retries`` / ``max_wait_time`` make it exit instead of retrying
+    SuperNodes on one host). ``max_retries`` / ``max_wait_time`` make it exit instead of retrying
     forever when it cannot connect or is refused (exit code 305 for an unregistered key). Each
     message's ClientApp runs as a fork of a process that imported it once
-    (:mod:`anya_fl.warm_superexec`), and only after the run's app bundle proved to be this node's own
+    (:mod:`anya_fl.flwr_compat.warm_superexec`), and only after the run's app bundle proved to be this node's own
     installed anya-fl (:func:`core.security.app_bundle.verify_app_bundle`): a coordinator cannot make
     the node run other code.
     """
@@ -276,11 +272,7 @@ def start_supernode(superlink: str, flwr_home: Path, log_file: Path, *, data_dir
     if not (data_dir / "manifest.json").is_file():
         raise DatasetError(f"data-dir: {data_dir} is not a dataset directory (no manifest.json); "
                            "write one with `anya-fl data`")
-    if fast:
-        cmd = [sys.executable, str(Path(__file__).with_name("fast_supernode.py"))]
-    else:
-        cmd = [flower_bin("flower-supernode")]
-    cmd += ["--superlink", superlink, "--port", str(port or free_port()),
+    cmd = [flower_bin("flower-supernode"), "--superlink", superlink, "--port", str(port or free_port()),
             "--node-config", node_config_arg({**(node_config or {}), "data-dir": str(data_dir)})]
     if insecure:
         cmd.append("--insecure")
@@ -304,14 +296,13 @@ def start_supernode(superlink: str, flwr_home: Path, log_file: Path, *, data_dir
 
 
 def warm_superexec_shim(flwr_home: Path) -> Path:
-    """A directory holding a ``flower-superexec`` that runs :mod:`anya_fl.warm_superexec` (put first on PATH).
+    """A directory holding a ``flower-superexec`` that runs :mod:`anya_fl.flwr_compat.warm_superexec` (first on PATH).
 
     The SuperNode starts ``flower-superexec`` by name; the shim makes that name run the warm launcher
     with this interpreter, with the SuperNode's own arguments.
     """
     bin_dir = Path(flwr_home).resolve() / "anya-bin"
-    script = Path(__file__).with_name("warm_superexec.py")
-    text = f'#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(str(script))} "$@"\n'
+    text = f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m anya_fl.flwr_compat.warm_superexec "$@"\n'
     shim = bin_dir / "flower-superexec"
     if not shim.is_file() or shim.read_text() != text:
         bin_dir.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """`anya-fl simulate`: the whole federation on one machine with Flower's Simulation Engine (Ray).
 
 The command prepares a run directory (config, the simulated chain dealt to non-IID nodes, the
-coordinator's held-out set), then runs Flower in a child process (``anya_fl.simulation_runner``) and
+coordinator's held-out set), then runs Flower in a child process (``anya_fl.flwr_compat.simulation_runner``) and
 follows its progress from the run directory, so a killed run can be resumed with ``--resume``.
 """
 
@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from anya_fl.deployment import flower_process_env, project_root
@@ -24,6 +24,28 @@ from core.signing import generate_signing_key
 from core.storage import atomic_write_json
 
 RUN_FILE = "run.json"
+
+
+@dataclass(frozen=True)
+class SimulationResources:
+    """Where the virtual nodes run: a private local Ray (default) or an existing Ray cluster, and each node's share.
+
+    Simulation-only (not part of the run config Flower sends to nodes); kept in ``run.json`` so a
+    resumed run uses the same.
+    """
+
+    ray_address: str = ""  # "" = start a private local Ray; else attach, e.g. "10.0.0.5:6379" or "auto"
+    node_cpus: float = 1.0  # CPUs Ray reserves per virtual node (nodes running at once = cluster CPUs / this)
+    node_gpus: float = 0.0  # GPUs per virtual node (fractions share one); training uses the GPU Ray assigns
+
+    def validate(self) -> SimulationResources:
+        if not self.node_cpus > 0:
+            raise ConfigError("node-cpus", f"{self.node_cpus} must be > 0")
+        if not self.node_gpus >= 0:
+            raise ConfigError("node-gpus", f"{self.node_gpus} must be >= 0")
+        if any(c.isspace() for c in self.ray_address):
+            raise ConfigError("ray-address", f"{self.ray_address!r} must be HOST:PORT, ray://HOST:PORT or auto")
+        return self
 
 
 def flower_env(run_dir: Path) -> dict[str, str]:
@@ -40,7 +62,8 @@ def flower_env(run_dir: Path) -> dict[str, str]:
     return env
 
 
-def prepare_run(cfg: FederationConfig, run_dir: Path) -> FederationConfig:
+def prepare_run(cfg: FederationConfig, run_dir: Path,
+                resources: SimulationResources | None = None) -> FederationConfig:
     """Create the run directory with its config and data; return the config bound to it."""
     if (run_dir / RUN_FILE).exists():
         raise ConfigError("run-dir", f"{run_dir} already holds a run; use --resume {run_dir} or another directory")
@@ -52,7 +75,8 @@ def prepare_run(cfg: FederationConfig, run_dir: Path) -> FederationConfig:
     profiles = write_federation_data(data_dir, cfg.transactions, cfg.seed, cfg.nodes, cfg.task_list)
     if not key.exists():
         generate_signing_key(key, key.with_suffix(".pub"))
-    atomic_write_json(run_dir / RUN_FILE, {"config": cfg.to_run_config(), "profiles": profiles})
+    atomic_write_json(run_dir / RUN_FILE, {"config": cfg.to_run_config(), "profiles": profiles,
+                                           "resources": asdict((resources or SimulationResources()).validate())})
     return cfg
 
 
@@ -64,10 +88,16 @@ def load_run(run_dir: Path) -> FederationConfig:
     return FederationConfig.from_run_config(json.loads(path.read_text())["config"]).validate()
 
 
+def load_resources(run_dir: Path) -> SimulationResources:
+    """The run's Ray settings (defaults for run directories written before they existed)."""
+    doc = json.loads((run_dir / RUN_FILE).read_text()).get("resources") or {}
+    return SimulationResources(**{k: v for k, v in doc.items() if k in SimulationResources.__dataclass_fields__})
+
+
 def run_flower(run_dir: Path, on_progress=None, poll_s: float = 0.5) -> int:
     """Run the simulation in a child process; call ``on_progress(progress_dict)`` while it runs."""
     log = (run_dir / "simulation.log").open("ab")
-    proc = subprocess.Popen([sys.executable, "-m", "anya_fl.simulation_runner", str(run_dir)],
+    proc = subprocess.Popen([sys.executable, "-m", "anya_fl.flwr_compat.simulation_runner", str(run_dir)],
                             stdout=log, stderr=subprocess.STDOUT, env=flower_env(run_dir),
                             start_new_session=True)
     (run_dir / "runner.pid").write_text(f"{proc.pid}\n")

@@ -1,8 +1,8 @@
 """Plots, tables and a self-contained HTML report for one federated run (``<run_dir>/metrics.json``).
 
-Reads only the metrics dict the coordinator writes (and, optionally, a federated / centralized /
-local-only comparison dict), so it needs neither torch nor Flower. Every optional key may be missing:
-what is absent is skipped, never guessed.
+Reads only the metrics dict the coordinator writes, its rounds as :class:`~fl_server.round_record.RoundRecord`
+(and, optionally, a federated / centralized / local-only comparison dict), so it needs neither torch
+nor Flower. Every optional key may be missing: what is absent is skipped, never guessed.
 """
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ import html
 import io
 import math
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from core.scoring import PRIMARY_METRIC
 from core.storage import atomic_write_bytes
+from fl_server.round_record import RoundRecord, history_from_dicts
 
 PRIMARY = PRIMARY_METRIC
 
@@ -51,14 +52,14 @@ def _num(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _history(metrics: dict) -> list[dict]:
+def _history(metrics: dict) -> list[RoundRecord]:
     """The rounds of ``metrics``, sorted by round number."""
-    rows = [r for r in metrics.get("history") or [] if isinstance(r, dict)]
-    return sorted(rows, key=lambda r: _num(r.get("round")) or 0.0)
+    raw = metrics.get("history")
+    return sorted(history_from_dicts(raw if isinstance(raw, list) else []), key=lambda r: r.round)
 
 
-def _rounds(history: Sequence[dict]) -> list[int]:
-    return [int(_num(r.get("round")) or i + 1) for i, r in enumerate(history)]
+def _rounds(history: Sequence[RoundRecord]) -> list[int]:
+    return [r.round or i + 1 for i, r in enumerate(history)]
 
 
 def run_tasks(metrics: dict) -> list[str]:
@@ -74,13 +75,9 @@ def run_tasks(metrics: dict) -> list[str]:
         return list(dict.fromkeys(tasks))
     seen: dict[str, None] = {}
     for r in _history(metrics):
-        for t in (r.get("global") or {}):
-            seen[str(t)] = None
+        for t in r.global_metrics:
+            seen[t] = None
     return list(seen)
-
-
-def _failures(rec: dict) -> list[dict]:
-    return [f for f in rec.get("nodes_failed") or [] if isinstance(f, dict)]
 
 
 def _natural_key(text: str) -> list[int | str]:
@@ -88,35 +85,48 @@ def _natural_key(text: str) -> list[int | str]:
     return [int(p) if i % 2 else p for i, p in enumerate(re.split(r"(\d+)", text))]
 
 
-def _series(history: Sequence[dict], block: str, key: str, task: str | None = None) -> list[float]:
-    """``rec[block][key]`` (or ``rec[block][task][key]``) per round; NaN where missing."""
+def _series(history: Sequence[RoundRecord], block: Callable[[RoundRecord], Mapping[str, Any]], key: str,
+            task: str | None = None) -> list[float]:
+    """``block(rec)[key]`` (or ``block(rec)[task][key]``) per round; NaN where missing."""
     out = []
     for rec in history:
-        src = rec.get(block) or {}
+        src: Any = block(rec)
         if task is not None:
             src = src.get(task) or {}
-        v = _num(src.get(key)) if isinstance(src, dict) else None
+        v = _num(src.get(key)) if isinstance(src, Mapping) else None
         out.append(math.nan if v is None else v)
     return out
+
+
+def _global(rec: RoundRecord) -> Mapping[str, Any]:
+    return rec.global_metrics
+
+
+def _train(rec: RoundRecord) -> Mapping[str, Any]:
+    return rec.train
+
+
+def _federated_eval(rec: RoundRecord) -> Mapping[str, Any]:
+    return rec.federated_eval
 
 
 def _has_data(values: Iterable[float]) -> bool:
     return any(not math.isnan(v) for v in values)
 
 
-def _node_epsilons(rec: dict, key: str) -> list[float]:
+def _node_epsilons(rec: RoundRecord, key: str) -> list[float]:
     """``key`` (e.g. "fraud.epsilon") of every node that replied in round ``rec``."""
     vals = []
-    for m in (rec.get("nodes") or {}).values():
-        v = _num(m.get(key)) if isinstance(m, dict) else None
+    for m in rec.replied.values():
+        v = _num(m.get(key))
         if v is not None:
             vals.append(v)
     return vals
 
 
-def _max_epsilon(rec: dict, key: str) -> float | None:
+def _max_epsilon(rec: RoundRecord, key: str) -> float | None:
     """Worst-case epsilon of one round: the aggregated train value, else the max over node replies."""
-    agg = _num((rec.get("train") or {}).get(key))
+    agg = _num(rec.train.get(key))
     nodes = _node_epsilons(rec, key)
     candidates = [v for v in [agg, *nodes] if v is not None]
     return max(candidates) if candidates else None
@@ -196,13 +206,12 @@ def _save(fig, path: Path) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def _plot_task(history: Sequence[dict], rounds: list[int], task: str):
+def _plot_task(history: Sequence[RoundRecord], rounds: list[int], task: str):
     names: dict[str, None] = {}
     for rec in history:
-        block = (rec.get("global") or {}).get(task) or {}
-        if isinstance(block, dict):
-            names.update({k: None for k, v in block.items() if _num(v) is not None})
-    series = {m: _series(history, "global", m, task) for m in names}
+        block = rec.global_metrics.get(task) or {}
+        names.update({k: None for k, v in block.items() if _num(v) is not None})
+    series = {m: _series(history, _global, m, task) for m in names}
     series = {m: s for m, s in series.items() if _has_data(s)}
     if not series:
         return None
@@ -223,7 +232,7 @@ def _plot_task(history: Sequence[dict], rounds: list[int], task: str):
     return fig
 
 
-def _plot_epsilon(history: Sequence[dict], rounds: list[int], tasks: list[str], config: dict):
+def _plot_epsilon(history: Sequence[RoundRecord], rounds: list[int], tasks: list[str], config: dict):
     fig, axes = _figure(figsize=(10.0, 4.6))
     ax = axes[0][0]
     drawn = False
@@ -263,29 +272,27 @@ def _plot_epsilon(history: Sequence[dict], rounds: list[int], tasks: list[str], 
     return fig
 
 
-def _plot_nodes(history: Sequence[dict], rounds: list[int]):
+def _plot_nodes(history: Sequence[RoundRecord], rounds: list[int]):
     from matplotlib.ticker import MaxNLocator
 
-    replied = [_num(r.get("nodes_replied")) for r in history]
-    missing = [_num(r.get("nodes_missing")) for r in history]
-    failed = [float(len(_failures(r))) if "nodes_failed" in r else None for r in history]
-    sampled = [_num(r.get("nodes_sampled")) for r in history]
+    if not any(r.sampled or r.replied or r.failed for r in history):
+        return None  # no node counts recorded
+    replied = [float(len(r.replied)) for r in history]
+    missing = [float(r.missing) for r in history]
+    failed = [float(len(r.failed)) for r in history]
+    sampled = [float(r.sampled) for r in history]
     bars = [("replied", replied, "#2ca02c"), ("failed (error reply)", failed, "#d62728"),
             ("missing (no reply in time)", missing, "#7f7f7f")]
-    bars = [(n, v, c) for n, v, c in bars if any(x is not None for x in v)]
-    if not bars:
-        return None
     fig, axes = _figure(figsize=(7.5, 4.2))
     ax = axes[0][0]
     width = 0.8 / len(bars)
     for i, (name, vals, color) in enumerate(bars):
         xs = [r + (i - (len(bars) - 1) / 2) * width for r in rounds]
-        ax.bar(xs, [0.0 if v is None else v for v in vals], width=width, color=color, label=name)
-    if any(v is not None for v in sampled):
-        ax.plot(rounds, [math.nan if v is None else v for v in sampled], "k_", markersize=18, mew=2, label="sampled")
+        ax.bar(xs, vals, width=width, color=color, label=name)
+    ax.plot(rounds, sampled, "k_", markersize=18, mew=2, label="sampled")
     _round_axis(ax, rounds)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    top = max([v for _, vals, _ in bars for v in vals if v is not None] + [v for v in sampled if v is not None] + [1.0])
+    top = max([v for _, vals, _ in bars for v in vals] + sampled + [1.0])
     ax.set_ylim(0, top * 1.3)
     ax.set_ylabel("nodes (count)")
     ax.set_title("Training replies per round: replied / failed / missing", wrap=True)
@@ -293,11 +300,11 @@ def _plot_nodes(history: Sequence[dict], rounds: list[int]):
     return fig
 
 
-def _plot_loss(history: Sequence[dict], rounds: list[int], tasks: list[str]):
+def _plot_loss(history: Sequence[RoundRecord], rounds: list[int], tasks: list[str]):
     panels = []
     for t in tasks:
-        train = _series(history, "train", f"{t}.loss")
-        fed = _series(history, "federated_eval", f"{t}.loss")
+        train = _series(history, _train, f"{t}.loss")
+        fed = _series(history, _federated_eval, f"{t}.loss")
         if _has_data(train) or _has_data(fed):
             panels.append((t, train, fed))
     if not panels:
@@ -436,8 +443,8 @@ def summarize(metrics: dict, names: Mapping[str, str] | None = None) -> dict[str
     final_global: dict[str, dict[str, float]] = {}
     for task in tasks:
         for rec in reversed(history):
-            block = (rec.get("global") or {}).get(task)
-            if isinstance(block, dict) and block:
+            block = rec.global_metrics.get(task)
+            if block:
                 final_global[task] = {k: float(v) for k, v in block.items() if _num(v) is not None}
                 break
 
@@ -450,11 +457,11 @@ def summarize(metrics: dict, names: Mapping[str, str] | None = None) -> dict[str
         "rounds": len(history),
         "final_round": _rounds(history)[-1] if history else None,
         "final_global": final_global,
-        "total_seconds": float(sum(_num(r.get("seconds")) or 0.0 for r in history)),
+        "total_seconds": float(sum(_num(r.seconds) or 0.0 for r in history)),
         "max_epsilon": max_eps,
         "max_epsilon_transactions": worst("epsilon-transactions"),
-        "failed_replies": sum(len(_failures(r)) for r in history),
-        "missing_replies": int(sum(_num(r.get("nodes_missing")) or 0 for r in history)),
+        "failed_replies": sum(len(r.failed) for r in history),
+        "missing_replies": sum(r.missing for r in history),
         "node_names": dict(node_names(metrics) if names is None else names),
     }
 
@@ -474,14 +481,13 @@ def node_names(metrics: dict, key_names: Mapping[str, str] | None = None,
     ids: dict[str, None] = {}
     partition: dict[str, int] = {}
     for rec in history:
-        for node, m in (rec.get("nodes") or {}).items():
-            ids[str(node)] = None
-            pid = _num(m.get("partition-id")) if isinstance(m, dict) else None
+        for node, m in rec.replied.items():
+            ids[node] = None
+            pid = _num(m.get("partition-id"))
             if pid is not None and pid >= 0 and pid == int(pid):
-                partition[str(node)] = int(pid)
-        for event in [*_failures(rec), *(e for e in rec.get("screening") or [] if isinstance(e, dict))]:
-            if event.get("node") is not None:
-                ids[str(event["node"])] = None
+                partition[node] = int(pid)
+        for event in [*rec.failed, *rec.screening]:
+            ids[event.node] = None
     names = {}
     for node in ids:
         if node in key_names:
@@ -504,9 +510,8 @@ def node_epsilon_rows(metrics: dict, names: Mapping[str, str] | None = None) -> 
     names = node_names(metrics) if names is None else names
     latest: dict[str, tuple[int, dict]] = {}
     for rnd, rec in zip(_rounds(history), history, strict=True):
-        for node, m in (rec.get("nodes") or {}).items():
-            if isinstance(m, dict):
-                latest[str(node)] = (rnd, m)
+        for node, m in rec.replied.items():
+            latest[node] = (rnd, m)
     cols = ["node", "round of latest reply", *[f"{t} ε" for t in tasks], "transactions ε (fraud + anomaly)"]
     rows = []
     for node, (rnd, m) in latest.items():
@@ -540,14 +545,14 @@ details > summary { cursor: pointer; font-size: 1.2em; font-weight: bold; }
 STAGE_NAMES = {0: "Unavailable", 1: "Development", 2: "Production", 3: "Release"}
 
 
-def node_health_rows(history: Sequence[dict]) -> tuple[list[str], list[list[Any]]]:
+def node_health_rows(history: Sequence[RoundRecord]) -> tuple[list[str], list[list[Any]]]:
     """Per round: nodes by stage, lowest readiness, declined nodes, largest RSS and least free memory."""
     cols = ["round", "stages of nodes that trained", "lowest readiness", "declined", "max RSS (MB)",
             "min free memory (MB)"]
     rows = []
     for rnd, rec in zip(_rounds(history), history, strict=True):
-        nodes = [m for m in (rec.get("nodes") or {}).values() if isinstance(m, dict) and "health.stage" in m]
-        declined = rec.get("nodes_declined")
+        nodes = [m for m in rec.replied.values() if "health.stage" in m]
+        declined = len(rec.declined)
         if not nodes and not declined:
             continue
         counts: dict[str, int] = {}
@@ -666,14 +671,13 @@ def write_html_report(metrics: dict, comparison: dict | None, plots: list[Path],
     # Per round.
     if history:
         cols = ["round", *[f"{t} {PRIMARY.get(t, '')}".strip() for t in tasks],
-                "nodes sampled", "nodes replied", "nodes failed", "nodes missing", "round seconds", "train seconds"]
+                "nodes sampled", "nodes replied", "nodes failed", "nodes missing", "updates rejected",
+                "updates flagged", "updates aggregated", "round seconds", "train seconds"]
         rrows = []
         for rnd, rec in zip(_rounds(history), history, strict=True):
-            glob = rec.get("global") or {}
-            prim = [_num((glob.get(t) or {}).get(PRIMARY[t])) if t in PRIMARY else None for t in tasks]
-            rrows.append([rnd, *prim, _num(rec.get("nodes_sampled")), _num(rec.get("nodes_replied")),
-                          len(_failures(rec)), _num(rec.get("nodes_missing")), _num(rec.get("seconds")),
-                          _num(rec.get("train_seconds"))])
+            prim = [_num((rec.global_metrics.get(t) or {}).get(PRIMARY[t])) if t in PRIMARY else None for t in tasks]
+            rrows.append([rnd, *prim, rec.sampled, len(rec.replied), len(rec.failed), rec.missing, len(rec.rejected),
+                          len(rec.flagged), len(rec.kept), _num(rec.seconds), _num(rec.train_seconds)])
         parts += ["<h2>Per round</h2>",
                   '<p class="note">Primary metrics of the global models on the coordinator\'s held-out test set.</p>',
                   _table(cols, rrows)]
@@ -703,11 +707,10 @@ def write_html_report(metrics: dict, comparison: dict | None, plots: list[Path],
 
     # Update screening (rejected, flagged, clipped, excluded updates).
     parts.append("<h2>Update screening</h2>")
-    events = [(rnd, e) for rnd, rec in zip(_rounds(history), history, strict=True) for e in rec.get("screening", [])]
+    events = [(rnd, e) for rnd, rec in zip(_rounds(history), history, strict=True) for e in rec.screening]
     if events:
         parts.append(_table(["round", "node", "event", "reason"],
-                            [[rnd, _node_label(names, e.get("node")), e.get("kind"), e.get("reason", "")]
-                             for rnd, e in events], text_cols=4))
+                            [[rnd, _node_label(names, e.node), e.kind, e.reason] for rnd, e in events], text_cols=4))
     else:
         parts.append('<p class="note">No update was rejected, flagged, clipped or excluded'
                      + ("" if config.get("screening", True) else " (screening was off; malformed updates are "
@@ -715,14 +718,14 @@ def write_html_report(metrics: dict, comparison: dict | None, plots: list[Path],
 
     # Failures.
     parts.append("<h2>Node failures</h2>")
-    fails = [(rnd, f) for rnd, rec in zip(_rounds(history), history, strict=True) for f in _failures(rec)]
+    fails = [(rnd, f) for rnd, rec in zip(_rounds(history), history, strict=True) for f in rec.failed]
     if fails:
         items = []
         for rnd in dict.fromkeys(r for r, _ in fails):
             lis = "".join(
-                f"<li>node <code>{_e(_node_label(names, f.get('node')))}</code>"
-                + (f" (code {_e(f.get('code'))})" if f.get("code") is not None else "")
-                + f": {_e(f.get('reason', ''))}</li>"
+                f"<li>node <code>{_e(_node_label(names, f.node))}</code>"
+                + (f" (code {_e(f.code)})" if f.code is not None else "")
+                + f": {_e(f.reason)}</li>"
                 for r, f in fails if r == rnd)
             items.append(f"<li>round {_e(rnd)}<ul>{lis}</ul></li>")
         parts.append(f"<ul>{''.join(items)}</ul>")

@@ -9,6 +9,12 @@ Before training, the node consults its AgentChecker (:class:`core.node_health.No
 resources and, with ``bitcoin-rpc-*`` in the node config, Bitcoin Core's sync, connections, mempool and
 fee view); below the run's ``min-stage`` it declines and names the failing components. Every reply
 carries the node's stage, readiness and resource figures (``health.*`` metrics).
+
+This is the ClientApp nodes deploy (``[tool.flwr.app.components]``): it trains honestly or not at all. The
+settings of attack simulation (``attack`` or ``malicious`` in the run config, a ``malicious`` key in the
+node config) are refused with an error reply naming the setting. :func:`train_reply` and
+:func:`evaluate_reply` do the work; experiments that change what a node trains on or sends (the attack
+ClientApp of ``anya_fl.experiments``) call them with hooks, from outside this package.
 """
 
 from __future__ import annotations
@@ -17,19 +23,50 @@ import dataclasses
 import functools
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from core.errors import AnyaError
+from core.errors import AnyaError, ConfigError
 from core.fedconfig import DECLINE_ERROR_CODE, FederationConfig
 from core.node_health import HealthSettings, NodeHealth
 from fl_client.node_data import load_node_data, node_data_dir
-from fl_client.privacy_ledger import AccountantLedger, check_lifetime_budget
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 app = ClientApp()
+
+# Settings only simulations honour (anya_fl.experiments); the deployed ClientApp refuses them.
+SIMULATION_ONLY_RUN_CONFIG = ("attack", "malicious")
+SIMULATION_ONLY_NODE_CONFIG = ("malicious",)
+_NOT_DEPLOYED = "attack simulation is not part of the deployed ClientApp"
+
+# (task, training targets, the node's seed this round) -> the targets to train on
+LabelTransform = Callable[[str, "np.ndarray", int], "np.ndarray"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalUpdate:
+    """What a node's training produced in one round, handed to an ``update_transform`` before the reply.
+
+    ``retrain(task, rows)`` trains a fresh copy of that task's global model on the given rows of the
+    node's training data (the same targets and recipe, without DP) and returns its packed weights.
+    """
+
+    global_weights: Mapping[str, torch.Tensor]  # the round's global models, packed ("fraud.body.0.weight", ...)
+    weights: Mapping[str, torch.Tensor]  # the node's trained models, packed the same way
+    seed: int  # the node's training seed this round
+    rows: Mapping[str, int]  # training rows per task
+    retrain: Callable[[str, np.ndarray], dict[str, torch.Tensor]]
+
+
+# a LocalUpdate -> the weights to reply with (same keys, shapes and dtypes)
+UpdateTransform = Callable[[LocalUpdate], Mapping[str, "torch.Tensor"]]
 
 
 def _node_seed(cfg: FederationConfig, data_dir: Path, server_round: int) -> int:
@@ -38,7 +75,7 @@ def _node_seed(cfg: FederationConfig, data_dir: Path, server_round: int) -> int:
     return (cfg.seed * 1_000_003 + zlib.crc32(data_dir.name.encode()) + server_round * 7919) % (2**31)
 
 
-def _declines_with_reason(handler: Callable[[Message, Context], Message]) -> Callable[[Message, Context], Message]:
+def declines_with_reason(handler: Callable[[Message, Context], Message]) -> Callable[[Message, Context], Message]:
     """A user-facing error (bad config, missing data, spent budget) becomes an error reply saying why."""
 
     @functools.wraps(handler)
@@ -49,6 +86,18 @@ def _declines_with_reason(handler: Callable[[Message, Context], Message]) -> Cal
             return Message(Error(code=DECLINE_ERROR_CODE, reason=str(exc)), reply_to=msg)
 
     return wrapped
+
+
+def refuse_simulation_settings(context: Context) -> None:
+    """Raise ConfigError, naming the setting, when the run or node config asks for attack simulation."""
+    for key in SIMULATION_ONLY_NODE_CONFIG:
+        if key in context.node_config:
+            raise ConfigError(key, f"{_NOT_DEPLOYED}; remove {key!r} from this node's node config")
+    for key in SIMULATION_ONLY_RUN_CONFIG:
+        value: Any = context.run_config.get(key)
+        if value:  # the run config's defaults are "" and 0.0
+            raise ConfigError(key, f"{_NOT_DEPLOYED}; this run sets {key} = {value!r} (only `anya-fl simulate "
+                                   "--attack` and `anya-fl bench robustness` simulate attacks)")
 
 
 def _torch_threads(context: Context) -> None:
@@ -86,13 +135,27 @@ def _setup(msg: Message, cfg: FederationConfig, data_dir: Path) -> tuple[dict, d
 
 
 @app.train()
-@_declines_with_reason
+@declines_with_reason
 def train(msg: Message, context: Context) -> Message:
     """Train every task for ``local-epochs`` with DP; reply with the new weights and the metrics."""
-    from fl_client import attacks
+    refuse_simulation_settings(context)
+    return train_reply(msg, context)
+
+
+def train_reply(msg: Message, context: Context, *, label_transform: LabelTransform | None = None,
+                update_transform: UpdateTransform | None = None) -> Message:
+    """The node's reply to a train message: its models trained on its data, and the metrics.
+
+    ``label_transform`` replaces each task's training targets before training; ``update_transform``
+    replaces the trained weights before the reply (see :class:`LocalUpdate`). The deployed ClientApp
+    passes neither.
+    """
     from models.params import pack, unpack_into
+    from models.privacy.accounting import epsilon_spent
+    from models.privacy.budget import BudgetExhausted, round_targets, run_budget_spent
+    from models.privacy.ledger import AccountantLedger, check_lifetime_budget
     from models.tasks import build_model, targets, task_spec
-    from models.training import BudgetExhausted, DPConfig, TrainConfig, epsilon_spent
+    from models.training import DPConfig, TrainConfig
     from models.training import train as train_model
 
     cfg, data_dir = _run_settings(context)
@@ -109,24 +172,22 @@ def train(msg: Message, context: Context) -> Message:
 
     metrics: dict[str, float] = {"num-examples": float(data["fraud"].size("train") if "fraud" in data else 0),
                                  "partition-id": float(context.node_config.get("partition-id", -1))}
-    share = cfg.epsilon / cfg.rounds
     spent = {t: epsilon_spent(ledger.get(t), cfg.delta) for t in cfg.task_list} if cfg.dp else {}
-    planned = {t: min(cfg.epsilon, s + share) for t, s in spent.items()}
+    planned = round_targets(spent, cfg.epsilon, cfg.rounds)
     if cfg.dp:
         budget = float(context.node_config.get("lifetime-epsilon", cfg.lifetime_epsilon))
         check_lifetime_budget(ledger, planned, budget, lambda state: epsilon_spent(state, cfg.delta))
-    malicious = attacks.is_malicious(context.node_config, cfg.attack, cfg.malicious, cfg.nodes, cfg.seed)
     global_w = pack(models)
-    shard_updates: list[dict] = [{} for _ in range(attacks.ALIE_SHARDS)]
+    trained_on: dict[str, tuple] = {}  # task -> (x, y, TrainConfig): what LocalUpdate.retrain reuses
     for task in cfg.task_list:
         spec = task_spec(task)
         split = data[task]
         x, y = split.x["train"], targets(task, split, "train")
-        if malicious and cfg.attack == "label-flip":
-            y = attacks.poison_labels(task, y, seed)
+        if label_transform is not None:
+            y = label_transform(task, y, seed)
         dp = None
         if cfg.dp:
-            if spent[task] >= 0.995 * cfg.epsilon:
+            if run_budget_spent(spent[task], cfg.epsilon):
                 raise BudgetExhausted(cfg.epsilon, spent[task], f"task {task}: the node's budget for this run is spent")
             dp = DPConfig(target_epsilon=planned[task], delta=cfg.delta, max_grad_norm=cfg.max_grad_norm,
                           accountant=cfg.accountant)
@@ -137,25 +198,22 @@ def train(msg: Message, context: Context) -> Message:
         t0 = time.perf_counter()
         result = train_model(models[task], spec.loss, x, y, tc, accountant_state=ledger.get(task))
         ledger.record(task, result.accountant_state)
+        trained_on[task] = (x, y, tc)
         metrics[f"{task}.loss"] = float(result.train_loss)
         metrics[f"{task}.epsilon"] = float(result.epsilon or 0.0)
         metrics[f"{task}.seconds"] = time.perf_counter() - t0
         metrics[f"{task}.rows"] = float(len(x))
-        if malicious and cfg.attack == "alie" and len(x) >= attacks.ALIE_SHARDS:
-            def train_shard(index, task=task, spec=spec, x=x, y=y, tc=tc):
-                m = build_model(task, seed=cfg.seed)
-                unpack_into({task: m}, {k: v for k, v in global_w.items() if k.startswith(f"{task}.")})
-                train_model(m, spec.loss, x[index], y[index], dataclasses.replace(tc, dp=None))
-                return pack({task: m})
+    if update_transform is not None:
+        def retrain(task: str, rows: np.ndarray) -> dict[str, torch.Tensor]:
+            x, y, tc = trained_on[task]
+            model = build_model(task, seed=cfg.seed)
+            unpack_into({task: model}, {k: v for k, v in global_w.items() if k.startswith(f"{task}.")})
+            train_model(model, task_spec(task).loss, x[rows], y[rows], dataclasses.replace(tc, dp=None))
+            return pack({task: model})
 
-            task_w = {k: v for k, v in global_w.items() if k.startswith(f"{task}.")}
-            for i, upd in enumerate(attacks.alie_shard_updates(train_shard, len(x), task_w, seed)):
-                shard_updates[i].update(upd)
-    if malicious and cfg.attack in ("sign-flip", "scaling", "gaussian", "alie"):
-        z = attacks.alie_z(cfg.nodes, len(attacks.malicious_partitions(cfg.nodes, cfg.malicious, cfg.seed)))
-        poisoned = attacks.poison_update(cfg.attack, global_w, pack(models), seed=seed,
-                                         shard_updates=[u for u in shard_updates if u], z=z)
-        unpack_into(models, poisoned)
+        update = LocalUpdate(global_weights=global_w, weights=pack(models), seed=seed,
+                             rows={t: len(x) for t, (x, _, _) in trained_on.items()}, retrain=retrain)
+        unpack_into(models, dict(update_transform(update)))
     ledger.save()
     # fraud and anomaly both learn from the node's transactions: their budgets add up (basic composition)
     metrics["epsilon-transactions"] = metrics.get("fraud.epsilon", 0.0) + metrics.get("anomaly.epsilon", 0.0)
@@ -167,9 +225,15 @@ def train(msg: Message, context: Context) -> Message:
 
 
 @app.evaluate()
-@_declines_with_reason
+@declines_with_reason
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the global models on the node's local test split (losses and the fee hit rate)."""
+    refuse_simulation_settings(context)
+    return evaluate_reply(msg, context)
+
+
+def evaluate_reply(msg: Message, context: Context) -> Message:
+    """The node's reply to an evaluate message: the global models' metrics on its local test split."""
     import torch
 
     from models.tasks import infer, targets, task_spec

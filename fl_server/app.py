@@ -27,12 +27,13 @@ from flwr.serverapp import Grid, ServerApp
 
 from core.data.datasets import load_dataset, write_federation_data
 from core.errors import AnyaError, ConfigError
-from core.fedconfig import DECLINE_ERROR_CODE, FederationConfig
+from core.fedconfig import FederationConfig
 from core.security.audit import NODE_EXCLUDED, AuditLog
 from core.storage import atomic_write_json
 from fl_server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, weights_digest
 from fl_server.prompt_grid import PromptGrid
 from fl_server.publish import publish_final_models
+from fl_server.round_record import NodeFailure, RoundRecord, history_to_dicts
 from fl_server.screening import ScreeningConfig, ScreeningState, screen
 from fl_server.strategies import STATEFUL_ATTRS, build_strategy
 from models.params import full_state, load_full_state, pack, unpack_into
@@ -72,18 +73,44 @@ def _reply_order(m: Message) -> tuple[float, int]:
     return float("inf"), int(m.metadata.src_node_id)
 
 
-def _node_rows(replies: list[Message]) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
-    """Per-node metrics of successful replies, and the nodes that declined or failed (with why)."""
+def _node_rows(replies: list[Message]) -> tuple[dict[str, dict[str, float]], list[NodeFailure]]:
+    """Per-node metrics of the replies that carry an update, and the nodes that declined or failed (with why)."""
     ok: dict[str, dict[str, float]] = {}
-    failed: list[dict[str, Any]] = []
+    failed: list[NodeFailure] = []
     for m in replies:
         node = str(m.metadata.src_node_id)
         if m.has_error():
-            failed.append({"node": node, "code": int(m.error.code), "reason": str(m.error.reason)})
+            failed.append(NodeFailure(node, int(m.error.code), str(m.error.reason)))
         else:
             rec = next(iter(m.content.metric_records.values()))
             ok[node] = {k: float(v) for k, v in rec.items()}
     return ok, failed
+
+
+class _EligibleNodes:
+    """The round loop's view of ``grid``: the nodes screening excluded are not there to be sampled.
+
+    Flower's strategies sample from ``grid.get_node_ids()`` (train and evaluate) and wait while fewer
+    than min-nodes are there; everything else is ``grid``'s own, whatever kind of Grid it is
+    (deployment, simulation, in process).
+    """
+
+    def __init__(self, grid: Grid, excluded: set[int], cfg: FederationConfig) -> None:
+        self._grid = grid
+        self._excluded = excluded  # the screening state's own set: a node excluded in a round is gone from the next
+        self._cfg = cfg
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+    def get_node_ids(self) -> list[int]:
+        connected = list(self._grid.get_node_ids())
+        eligible = [n for n in connected if n not in self._excluded]
+        if len(eligible) < self._cfg.min_nodes and len(connected) >= self._cfg.nodes:
+            # every node of the federation is there: Flower would wait for more for ever
+            raise AnyaError(f"screening excluded {len(connected) - len(eligible)} of the {len(connected)} nodes; "
+                            f"the {len(eligible)} left are fewer than min-nodes ({self._cfg.min_nodes})")
+        return eligible
 
 
 class _OneLineErrors(logging.Filter):
@@ -150,8 +177,11 @@ def main(grid: Grid, context: Context) -> None:
         raise  # Flower marks the run failed, with str(err) in its details
 
 
-def run_federation(grid: Grid, cfg: FederationConfig) -> list[dict[str, Any]]:
-    """Run (or resume) the rounds of ``cfg``; return the metrics history."""
+def run_federation(grid: Grid, cfg: FederationConfig) -> list[RoundRecord]:
+    """Run (or resume) the rounds of ``cfg`` on ``grid``; return every round's record (resumed ones included).
+
+    Nodes that screening excluded are never sampled again in this run, whatever the grid.
+    """
     if not cfg.run_dir:
         raise ConfigError("run-dir", "is empty: the coordinator needs a directory for checkpoints and metrics")
     if not cfg.data_dir:
@@ -165,7 +195,7 @@ def run_federation(grid: Grid, cfg: FederationConfig) -> list[dict[str, Any]]:
     models = {t: build_model(t, seed=cfg.seed) for t in tasks}
     strategy = build_strategy(cfg)
     ckpt = load_checkpoint(run_dir)
-    history: list[dict[str, Any]] = []
+    history: list[RoundRecord] = []
     resumes: list[dict[str, Any]] = []
     start = 1
     metrics_path = run_dir / "metrics.json"
@@ -181,29 +211,29 @@ def run_federation(grid: Grid, cfg: FederationConfig) -> list[dict[str, Any]]:
     arrays = ArrayRecord(pack(models))
     screen_cfg = ScreeningConfig(cfg.screening, cfg.clip_factor, cfg.flag_norm, cfg.min_cosine, cfg.exclude_after)
     screen_state = ScreeningState.from_history(history)
+    nodes_to_sample = _EligibleNodes(grid, screen_state.excluded, cfg)
 
     for rnd in range(start, cfg.rounds + 1):
         t0 = time.perf_counter()
         _progress(run_dir, round=rnd, rounds=cfg.rounds, phase="train")
         random.seed(cfg.seed * 7919 + rnd)  # Flower samples nodes with the `random` module
-        messages = list(strategy.configure_train(rnd, arrays, ConfigRecord({}), grid))
-        replies = sorted(grid.send_and_receive(messages=messages, timeout=cfg.round_timeout), key=_reply_order)
-        nodes, failed = _node_rows(replies)
+        messages = list(strategy.configure_train(rnd, arrays, ConfigRecord({}), nodes_to_sample))
+        raw = sorted(grid.send_and_receive(messages=messages, timeout=cfg.round_timeout), key=_reply_order)
+        replied, failed = _node_rows(raw)
         global_np = {k: v.numpy() for k, v in arrays.items()}
-        replies, screened = screen(replies, global_np, screen_cfg, screen_state)
-        if isinstance(grid, PromptGrid):
-            grid.excluded = set(screen_state.excluded)
+        to_aggregate, screened = screen(raw, global_np, screen_cfg, screen_state)
         for e in screened:
-            if e["kind"] in ("rejected", "flagged", "excluded"):
-                log.warning("round %d: node %s %s: %s", rnd, e["node"], e["kind"], e["reason"])
-            if e["kind"] == "excluded" and cfg.audit_log:
-                AuditLog(Path(cfg.audit_log)).append(f"coordinator:{cfg.run_name}", NODE_EXCLUDED, f"node {e['node']}",
-                                                     {"run": cfg.run_name, "round": rnd, "reason": e["reason"]})
-        declined = [f for f in failed if f["code"] == DECLINE_ERROR_CODE]
-        for f in declined:
-            log.warning("round %d: node %s declined: %s", rnd, f["node"], f["reason"])
-        if any(not m.has_error() for m in replies):
-            aggregated, train_metrics = strategy.aggregate_train(rnd, replies)
+            if e.kind in ("rejected", "flagged", "excluded"):
+                log.warning("round %d: node %s %s: %s", rnd, e.node, e.kind, e.reason)
+            if e.kind == "excluded" and cfg.audit_log:
+                AuditLog(Path(cfg.audit_log)).append(f"coordinator:{cfg.run_name}", NODE_EXCLUDED, f"node {e.node}",
+                                                     {"run": cfg.run_name, "round": rnd, "reason": e.reason})
+        for f in failed:
+            if f.declined:
+                log.warning("round %d: node %s declined: %s", rnd, f.node, f.reason)
+        kept = [m for m in to_aggregate if not m.has_error()]
+        if kept:
+            aggregated, train_metrics = strategy.aggregate_train(rnd, to_aggregate)
         else:  # every update was rejected or flagged: the global model stays as it is this round
             aggregated, train_metrics = None, None
         if aggregated is not None:
@@ -214,31 +244,34 @@ def run_federation(grid: Grid, cfg: FederationConfig) -> list[dict[str, Any]]:
         _progress(run_dir, round=rnd, rounds=cfg.rounds, phase="evaluate")
         central = {t: evaluate_held_out(t, m, held_out[t]) for t, m in models.items()}
         eval_replies = list(grid.send_and_receive(
-            messages=strategy.configure_evaluate(rnd, arrays, ConfigRecord({}), grid), timeout=cfg.round_timeout))
+            messages=strategy.configure_evaluate(rnd, arrays, ConfigRecord({}), nodes_to_sample),
+            timeout=cfg.round_timeout))
         federated = strategy.aggregate_evaluate(rnd, eval_replies)
 
-        record = {
-            "round": rnd,
-            "seconds": time.perf_counter() - t0,
-            "train_seconds": train_seconds,
-            "nodes_sampled": len(messages),
-            "nodes_replied": len(nodes),
-            "nodes_missing": len(messages) - len(replies),
-            "nodes_failed": failed,
-            "nodes_declined": len(declined),
-            "screening": screened,
-            "train": dict(train_metrics) if train_metrics is not None else {},
-            "nodes": nodes,
-            "global": central,
-            "federated_eval": dict(federated) if federated is not None else {},
-        }
-        history.append(record)
+        kept_nodes = [str(m.metadata.src_node_id) for m in kept]
+        history.append(RoundRecord(
+            round=rnd,
+            sampled=len(messages),
+            replied=replied,
+            failed=failed,
+            missing=len(messages) - len(raw),  # no reply at all: screened-out replies are not missing
+            rejected=[e.node for e in screened if e.kind == "rejected"],
+            flagged=[e.node for e in screened if e.kind == "flagged"],
+            kept=kept_nodes,
+            screening=screened,
+            train=dict(train_metrics) if train_metrics is not None else {},
+            global_metrics=central,
+            federated_eval=dict(federated) if federated is not None else {},
+            seconds=time.perf_counter() - t0,
+            train_seconds=train_seconds,
+        ))
         save_checkpoint(run_dir, Checkpoint(round=rnd, models=full_state(models),
                                             strategy=_strategy_state(strategy), history=history))
-        atomic_write_json(metrics_path, {"config": cfg.to_run_config(), "history": history, "resumes": resumes})
+        atomic_write_json(metrics_path, {"config": cfg.to_run_config(), "history": history_to_dicts(history),
+                                         "resumes": resumes})
     _progress(run_dir, round=cfg.rounds, rounds=cfg.rounds, phase="publish")
     published = publish_final_models(cfg, models, history) if cfg.export_models else {}
-    atomic_write_json(metrics_path, {"config": cfg.to_run_config(), "history": history, "resumes": resumes,
-                                     "published": published})
+    atomic_write_json(metrics_path, {"config": cfg.to_run_config(), "history": history_to_dicts(history),
+                                     "resumes": resumes, "published": published})
     _progress(run_dir, round=cfg.rounds, rounds=cfg.rounds, phase="done")
     return history

@@ -11,12 +11,12 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from core.errors import DatasetError
 from core.storage import atomic_write_bytes, atomic_write_json, atomic_write_npz
+from fl_server.round_record import RoundRecord, history_from_dicts, history_to_dicts
 
 LATEST = "LATEST"
 
@@ -28,7 +28,7 @@ class Checkpoint:
     round: int
     models: dict[str, np.ndarray]  # task-prefixed full state dicts (parameters and buffers)
     strategy: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. "m_t.<key>" for FedAdam
-    history: list[dict[str, Any]] = field(default_factory=list)
+    history: list[RoundRecord] = field(default_factory=list)
 
 
 def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> Path:
@@ -37,7 +37,7 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> Path:
     d = root / f"round-{ckpt.round:04d}"
     atomic_write_npz(d / "models.npz", ckpt.models)
     atomic_write_npz(d / "strategy.npz", ckpt.strategy)
-    atomic_write_json(d / "state.json", {"round": ckpt.round, "history": ckpt.history})
+    atomic_write_json(d / "state.json", {"round": ckpt.round, "history": history_to_dicts(ckpt.history)})
     atomic_write_bytes(root / LATEST, (d.name + "\n").encode())
     return d
 
@@ -54,9 +54,10 @@ def load_checkpoint(run_dir: Path) -> Checkpoint | None:
             models = {k: z[k] for k in z.files}
         with np.load(d / "strategy.npz") as z:
             strategy = {k: z[k] for k in z.files}
-    except (OSError, ValueError, KeyError) as exc:
+        rnd, history = int(state["round"]), history_from_dicts(state["history"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DatasetError(f"{d}: checkpoint unreadable ({exc})") from None
-    return Checkpoint(round=int(state["round"]), models=models, strategy=strategy, history=state["history"])
+    return Checkpoint(round=rnd, models=models, strategy=strategy, history=history)
 
 
 def weights_digest(state: dict[str, np.ndarray]) -> str:

@@ -4,7 +4,8 @@ Flower 1.42's deployment Grid (``HttpGrid.send_and_receive``) sleeps a fixed 3 s
 replies, so every train and evaluate phase waits up to 3 s after the last node answered. This proxy
 pushes the messages and polls ``pull_messages`` every ``poll_s`` seconds instead; every other
 attribute is the wrapped Grid's. It uses only the public Grid API, so it works for the simulation's
-in-memory Grid too.
+in-memory Grid too. It is only a transport detail: which nodes are sampled is the round loop's business
+(:func:`fl_server.app.run_federation`).
 """
 
 from __future__ import annotations
@@ -23,13 +24,9 @@ class PromptGrid:
     def __init__(self, grid: Grid, poll_s: float = 0.2) -> None:
         self._grid = grid
         self._poll_s = poll_s
-        self.excluded: set[int] = set()  # nodes screening excluded for the rest of the run: never sampled
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
-
-    def get_node_ids(self) -> list[int]:
-        return [n for n in self._grid.get_node_ids() if n not in self.excluded]
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
         pending = set(self._grid.push_messages(messages))

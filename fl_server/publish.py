@@ -17,6 +17,7 @@ from core.registry import ModelRegistry
 from core.security.audit import AuditLog
 from core.signing import load_private_key
 from core.storage import atomic_write_bytes
+from fl_server.round_record import RoundRecord
 from models.export import export_onnx
 
 
@@ -24,9 +25,9 @@ def _next_version(registry: ModelRegistry, task: str) -> int:
     return max((v.version for v in registry.versions(task)), default=0) + 1
 
 
-def publish_final_models(cfg: FederationConfig, models: dict[str, nn.Module], history: list[dict[str, Any]]) -> dict:
+def publish_final_models(cfg: FederationConfig, models: dict[str, nn.Module], history: list[RoundRecord]) -> dict:
     """Export (and publish) the final global models; returns {task: {"onnx": path, "version": ref | None}}."""
-    last = history[-1] if history else {}
+    last = history[-1] if history else RoundRecord(round=0)
     registry = None
     if cfg.registry_dir and cfg.signing_key:
         registry = ModelRegistry(Path(cfg.registry_dir), signing_key=load_private_key(Path(cfg.signing_key)),
@@ -34,10 +35,9 @@ def publish_final_models(cfg: FederationConfig, models: dict[str, nn.Module], hi
                                  actor=f"coordinator:{cfg.run_name}")
     out: dict[str, dict[str, Any]] = {}
     for task, model in models.items():
-        eps = (last.get("train") or {}).get(f"{task}.epsilon")
-        metrics = {k: float(v) for k, v in ((last.get("global") or {}).get(task) or {}).items()
-                   if isinstance(v, int | float)}
-        meta = {"run": cfg.run_name, "round": int(last.get("round", 0)), "epsilon": eps if cfg.dp else None,
+        eps = last.train.get(f"{task}.epsilon")
+        metrics = {k: float(v) for k, v in last.global_metrics.get(task, {}).items() if isinstance(v, int | float)}
+        meta = {"run": cfg.run_name, "round": last.round, "epsilon": eps if cfg.dp else None,
                 "delta": cfg.delta if cfg.dp else None, "strategy": cfg.strategy}
         if registry is not None:
             meta["version"] = _next_version(registry, task)

@@ -14,11 +14,13 @@ updates to judge; with fewer it only rejects malformed ones and clips nothing.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message
+
+from fl_server.round_record import RoundRecord, ScreeningEvent
 
 
 @dataclass(frozen=True)
@@ -38,17 +40,17 @@ class ScreeningState:
     excluded: set[int] = field(default_factory=set)
 
     @classmethod
-    def from_history(cls, history: list[dict[str, Any]]) -> ScreeningState:
+    def from_history(cls, history: Iterable[RoundRecord]) -> ScreeningState:
         """Rebuild the state from the recorded rounds (resume)."""
         state = cls()
         for rec in history:
             flagged = set()
-            for e in rec.get("screening", []):
-                node = int(e["node"])
-                if e["kind"] == "flagged":
+            for e in rec.screening:
+                node = int(e.node)
+                if e.kind == "flagged":
                     flagged.add(node)
-                    state.consecutive[node] = int(e.get("consecutive", 1))
-                elif e["kind"] == "excluded":
+                    state.consecutive[node] = e.consecutive if e.consecutive is not None else 1
+                elif e.kind == "excluded":
                     state.excluded.add(node)
             for node in list(state.consecutive):
                 if node not in flagged:
@@ -76,9 +78,12 @@ def _validate(arrays: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -
 
 
 def screen(replies: list[Message], global_w: dict[str, np.ndarray], cfg: ScreeningConfig,
-           state: ScreeningState) -> tuple[list[Message], list[dict[str, Any]]]:
-    """The replies to aggregate (clipped in place) and what was rejected or flagged, with reasons."""
-    events: list[dict[str, Any]] = []
+           state: ScreeningState) -> tuple[list[Message], list[ScreeningEvent]]:
+    """The replies to aggregate (clipped in place) and what was rejected, flagged, clipped or excluded, with reasons.
+
+    Error replies pass through untouched (the strategy skips them).
+    """
+    events: list[ScreeningEvent] = []
     valid: list[tuple[Message, dict[str, np.ndarray]]] = []
     for m in replies:
         if m.has_error():
@@ -91,7 +96,7 @@ def screen(replies: list[Message], global_w: dict[str, np.ndarray], cfg: Screeni
         except Exception as exc:  # noqa: BLE001 - anything unreadable is a malformed update
             why = f"unreadable arrays ({type(exc).__name__})"
         if why:
-            events.append({"node": str(node), "kind": "rejected", "reason": why})
+            events.append(ScreeningEvent(str(node), "rejected", why))
             continue
         valid.append((m, arrays))
     good = [(m, a) for m, a in valid if a]
@@ -124,12 +129,11 @@ def screen(replies: list[Message], global_w: dict[str, np.ndarray], cfg: Screeni
         node = int(m.metadata.src_node_id)
         if node in flagged:
             state.consecutive[node] = state.consecutive.get(node, 0) + 1
-            events.append({"node": str(node), "kind": "flagged", "reason": "; ".join(flagged[node]),
-                           "consecutive": state.consecutive[node]})
+            events.append(ScreeningEvent(str(node), "flagged", "; ".join(flagged[node]), state.consecutive[node]))
             if state.consecutive[node] >= cfg.exclude_after and node not in state.excluded:
                 state.excluded.add(node)
-                events.append({"node": str(node), "kind": "excluded",
-                               "reason": f"flagged in {state.consecutive[node]} consecutive rounds"})
+                events.append(ScreeningEvent(str(node), "excluded",
+                                             f"flagged in {state.consecutive[node]} consecutive rounds"))
             continue
         state.consecutive[node] = 0
         clipped = [t for t in tasks if (i, t) in scale]
@@ -137,6 +141,6 @@ def screen(replies: list[Message], global_w: dict[str, np.ndarray], cfg: Screeni
             new = {k: (global_w[k] + (a - global_w[k]) * scale[(i, _task_of(k))]).astype(a.dtype)
                    if (i, _task_of(k)) in scale else a for k, a in arrays.items()}
             m.content["arrays"] = ArrayRecord({k: Array(np.ascontiguousarray(new[k])) for k in m.content["arrays"].keys()})
-            events.append({"node": str(node), "kind": "clipped", "reason": f"norm clipped for {', '.join(clipped)}"})
+            events.append(ScreeningEvent(str(node), "clipped", f"norm clipped for {', '.join(clipped)}"))
         kept.append(m)
     return kept, events

@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -34,22 +32,13 @@ from opacus.optimizers import DPOptimizer
 from opacus.validators import ModuleValidator
 from torch import Tensor
 
-from core.errors import AnyaError, ConfigError
+from core.errors import ConfigError
+from models.privacy import accounting
+from models.privacy.accounting import ACCOUNTANTS, epsilon_spent
+from models.privacy.budget import BudgetExhausted, choose_sigma
 
-ACCOUNTANTS = ("prv", "rdp", "gdp")
-_SIGMA_MIN = 0.3  # below this PRV gets very slow (minutes) and the privacy is meaningless anyway
-_SIGMA_MAX = 1e6  # as opacus.accountants.utils.MAX_SIGMA
-_EPS_REL_TOL = 0.005  # target_epsilon search stops once epsilon is within 0.5 % below the target
-
-
-class BudgetExhausted(AnyaError):
-    """The privacy budget (target_epsilon) is already spent by the resumed accountant history."""
-
-    def __init__(self, target_epsilon: float, spent_epsilon: float, detail: str = "") -> None:
-        self.target_epsilon = target_epsilon
-        self.spent_epsilon = spent_epsilon
-        msg = f"target_epsilon: budget {target_epsilon:g} exhausted, epsilon already spent {spent_epsilon:.4g}"
-        super().__init__(msg + (f" ({detail})" if detail else ""))
+__all__ = ["BudgetExhausted", "DPConfig", "TrainConfig", "TrainResult", "epsilon_spent", "predict", "resolve_device",
+           "single_torch_thread", "train"]
 
 
 @dataclass
@@ -91,9 +80,6 @@ class TrainResult:
     noise_multiplier: float | None
     sample_rate: float | None
     accountant_state: dict | None  # JSON-serializable; pass back in to resume accounting
-
-
-History = list[tuple[float, float, int]]
 
 
 # ----------------------------------------------------------------------------------------- device
@@ -167,179 +153,6 @@ def _validate_config(config: TrainConfig) -> None:
         raise ConfigError("noise_multiplier", f"must be > 0, got {dp.noise_multiplier}")
 
 
-# ------------------------------------------------------------------------------------- accounting
-
-
-def _load_history(state: dict | None, accountant: str) -> History:
-    """Parse an accountant_state dict (as returned in TrainResult) into an Opacus history list."""
-    if state is None:
-        return []
-    if not isinstance(state, dict) or "history" not in state or "mechanism" not in state:
-        raise ConfigError("accountant_state", "expected a dict with 'mechanism' and 'history' from a TrainResult")
-    if state["mechanism"] != accountant:
-        raise ConfigError(
-            "accountant_state",
-            f"recorded by the {state['mechanism']!r} accountant, cannot resume with accountant {accountant!r}",
-        )
-    history: History = []
-    try:
-        for sigma, q, steps in state["history"]:
-            history.append((float(sigma), float(q), int(steps)))
-    except (TypeError, ValueError) as exc:
-        raise ConfigError("accountant_state", f"malformed history: {exc}") from exc
-    if any(not (s > 0 and 0 < q <= 1 and k >= 1) for s, q, k in history):
-        raise ConfigError("accountant_state", "history entries must be (noise_multiplier > 0, 0 < q <= 1, steps >= 1)")
-    if accountant == "gdp" and len(history) > 1:
-        raise ConfigError("accountant_state", "a gdp history holds a single (noise_multiplier, q, steps) entry")
-    return history
-
-
-def epsilon_spent(accountant_state: dict | None, delta: float) -> float:
-    """Epsilon already spent according to a saved accountant state (0 for none)."""
-    if accountant_state is None:
-        return 0.0
-    mechanism = str(accountant_state.get("mechanism", ""))
-    return _epsilon(mechanism, _load_history(accountant_state, mechanism), delta)
-
-
-def _dump_history(history: History, accountant: str) -> dict[str, Any]:
-    """JSON-serializable accountant state; same keys as Opacus' IAccountant.state_dict()."""
-    return {"mechanism": accountant, "history": [[float(s), float(q), int(k)] for s, q, k in history]}
-
-
-def _extend(history: History, sigma: float, q: float, steps: int) -> History:
-    """History after `steps` more steps at (sigma, q), merged the way Opacus accountants merge."""
-    if history and history[-1][0] == sigma and history[-1][1] == q:
-        return [*history[:-1], (sigma, q, history[-1][2] + steps)]
-    return [*history, (sigma, q, steps)]
-
-
-RDP_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))  # = RDPAccountant.DEFAULT_ALPHAS
-
-
-def _epsilon(accountant: str, history: History, delta: float) -> float:
-    """Epsilon of `history` at `delta` from a fresh Opacus accountant (0 for an empty history)."""
-    return _epsilon_cached(accountant, tuple(history), delta) if history else 0.0
-
-
-@functools.lru_cache(maxsize=1024)
-def _rdp_curve(sigma: float, q: float, steps: int) -> np.ndarray:
-    """RDP of one history entry at Opacus' default orders (what RDPAccountant sums over its history)."""
-    from opacus.accountants.analysis import rdp as rdp_analysis
-
-    return np.asarray(rdp_analysis.compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=RDP_ORDERS))
-
-
-@functools.lru_cache(maxsize=256)
-def _epsilon_cached(accountant: str, history: tuple[tuple[float, float, int], ...], delta: float) -> float:
-    """Memoized: the sigma search and the final report often ask for the same history (PRV costs ~0.1-1 s).
-
-    RDP is computed exactly as Opacus' RDPAccountant does (sum of per-entry RDP curves, then the
-    conversion to (epsilon, delta)), with each entry's curve cached: a federated node's history grows
-    by one entry per round and the sigma search re-evaluates only the new entry.
-    """
-    if accountant == "rdp":
-        from opacus.accountants.analysis import rdp as rdp_analysis
-
-        total = sum(_rdp_curve(s, q, k) for s, q, k in history)
-        eps, _ = rdp_analysis.get_privacy_spent(orders=RDP_ORDERS, rdp=total, delta=delta)
-        return float(eps)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # gdp "experimental", RDP alpha-range and PRV overflow warnings
-        acc = create_accountant(accountant)
-        acc.history = list(history)
-        return float(acc.get_epsilon(delta=delta))
-
-
-def _solve_sigma(f: Callable[[float], float], target: float, start: float) -> tuple[float, float]:
-    """Smallest-ish sigma with f(sigma) <= target, f(sigma) >= (1 - tol) * target where reachable.
-
-    f is epsilon as a decreasing function of sigma. Brackets from `start`, then interpolates in
-    log-log space (safeguarded false position), which converges in a handful of accountant calls.
-    """
-    hi = max(min(start, _SIGMA_MAX), _SIGMA_MIN)
-    f_hi = f(hi)
-    while f_hi > target:
-        f_prev = f_hi
-        hi = min(hi * 2.0, _SIGMA_MAX)
-        f_hi = f(hi)
-        # more noise no longer helps (a resumed history's own epsilon, or the accountant's resolution)
-        if f_hi > target and (hi >= _SIGMA_MAX or f_hi > 0.999 * f_prev):
-            raise ConfigError("target_epsilon", f"{target:g} is too small to reach with any noise multiplier")
-    if f_hi >= (1.0 - _EPS_REL_TOL) * target:
-        return hi, f_hi
-    lo, f_lo = hi, f_hi
-    while f_lo <= target:
-        if lo <= _SIGMA_MIN:
-            return lo, f_lo  # even the least noise we allow stays under the target
-        hi, f_hi = lo, f_lo
-        lo = max(lo / 1.25, _SIGMA_MIN)
-        f_lo = f(lo)
-    # invariant: lo < hi, f(lo) > target >= f(hi)
-    for _ in range(60):
-        if f_hi >= (1.0 - _EPS_REL_TOL) * target or hi / lo - 1.0 < 1e-9:
-            break
-        t = 0.5
-        if math.isfinite(f_lo) and f_lo > 0 and f_hi > 0:
-            a, b = math.log(f_lo / target), math.log(f_hi / target)
-            t = min(max(a / (a - b), 0.05), 0.95)
-        mid = math.exp(math.log(lo) + t * (math.log(hi) - math.log(lo)))
-        f_mid = f(mid)
-        if f_mid > target:
-            lo, f_lo = mid, f_mid
-        else:
-            hi, f_hi = mid, f_mid
-    return hi, f_hi
-
-
-def _choose_sigma(dp: DPConfig, history: History, q: float, steps: int) -> float:
-    """Noise multiplier for this run: given directly, or solved so the cumulative epsilon meets the target."""
-    if dp.accountant == "gdp" and history and dp.noise_multiplier is None:
-        sigma = history[-1][0]  # gdp cannot compose different noise levels: keep the recorded one
-    elif dp.noise_multiplier is not None:
-        sigma = float(dp.noise_multiplier)
-    else:
-        sigma = None
-    if dp.accountant == "gdp" and history and (history[-1][0] != sigma or history[-1][1] != q):
-        raise ConfigError(
-            "accountant",
-            f"gdp needs a constant noise multiplier and sample rate across resumed runs "
-            f"(recorded {history[-1][0]:g}, {history[-1][1]:g}; now {sigma}, {q:g}); use prv or rdp",
-        )
-    if dp.target_epsilon is None:
-        assert sigma is not None
-        return sigma
-    target = float(dp.target_epsilon)
-    spent = _epsilon(dp.accountant, history, dp.delta)
-    if spent >= (1.0 - _EPS_REL_TOL) * target:  # a run that aimed at this target stops within the tolerance
-        raise BudgetExhausted(target, spent)
-    if sigma is not None:  # gdp resume: noise is fixed, only check that this run fits
-        after = _epsilon(dp.accountant, _extend(history, sigma, q, steps), dp.delta)
-        if after > target:
-            raise BudgetExhausted(target, spent, f"{steps} more steps would reach {after:.4g}")
-        return sigma
-
-    def f(s: float) -> float:
-        return _epsilon(dp.accountant, _extend(history, s, q, steps), dp.delta)
-
-    start = 1.0
-    if dp.accountant == "prv":
-        # RDP's epsilon is a looser bound than PRV's and ~20x cheaper: its sigma starts the PRV search
-        # close to (just above) the answer. Only a hint: RDP may rate a resumed history above the target.
-        if _epsilon("rdp", history, dp.delta) < target:
-            try:
-                start, _ = _solve_sigma(lambda s: _epsilon("rdp", _extend(history, s, q, steps), dp.delta), target, 1.0)
-            except ConfigError:
-                start = 1.0
-    try:
-        sigma, _ = _solve_sigma(f, target, start)
-    except ConfigError:
-        if history:  # what is left after the resumed history is below the accountant's resolution
-            raise BudgetExhausted(target, spent, "the rest cannot be spent at any noise level") from None
-        raise
-    return sigma
-
-
 # --------------------------------------------------------------------------------------- training
 
 
@@ -389,7 +202,7 @@ def train(
     dp = config.dp
     if dp is None and accountant_state is not None:
         raise ConfigError("accountant_state", "given without DP: a non-private run would void the recorded budget")
-    history = _load_history(accountant_state, dp.accountant) if dp is not None else []
+    history = accounting.load_history(accountant_state, dp.accountant) if dp is not None else []
     device = resolve_device(config.device)
     n = x.shape[0]
 
@@ -405,7 +218,7 @@ def train(
         errors = ModuleValidator.validate(work, strict=False)
         if errors:
             raise ConfigError("model", f"not trainable with Opacus DP-SGD: {errors[0]}")
-    sigma = _choose_sigma(dp, history, q, steps) if dp is not None else None
+    sigma = choose_sigma(dp, history, q, steps) if dp is not None else None
 
     s_torch, s_sample, s_noise = _seeds(config.seed)
     fork_devices = [device.index or 0] if device.type == "cuda" else []
@@ -489,19 +302,19 @@ def train(
         return TrainResult(
             steps, config.epochs, last_loss, time.perf_counter() - t0, None, None, None, None, None, None
         )
-    new_history: History = [(float(s), float(r), int(k)) for s, r, k in acc.history]
-    epsilon = _epsilon(dp.accountant, new_history, dp.delta)
+    new_history: accounting.History = [(float(s), float(r), int(k)) for s, r, k in acc.history]
+    spent = accounting.epsilon(dp.accountant, new_history, dp.delta)
     return TrainResult(
         steps=steps,
         epochs=config.epochs,
         train_loss=last_loss,
         seconds=time.perf_counter() - t0,
-        epsilon=epsilon,
+        epsilon=spent,
         delta=dp.delta,
         accountant=dp.accountant,
         noise_multiplier=sigma,
         sample_rate=q,
-        accountant_state=_dump_history(new_history, dp.accountant),
+        accountant_state=accounting.dump_history(new_history, dp.accountant),
     )
 
 

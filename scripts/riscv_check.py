@@ -4,6 +4,9 @@
 rows per task and onnxruntime's outputs for them (float32, and int8 from ``quantize_dynamic``) into DIR.
 ``compare DIR``: checks the outputs that ``core/inference/riscv.py`` wrote (``<task>.<mode>.out.npy`` for
 the modes in ``MODES``) against those references, prints a table and PASS/FAIL (exit code 0/1).
+``mirror [--apt-dir DIR]``: prints the Debian mirror to build the riscv64 root from (``debian_mirror``):
+``$ANYA_FL_DEBIAN_MIRROR``, else the first Debian archive in apt's own sources; exit code 2 and what to set
+when there is none. No mirror is written into this file or the script.
 
 Tolerances (errors are absolute for the fraud probability and anomaly score, relative to max(1, |want|)
 for the fee rate in sat/vB, which can be large):
@@ -23,8 +26,10 @@ for the fee rate in sat/vB, which can be large):
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -262,6 +267,102 @@ def compare(directory: Path) -> bool:
     return ok
 
 
+# --- the Debian mirror for the riscv64 root -------------------------------------------------------------------
+
+MIRROR_ENV = "ANYA_FL_DEBIAN_MIRROR"
+APT_DIR = Path("/etc/apt")
+_SCHEMES = ("http://", "https://", "ftp://", "file:/")  # what debootstrap can fetch from
+
+
+def apt_sources(apt_dir: Path = APT_DIR) -> list[tuple[str, list[str]]]:
+    """``(uri, suites)`` of every enabled binary (``deb``) source in apt's configuration, in apt's reading order.
+
+    Reads ``sources.list`` and then ``sources.list.d/*.list`` (one-line format: ``deb [options] URI suite
+    [component...]``) and ``sources.list.d/*.sources`` (deb822 stanzas: ``Types:``, ``URIs:``, ``Suites:``,
+    ``Enabled:``) by file name, as apt does. Comments, ``deb-src`` entries, disabled stanzas and files with
+    other extensions are skipped; an unreadable file counts as empty.
+    """
+    d = apt_dir / "sources.list.d"
+    files = [apt_dir / "sources.list"]
+    if d.is_dir():
+        files += sorted((f for f in d.iterdir() if f.suffix in (".list", ".sources") and f.is_file()),
+                        key=lambda f: f.name)
+    found: list[tuple[str, list[str]]] = []
+    for f in files:
+        try:
+            text = f.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        found += _deb822_sources(text) if f.suffix == ".sources" else _one_line_sources(text)
+    return found
+
+
+def _one_line_sources(text: str) -> list[tuple[str, list[str]]]:
+    found = []
+    for line in text.splitlines():
+        words = line.split("#", 1)[0].split()
+        if len(words) < 3 or words[0] != "deb":
+            continue
+        rest = words[1:]
+        if rest[0].startswith("["):  # options: "[arch=amd64 signed-by=...]", possibly split over several words
+            while rest and not rest[0].endswith("]"):
+                rest = rest[1:]
+            rest = rest[1:]
+        if rest:
+            found.append((rest[0], rest[1:2]))
+    return found
+
+
+def _deb822_sources(text: str) -> list[tuple[str, list[str]]]:
+    stanzas: list[dict[str, str]] = [{}]
+    key = None
+    for line in text.splitlines():
+        if not line.strip():
+            stanzas.append({})
+            key = None
+        elif line.startswith("#"):
+            continue
+        elif line[0] in " \t" and key is not None:  # continuation of the previous field
+            stanzas[-1][key] += " " + line.strip()
+        elif ":" in line:
+            key, value = line.split(":", 1)
+            key = key.strip().lower()
+            stanzas[-1][key] = value.strip()
+    found = []
+    for st in stanzas:
+        if "deb" not in st.get("types", "").split() or st.get("enabled", "yes").lower() in ("no", "false", "0"):
+            continue
+        suites = st.get("suites", "").split()
+        found += [(uri, suites) for uri in st.get("uris", "").split()]
+    return found
+
+
+def _is_debian_archive(uri: str, suites: list[str]) -> bool:
+    """A Debian archive root (the directory holding ``dists/`` and ``pool/``): its path ends in ``/debian``.
+
+    That leaves out ``debian-security`` and ``debian-ports`` (other archives) and third-party repositories.
+    """
+    if not uri.startswith(_SCHEMES) or (suites and all(s.endswith("-security") for s in suites)):
+        return False
+    return uri.rstrip("/").rsplit("/", 1)[-1] == "debian"
+
+
+def debian_mirror(environ: Mapping[str, str] | None = None, apt_dir: Path = APT_DIR) -> str | None:
+    """``$ANYA_FL_DEBIAN_MIRROR`` if set, else the first Debian archive in apt's sources; None when neither."""
+    environ = os.environ if environ is None else environ
+    chosen = environ.get(MIRROR_ENV, "").strip()
+    if chosen:
+        return chosen
+    return next((uri for uri, suites in apt_sources(apt_dir) if _is_debian_archive(uri, suites)), None)
+
+
+def no_mirror_message(apt_dir: Path = APT_DIR) -> str:
+    return (f"no Debian mirror to build the riscv64 root from: {MIRROR_ENV} is not set and apt's sources "
+            f"({apt_dir / 'sources.list'}, {apt_dir / 'sources.list.d'}/*.list and *.sources) name no Debian archive "
+            f"(a deb URI ending in /debian); set {MIRROR_ENV} to a Debian mirror's archive URL "
+            f"(the directory holding dists/ and pool/), or add that mirror to apt's sources")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="riscv_check.py")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -270,7 +371,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=200)
     c = sub.add_parser("compare")
     c.add_argument("dir", type=Path)
+    m = sub.add_parser("mirror")
+    m.add_argument("--apt-dir", type=Path, default=APT_DIR)
     args = parser.parse_args(argv)
+    if args.cmd == "mirror":
+        url = debian_mirror(apt_dir=args.apt_dir)
+        if url is None:
+            print(no_mirror_message(args.apt_dir), file=sys.stderr)
+            return 2
+        print(url)
+        return 0
     if args.cmd == "prepare":
         start = time.perf_counter()
         prepare(args.dir, args.rows)

@@ -22,6 +22,7 @@ def report():
     return run_baseline(BaselineConfig(n_transactions=60_000, seed=1, epsilons=(8.0,)))
 
 
+@pytest.mark.slow
 def test_report_has_every_variant_and_reference(report) -> None:
     models = {t: [r["model"] for r in rows] for t, rows in report["tasks"].items()}
     assert {"gradient-boosted trees", "logistic regression", "MLP"} <= set(models["fraud"])
@@ -34,6 +35,7 @@ def test_report_has_every_variant_and_reference(report) -> None:
     assert fraud["MLP"]["pr_auc"] > 3 * report["chain"]["illicit_share"]  # far above the chance level
 
 
+@pytest.mark.slow
 def test_targets_are_judged_from_the_numbers(report) -> None:
     targets = check_targets(report)
     assert len(targets) == 5
@@ -46,6 +48,7 @@ def test_targets_are_judged_from_the_numbers(report) -> None:
     assert not all(t["met"] for t in check_targets(worse) if "anomaly" in t["target"])
 
 
+@pytest.mark.slow
 def test_report_files(report, tmp_path) -> None:
     paths = write_report(report, tmp_path)
     assert json.loads(paths["json"].read_text())["tasks"].keys() == report["tasks"].keys()

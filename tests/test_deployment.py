@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from anya_fl import deployment as dep
-from anya_fl.warm_superexec import READY_LINE
+from anya_fl.flwr_compat.warm_superexec import READY_LINE
 from core.data.chain import ChainConfig, simulate_chain
 from core.data.datasets import partition_nodes, save_dataset, task_arrays
 from core.errors import ConfigError
@@ -144,6 +144,7 @@ def _foreign_app(root: Path) -> tuple[Path, Path, Path]:
     return app, markers, result
 
 
+@pytest.mark.slow
 def test_deployment_tls_auth_node_killed_mid_run(tmp_path) -> None:
     t_start = time.monotonic()
     pki = init_pki(tmp_path / "pki", NODES + 2, ["127.0.0.1", "localhost"])
@@ -246,7 +247,7 @@ def test_deployment_tls_auth_node_killed_mid_run(tmp_path) -> None:
     assert history[1]["nodes_replied"] >= 2
     assert history[1]["nodes_sampled"] == 2  # the dead node went offline and was not sampled again
     assert all(h["global"] for h in history)
-    # every node ran its ClientApps as forks of the warm launcher (anya_fl.warm_superexec), not cold starts
+    # every node ran its ClientApps as forks of the warm launcher (anya_fl.flwr_compat.warm_superexec), not cold starts
     for i in range(NODES):
         assert READY_LINE in (tmp_path / f"node-{i}.log").read_text()
     print(f"deployment test: {time.monotonic() - t_start:.0f} s, rounds "

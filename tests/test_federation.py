@@ -37,6 +37,7 @@ def _kill_group(pid: int) -> None:
         pass
 
 
+@pytest.mark.slow
 def test_kill_after_round_two_then_resume(tmp_path, env) -> None:
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "anya_fl.cli", "simulate", *SMALL, "--run-dir", str(run)],
@@ -88,6 +89,7 @@ def test_kill_after_round_two_then_resume(tmp_path, env) -> None:
         assert metrics["published"][task]["version"] == version.ref and (run / "models" / f"{task}.onnx").is_file()
 
 
+@pytest.mark.slow
 def test_same_seed_same_models_wherever_the_run_lives(tmp_path, env) -> None:
     digests = []
     for name in ("a", "b"):
@@ -161,3 +163,44 @@ def test_pyproject_is_a_flower_app_with_valid_defaults() -> None:
     cfg = FederationConfig.from_run_config(app["config"]).validate()
     assert set(cfg.to_run_config()) == set(app["config"])
     assert np.isclose(cfg.epsilon, 8.0)
+
+
+# ---- one source of defaults: FederationConfig; the CLI and the Flower App manifest are checked value by value
+
+DEPLOYMENT_DEFAULTS = {"nodes": 3}  # `coordinator run`: a deployment expects 3 nodes, not the simulation's 10
+
+
+def _cli_defaults(*path: str) -> dict[str, object]:
+    import typer
+
+    from anya_fl.cli import app as cli_app
+
+    cmd = typer.main.get_command(cli_app)
+    for name in path:
+        cmd = cmd.commands[name]
+    return {p.name: p.default for p in cmd.params}
+
+
+@pytest.mark.parametrize("command", [("simulate",), ("coordinator", "run")])
+def test_cli_option_defaults_are_federation_config_defaults(command) -> None:
+    from dataclasses import fields
+
+    defaults = FederationConfig()
+    names = {f.name for f in fields(FederationConfig)}
+    options = {k: v for k, v in _cli_defaults(*command).items() if k in names and k not in ("run_dir", "data_dir", "signing_key")}
+    # run-dir, data-dir and signing-key are paths the CLI resolves (FederationConfig holds them as strings)
+    assert len(options) >= 8, options  # the command really exposes federation settings
+    expected = {k: DEPLOYMENT_DEFAULTS.get(k, getattr(defaults, k)) if command[0] == "coordinator"
+                else getattr(defaults, k) for k in options}
+    assert options == expected
+
+
+def test_pyproject_run_config_values_are_federation_config_defaults() -> None:
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    manifest = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    defaults = FederationConfig().to_run_config()
+    paths = {"run-dir", "data-dir"}  # `flwr run .` needs places to write: runs/flwr, not the CLI's run directories
+    assert {k: v for k, v in manifest.items() if k not in paths} == {k: v for k, v in defaults.items() if k not in paths}
+    assert manifest["run-dir"] and manifest["data-dir"].startswith(manifest["run-dir"])

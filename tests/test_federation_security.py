@@ -12,10 +12,11 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from anya_fl.local_grid import FIRST_NODE_ID, LocalGrid
+from anya_fl.experiments import poisoning
+from anya_fl.experiments.local_grid import FIRST_NODE_ID, LocalGrid
 from core.data.datasets import write_federation_data
 from core.fedconfig import DECLINE_ERROR_CODE, FederationConfig
-from fl_client import attacks
+from fl_server.round_record import RoundRecord
 from fl_server.screening import ScreeningConfig, ScreeningState, screen
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,7 +66,7 @@ def test_malformed_updates_are_rejected_and_the_rest_aggregated(global_w) -> Non
     for enabled in (True, False):  # malformed updates are rejected even with screening off
         kept, events = screen(replies + bad, global_w, ScreeningConfig(enabled=enabled), ScreeningState())
         assert [int(m.metadata.src_node_id) for m in kept] == [FIRST_NODE_ID + i for i in range(4)]
-        reasons = {e["node"]: e["reason"] for e in events if e["kind"] == "rejected"}
+        reasons = {e.node: e.reason for e in events if e.kind == "rejected"}
         assert "NaN or infinite" in reasons["2001"] and "NaN or infinite" in reasons["2002"]
         assert "fraud.b: shape (5,), expected (4,)" in reasons["2003"] and "missing ['fee.w']" in reasons["2004"]
 
@@ -82,7 +83,7 @@ def test_scaled_and_flipped_updates_are_flagged_clipped_and_excluded(global_w) -
         replies = ([_reply(FIRST_NODE_ID + i, h) for i, h in enumerate(honest)]
                    + [_reply(3001, scaled), _reply(3002, flipped), _reply(3003, slightly_big)])
         kept, events = screen(replies, global_w, cfg, state)
-        kinds = {(e["node"], e["kind"]) for e in events}
+        kinds = {(e.node, e.kind) for e in events}
         assert ("3001", "flagged") in kinds and ("3002", "flagged") in kinds
         assert not any(k == "flagged" and int(n) < 3000 for n, k in kinds)  # no honest node flagged
         assert ("3003", "clipped") in kinds  # 3x the median: kept, but clipped to 2x
@@ -94,7 +95,7 @@ def test_scaled_and_flipped_updates_are_flagged_clipped_and_excluded(global_w) -
                          for h in honest + [slightly_big]])
         assert np.linalg.norm(d) <= 2.0 * hon * 1.5  # clipped to about clip_factor x the median norm
     assert state.excluded == {3001, 3002}
-    history = [{"screening": events}]
+    history = [RoundRecord.from_dict(RoundRecord(round=2, screening=events).to_dict())]  # as a resume reads it
     assert ScreeningState.from_history(history).excluded == {3001, 3002}
 
 
@@ -104,22 +105,22 @@ def test_scaled_and_flipped_updates_are_flagged_clipped_and_excluded(global_w) -
 def test_attack_wrapper_math_and_choice_of_attackers() -> None:
     g = {"w": torch.zeros(3)}
     h = {"w": torch.tensor([1.0, -2.0, 0.5])}
-    assert torch.equal(attacks.poison_update("sign-flip", g, h, seed=0)["w"], -h["w"])
-    assert torch.equal(attacks.poison_update("scaling", g, h, seed=0)["w"], 10 * h["w"])
-    noisy = attacks.poison_update("gaussian", g, h, seed=0)["w"]
-    assert torch.equal(noisy, attacks.poison_update("gaussian", g, h, seed=0)["w"]) and not torch.equal(noisy, h["w"])
+    assert torch.equal(poisoning.poison_update("sign-flip", g, h, seed=0)["w"], -h["w"])
+    assert torch.equal(poisoning.poison_update("scaling", g, h, seed=0)["w"], 10 * h["w"])
+    noisy = poisoning.poison_update("gaussian", g, h, seed=0)["w"]
+    assert torch.equal(noisy, poisoning.poison_update("gaussian", g, h, seed=0)["w"]) and not torch.equal(noisy, h["w"])
     shards = [{"w": torch.tensor([1.0, -1.0, 0.0])}, {"w": torch.tensor([3.0, -3.0, 1.0])}]
-    alie = attacks.poison_update("alie", g, h, seed=0, shard_updates=shards, z=1.5)["w"]
+    alie = poisoning.poison_update("alie", g, h, seed=0, shard_updates=shards, z=1.5)["w"]
     assert torch.allclose(alie, h["w"] - 1.5 * torch.tensor([1.0, 1.0, 0.5]))
-    assert attacks.alie_z(10, 3) == pytest.approx(0.5244, abs=1e-3)  # Baruch et al.: s = 6 - 3, z = Phi^-1(0.7)
+    assert poisoning.alie_z(10, 3) == pytest.approx(0.5244, abs=1e-3)  # Baruch et al.: s = 6 - 3, z = Phi^-1(0.7)
     y = np.array([0.0, 1.0, 1.0], np.float32)
-    assert attacks.poison_labels("fraud", y, 0).tolist() == [1.0, 0.0, 0.0]
-    assert sorted(attacks.poison_labels("fee", np.arange(5.0), 0)) == list(range(5))
-    picked = attacks.malicious_partitions(10, 0.3, 0)
-    assert len(picked) == 3 and picked == attacks.malicious_partitions(10, 0.3, 0)
-    assert attacks.is_malicious({"partition-id": next(iter(picked))}, "scaling", 0.3, 10, 0)
-    assert not attacks.is_malicious({"partition-id": next(iter(picked))}, "", 0.3, 10, 0)
-    assert attacks.is_malicious({"malicious": "true"}, "alie", 0.0, 10, 0)
+    assert poisoning.poison_labels("fraud", y, 0).tolist() == [1.0, 0.0, 0.0]
+    assert sorted(poisoning.poison_labels("fee", np.arange(5.0), 0)) == list(range(5))
+    picked = poisoning.malicious_partitions(10, 0.3, 0)
+    assert len(picked) == 3 and picked == poisoning.malicious_partitions(10, 0.3, 0)
+    assert poisoning.is_malicious({"partition-id": next(iter(picked))}, "scaling", 0.3, 10, 0)
+    assert not poisoning.is_malicious({"partition-id": next(iter(picked))}, "", 0.3, 10, 0)
+    assert poisoning.is_malicious({"malicious": "true"}, "alie", 0.0, 10, 0)
 
 
 # ---------------------------------------------------------------------------------------------- whole rounds
@@ -138,6 +139,7 @@ def _cfg(fed_data: Path, run: Path, **kw) -> FederationConfig:
                             export_models=False, **kw).validate()
 
 
+@pytest.mark.slow
 def test_a_node_sending_nan_or_wrong_shapes_does_not_crash_the_round(fed_data, tmp_path) -> None:
     from fl_client.app import app
     from fl_server.app import run_federation
@@ -157,14 +159,16 @@ def test_a_node_sending_nan_or_wrong_shapes_does_not_crash_the_round(fed_data, t
         return reply
 
     history = run_federation(LocalGrid(adversary, cfg.nodes, cfg.to_run_config()), cfg)
-    assert [h["round"] for h in history] == [1, 2]
+    assert [h.round for h in history] == [1, 2]
     for h in history:
-        rejected = {e["node"]: e["reason"] for e in h["screening"] if e["kind"] == "rejected"}
+        rejected = {e.node: e.reason for e in h.screening if e.kind == "rejected"}
         assert set(rejected) == {str(FIRST_NODE_ID), str(FIRST_NODE_ID + 1)}
         assert "NaN" in rejected[str(FIRST_NODE_ID)] and "shape (2, 2)" in rejected[str(FIRST_NODE_ID + 1)]
-        assert np.isfinite(h["global"]["fraud"]["pr_auc"])
+        assert h.rejected == list(rejected) and len(h.kept) == 3 and h.missing == 0  # rejected is not missing
+        assert np.isfinite(h.global_metrics["fraud"]["pr_auc"])
 
 
+@pytest.mark.slow
 def test_node_over_its_lifetime_budget_declines_and_the_ledger_survives_a_restart(fed_data, tmp_path) -> None:
     from flwr.supercore.task_identity import TaskIdentity
 
@@ -219,6 +223,7 @@ def _restart_check(node_dir: str) -> dict:
     return {"declined": reply.has_error(), "reason": reply.error.reason if reply.has_error() else ""}
 
 
+@pytest.mark.slow
 def test_central_dp_wraps_the_strategy_and_runs(fed_data, tmp_path) -> None:
     from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 
@@ -229,13 +234,110 @@ def test_central_dp_wraps_the_strategy_and_runs(fed_data, tmp_path) -> None:
     cfg = _cfg(fed_data, tmp_path / "cdp", dp=False, central_dp="fixed", central_noise=0.5, central_clip=0.5, rounds=1)
     assert isinstance(build_strategy(cfg), DifferentialPrivacyServerSideFixedClipping)
     history = run_federation(LocalGrid(app, cfg.nodes, cfg.to_run_config()), cfg)
-    assert np.isfinite(history[0]["global"]["fraud"]["pr_auc"])
+    assert np.isfinite(history[0].global_metrics["fraud"]["pr_auc"])
     with pytest.raises(Exception, match="central-dp"):
         _cfg(fed_data, tmp_path / "x", central_dp="loose")
 
 
+# ---------------------------------------------------------------------- the deployed ClientApp vs the attack ClientApp
+
+
+def _train_msg(server_round: int = 1) -> Message:
+    from models.params import pack
+    from models.tasks import build_model
+
+    return Message(RecordDict({"arrays": ArrayRecord(pack({"fraud": build_model("fraud", 0)})),
+                               "config": ConfigRecord({"server-round": server_round})}),
+                   dst_node_id=5, message_type="train")
+
+
+def _ctx(node_config: dict, run_config: dict) -> Context:
+    return Context(run_id=1, node_id=5, node_config=node_config, state=RecordDict(), run_config=run_config)
+
+
+@pytest.mark.slow
+def test_deployed_clientapp_refuses_attack_settings(fed_data) -> None:
+    from fl_client.app import app
+
+    node = {"data-dir": str(fed_data / "node-4")}  # not node-0: its ledgers belong to the budget test
+    honest = FederationConfig(rounds=1, local_epochs=1, tasks="fraud", dp=False, run_name="refuse").to_run_config()
+    attack = FederationConfig(rounds=1, local_epochs=1, tasks="fraud", dp=False, run_name="refuse", attack="scaling",
+                              malicious=0.3).to_run_config()
+    cases = [  # (node config, run config, the setting the refusal names)
+        ({**node, "malicious": "true"}, honest, "malicious"),
+        ({**node, "malicious": "false"}, honest, "malicious"),  # the key itself is refused, whatever its value
+        (node, attack, "attack"),
+        (node, {**honest, "malicious": 0.3}, "malicious"),
+    ]
+    for node_config, run_config, setting in cases:
+        for msg in (_train_msg(), Message(_train_msg().content, dst_node_id=5, message_type="evaluate")):
+            reply = app(msg, _ctx(node_config, run_config))
+            assert reply.has_error() and reply.error.code == DECLINE_ERROR_CODE, (setting, msg.metadata.message_type)
+            assert reply.error.reason.startswith(
+                f"{setting}: attack simulation is not part of the deployed ClientApp"), reply.error.reason
+    # the same node with the honest run config trains
+    assert not app(_train_msg(), _ctx(node, honest)).has_error()
+
+
+@pytest.mark.slow
+def test_attack_clientapp_composes_the_honest_training(fed_data) -> None:
+    """An honest node of the attack ClientApp replies exactly as the deployed ClientApp; a scaling attacker
+    sends the global model plus 10x that same honest update."""
+    from anya_fl.experiments.attack_app import app as attack_app
+    from fl_client.app import app as honest_app
+
+    node = {"data-dir": str(fed_data / "node-3")}  # not node-0: its ledgers belong to the budget test
+    base = dict(rounds=1, nodes=5, local_epochs=1, tasks="fraud", dp=False)
+    honest_cfg = FederationConfig(**base, run_name="compose-honest").to_run_config()
+    attack_cfg = FederationConfig(**base, run_name="compose-attack", attack="scaling", malicious=0.2).to_run_config()
+    global_w = {k: v.numpy() for k, v in _train_msg().content["arrays"].items()}
+
+    def weights(app, node_config: dict, run_config: dict) -> dict[str, np.ndarray]:
+        reply = app(_train_msg(), _ctx(node_config, run_config))
+        assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+        return {k: v.numpy() for k, v in reply.content["arrays"].items()}
+
+    honest = weights(honest_app, node, honest_cfg)
+    as_honest = weights(attack_app, node, attack_cfg)  # no partition among the attackers, no malicious key
+    as_attacker = weights(attack_app, {**node, "malicious": "true"}, attack_cfg)
+    for key, w0 in global_w.items():
+        np.testing.assert_array_equal(as_honest[key], honest[key])
+        np.testing.assert_allclose(as_attacker[key], w0 + poisoning.SCALE * (honest[key] - w0), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(as_attacker[key], honest[key])
+
+
+def test_fl_client_holds_no_attack_code() -> None:
+    """The deployed ClientApp (pyproject's component) imports nothing from the experiments and names no attack."""
+    import ast
+    import tomllib
+
+    from anya_fl.experiments import ATTACK_CLIENTAPP, HONEST_CLIENTAPP, clientapp_ref
+
+    components = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["components"]
+    assert components["clientapp"] == HONEST_CLIENTAPP == clientapp_ref("")
+    assert clientapp_ref("alie") == ATTACK_CLIENTAPP != HONEST_CLIENTAPP
+    files = sorted((ROOT / "fl_client").rglob("*.py"))
+    assert files
+    for path in files:
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                modules = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                modules = [node.module or ""]
+            else:
+                modules = []
+            for module in modules:
+                assert not module.startswith(("anya_fl", "fl_client.attacks")), f"{path.name} imports {module}"
+            names = [getattr(node, attr) for attr in ("id", "attr", "name", "arg") if isinstance(getattr(node, attr, None), str)]
+            for name in names:
+                assert not any(w in name.lower() for w in ("poison", "alie", "malicious", "flip", "attack")), \
+                    f"{path.name}: {name}"
+
+
+@pytest.mark.slow
 def test_robustness_table_is_written(tmp_path) -> None:
-    from anya_fl.robustness import RobustnessConfig, run_table
+    from anya_fl.experiments.robustness import RobustnessConfig, run_table
 
     cfg = RobustnessConfig(nodes=5, rounds=2, transactions=40_000, strategies=("fedavg", "screened-median"),
                            attacks=("scaling",), fractions=(0.2,))

@@ -16,6 +16,8 @@ from anya_fl import deployment as dep
 from core.errors import AnyaError
 from core.fedconfig import FederationConfig
 
+pytestmark = pytest.mark.slow  # real Flower processes / model training: seconds to a minute each
+
 
 @pytest.fixture(scope="module")
 def superlink(tmp_path_factory) -> tuple[Path, str]:

@@ -294,31 +294,73 @@ def test_after_fuzzing_the_server_still_serves_and_counted_inputs(live, world) -
     assert live["client"].get("/readyz").status_code == 200
 
 
-def test_hot_swap_to_a_promoted_version_drops_no_request(live, world) -> None:
-    c, reg = live["client"], live["registry"]
+def test_hot_swap_to_a_promoted_version_drops_no_request(live, world, monkeypatch) -> None:
+    """One client keeps predicting while fraud@2 is promoted and hot-swapped in: every request is answered 200;
+    those answered before the swap, including at least 5 answered while the new session was being built, by
+    fraud@1; every request sent after the swap by fraud@2; and never back to fraud@1 once fraud@2 answered.
+
+    Ordered by events, not by sleeping: building fraud@2's session is held until 5 requests have been answered
+    meanwhile, and the test waits for answers, not for time, so a busy machine only makes it slower."""
+    c, reg, eng = live["client"], live["registry"], live["engine"]
     body = {"rows": world["rows"]["fraud"][:2].tolist()}
-    seen: list[tuple[int, str]] = []
+    phase = ["before"]  # before -> held (v2's session waits) -> loading (v2 being built) -> swapped (sync returned)
+    seen: list[tuple[int, str, str, str]] = []  # (status, version, phase when sent, phase when answered)
+    errors: list[BaseException] = []
+    changed = threading.Condition()
     stop = threading.Event()
 
     def hammer() -> None:
-        with httpx.Client(base_url=str(c.base_url), timeout=30) as own:
-            while not stop.is_set():
-                r = own.post("/v1/fraud/predict", json=body)
-                seen.append((r.status_code, r.json().get("version", "")))
+        try:
+            with httpx.Client(base_url=str(c.base_url), timeout=30) as own:
+                while not stop.is_set():
+                    sent = phase[0]
+                    r = own.post("/v1/fraud/predict", json=body)
+                    with changed:
+                        seen.append((r.status_code, r.json().get("version", ""), sent, phase[0]))
+                        changed.notify_all()
+        except BaseException as exc:  # reported by the test, and no wait below is left hanging
+            errors.append(exc)
+        finally:
+            stop.set()
+            with changed:
+                changed.notify_all()
 
+    def wait_until(what: str, condition) -> None:
+        with changed:
+            changed.wait_for(lambda: condition() or stop.is_set())
+        assert not errors and condition(), f"the client stopped before {what}: {errors} {seen[-3:]}"
+
+    def count(sent: str, answered: str | None = None) -> int:
+        return sum(1 for _, _, s, a in seen if s == sent and (answered is None or a == answered))
+
+    real_session = eng._session
+
+    def held_session(model_bytes: bytes):
+        if phase[0] == "before":  # fraud@2's (first) session: the loaded fraud@1 must keep serving meanwhile
+            phase[0] = "held"
+            wait_until("5 answers while fraud@2 loaded", lambda: count("held", "held") >= 5)
+            phase[0] = "loading"
+        return real_session(model_bytes)
+
+    monkeypatch.setattr(eng, "_session", held_session)
     t = threading.Thread(target=hammer)
     t.start()
-    time.sleep(0.3)
-    v2 = _publish(reg, world, "fraud", 2)
-    assert live["watcher"].sync_once() == [v2.ref]
-    time.sleep(0.3)
-    stop.set()
-    t.join()
-    assert all(s == 200 for s, _ in seen) and len(seen) > 20
-    versions = [v for _, v in seen]
-    assert versions[0] == "fraud@1" and versions[-1] == v2.ref
-    first_new = versions.index(v2.ref)
-    assert all(v == v2.ref for v in versions[first_new:])  # no flapping back
+    try:
+        wait_until("5 answers before the swap", lambda: count("before") >= 5)
+        v2 = _publish(reg, world, "fraud", 2)
+        assert live["watcher"].sync_once() == [v2.ref]
+        phase[0] = "swapped"
+        wait_until("5 answers after the swap", lambda: count("swapped") >= 5)
+    finally:
+        stop.set()
+        t.join()
+    assert not errors, errors
+    assert all(status == 200 for status, *_ in seen), [x for x in seen if x[0] != 200]
+    assert all(v == "fraud@1" for _, v, sent, _ in seen if sent == "before")
+    assert all(v == "fraud@1" for _, v, _, answered in seen if answered == "held") and count("held", "held") >= 5
+    assert all(v == v2.ref for _, v, sent, _ in seen if sent == "swapped")
+    versions = [v for _, v, _, _ in seen]
+    assert versions[-1] == v2.ref and all(v == v2.ref for v in versions[versions.index(v2.ref):])  # no flapping back
 
 
 # ---------------------------------------------------------------------------------------------- torch-free

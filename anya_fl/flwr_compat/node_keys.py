@@ -19,7 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-FLWR_VERSION = "1.42"
+from anya_fl.flwr_compat import require_pinned_flwr
+
+require_pinned_flwr(__name__)
 
 
 def _list_with_keys(connection: str) -> list[dict[str, Any]]:

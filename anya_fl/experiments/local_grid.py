@@ -4,8 +4,9 @@ For experiments that run many federations (``anya-fl bench robustness``): each p
 to the ClientApp object in this process, with a per-node Context (node config with ``partition-id``,
 persistent ``state``), exactly as Flower's runtime calls it; replies carry the node's id. Nothing of our
 own is replaced: the server code (strategies, screening, checkpoints) and the ClientApp (DP training,
-health gate, attack wrapper) are the ones the simulation and deployment run. What it leaves out is
-Flower's process isolation and scheduling, which do not change any number it produces.
+health gate; the attack ClientApp of :mod:`anya_fl.experiments.attack_app` for attack runs) are the ones
+the simulation runs. What it leaves out is Flower's process isolation and scheduling, which do not
+change any number it produces.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Attack simulation: what a poisoning node does to the update it sends (for robustness experiments).
 
-A malicious node runs the same ClientApp; this wrapper changes only its training labels or the weights it
-replies with. The server sees an ordinary reply. Attacks (``attack`` in the run config):
+A malicious node runs the honest ClientApp's training (:func:`fl_client.app.train_reply`); the attack
+ClientApp (:mod:`anya_fl.experiments.attack_app`) hands it these functions as hooks, which change only its
+training labels or the weights it replies with. The server sees an ordinary reply. Attacks (``attack`` in
+the run config):
 
 - ``sign-flip``: sends the global model minus its honest update (the update reversed).
 - ``scaling``: sends the global model plus 10x its honest update.
@@ -15,8 +17,8 @@ replies with. The server sees an ordinary reply. Attacks (``attack`` in the run 
   estimated from ``ALIE_SHARDS`` updates trained on disjoint shards of its data (an approximation of
   the colluding attackers' estimate; it costs the attacker extra training).
 
-Which nodes are malicious: a seeded choice of ``round(malicious * nodes)`` partitions (simulation), or
-``malicious = true`` in a node's config (deployment experiments).
+Which nodes are malicious: a seeded choice of ``round(malicious * nodes)`` partitions, or ``malicious =
+true`` in a simulated node's config. The deployed ClientApp refuses both settings.
 """
 
 from __future__ import annotations

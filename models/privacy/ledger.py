@@ -1,4 +1,8 @@
-"""A node's DP accountant states, kept in a file in its data directory (survives restarts and resumes)."""
+"""A node's privacy ledgers: its DP accountant states per run, in files in its data directory.
+
+``<data-dir>/privacy/<run-name>.json`` holds one accountant state per task (survives restarts and
+resumes); :func:`check_lifetime_budget` sums the node's runs against its lifetime budget.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from core.errors import AnyaError, DatasetError
+from core.errors import DatasetError
 from core.storage import atomic_write_json
+from models.privacy.budget import LifetimeBudgetExceeded
 
 
 class AccountantLedger:
@@ -42,7 +47,7 @@ class AccountantLedger:
 
 def check_lifetime_budget(ledger: AccountantLedger, planned: dict[str, float], budget: float,
                           spent_of: Callable[[dict | None], float]) -> None:
-    """Refuse (BudgetError) when a task's epsilon over the node's lifetime would pass ``budget``.
+    """Refuse (:class:`LifetimeBudgetExceeded`) when a task's epsilon over the node's lifetime would pass ``budget``.
 
     Lifetime epsilon is the sum over the node's runs (basic composition across runs): what the other
     runs' ledgers in ``<data-dir>/privacy/`` spent plus ``planned[task]``, this run's total after the
@@ -54,10 +59,6 @@ def check_lifetime_budget(ledger: AccountantLedger, planned: dict[str, float], b
     for task, this_run in planned.items():
         before = sum(spent_of(o.get(task)) for o in others)
         if before + this_run > budget + 1e-9:
-            raise BudgetError(f"privacy budget: task {task} would reach a lifetime epsilon of {before + this_run:.2f} "
+            raise LifetimeBudgetExceeded(f"privacy budget: task {task} would reach a lifetime epsilon of {before + this_run:.2f} "
                               f"over this node's budget of {budget:g} ({before:.2f} spent in {len(others)} earlier "
                               f"run(s), {this_run:.2f} in this run after the coming round); the node declines to train")
-
-
-class BudgetError(AnyaError):
-    """A node whose next round would pass its lifetime privacy budget."""

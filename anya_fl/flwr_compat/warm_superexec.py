@@ -19,7 +19,7 @@ It is also where the node decides which code it runs: before Flower unpacks a ru
 this node's installed anya-fl; any other bundle is refused with the reason in the node's reply, and
 none of its files is unpacked or imported.
 
-Run it as a script (``python .../anya_fl/warm_superexec.py <flower-superexec flags>``). It relies on
+Run it as ``python -m anya_fl.flwr_compat.warm_superexec <flower-superexec flags>``. It relies on
 ``SubprocessExecutor.launch``, ``run_clientapp``'s signature and its module-level ``install_from_fab``;
 if they change, it fails at start.
 """
@@ -32,6 +32,10 @@ import os
 import signal
 import sys
 import traceback
+
+from anya_fl.flwr_compat import require_pinned_flwr
+
+require_pinned_flwr(__name__)
 
 READY_LINE = "anya-fl warm ClientApp launcher ready"
 PRELOAD = ("torch", "opacus", "fl_client.app", "flwr.supernode.runtime.run_clientapp")

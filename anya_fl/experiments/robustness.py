@@ -1,7 +1,7 @@
 """The robustness evidence table: every strategy against every attack at several shares of malicious nodes.
 
 ``anya-fl bench robustness`` runs, for each (strategy, attack, malicious share), a whole federation with the
-real ServerApp round loop and the real ClientApp (in process, :mod:`anya_fl.local_grid`) on the same
+real ServerApp round loop and the attack ClientApp (in process, :mod:`anya_fl.experiments.local_grid`) on the same
 simulated chain and seed, and records each task's primary metric of the final global model on the
 coordinator's held-out set, plus what screening flagged. The clean run (0 % malicious) is run once per
 strategy. Output: ``robustness.json``, ``robustness.png`` (heat maps of the drop from the clean run).
@@ -69,9 +69,9 @@ def run_table(cfg: RobustnessConfig, out_dir: Path, on_run: Callable[[str, dict]
     """Run the grid; write robustness.json and robustness.png under ``out_dir``; return the table."""
     import torch
 
-    from anya_fl.local_grid import LocalGrid
-    from fl_client.app import app as client_app
-    from fl_client.attacks import malicious_partitions
+    from anya_fl.experiments.attack_app import app as client_app
+    from anya_fl.experiments.local_grid import FIRST_NODE_ID, LocalGrid
+    from anya_fl.experiments.poisoning import malicious_partitions
     from fl_server.app import run_federation
 
     torch.set_num_threads(1)  # the server side (held-out evaluation) too: see fl_client.app._torch_threads
@@ -96,15 +96,14 @@ def run_table(cfg: RobustnessConfig, out_dir: Path, on_run: Callable[[str, dict]
         t0 = time.perf_counter()
         history = run_federation(LocalGrid(client_app, cfg.nodes, run_cfg.to_run_config()), run_cfg)
         last = history[-1]
-        bad_nodes = {str(1000 + p) for p in malicious_partitions(cfg.nodes, fraction, cfg.seed)} if attack else set()
-        flagged = [{e["node"] for e in h.get("screening", []) if e["kind"] in ("flagged", "rejected")} for h in history]
+        bad_nodes = {str(FIRST_NODE_ID + p) for p in malicious_partitions(cfg.nodes, fraction, cfg.seed)} if attack else set()
+        flagged = [{*h.flagged, *h.rejected} for h in history]
         row = {"strategy": strategy, "attack": attack or "none", "malicious": fraction, "seconds":
                time.perf_counter() - t0,
-               "metrics": {t: float(last["global"][t][METRIC[t]]) for t in tasks},
+               "metrics": {t: float(last.global_metrics[t][METRIC[t]]) for t in tasks},
                "flags_true": sum(len(f & bad_nodes) for f in flagged),
                "flags_false": sum(len(f - bad_nodes) for f in flagged),
-               "excluded": sorted({e["node"] for h in history for e in h.get("screening", [])
-                                   if e["kind"] == "excluded"})}
+               "excluded": sorted({node for h in history for node in h.excluded})}
         runs.append(row)
         if on_run is not None:
             on_run(name, row)
