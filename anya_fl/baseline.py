@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from core import scoring
-from core.bitcoin.features import TASK_SCHEMAS
+from core.bitcoin.features import TASK_SCHEMAS, TASKS
 from core.data.chain import ChainConfig, simulate_chain
-from core.data.datasets import TASKS, TaskSplits, task_arrays
+from core.data.datasets import TaskSplits, task_arrays
 from core.data.replay import bucket_estimates
 from core.errors import ConfigError
 from core.storage import atomic_write_json

@@ -1,7 +1,7 @@
 """`anya-fl bench`: the project's one benchmark registry.
 
-Each benchmark has a name, a unit, the seed project's quoted figure where one exists, and our target.
-Results are `{"name": {"value": x, "unit": "...", "seed": y}}`.
+Each benchmark has a name, a unit, the seed project's quoted figure where one exists (``reference``), and our
+target. Results are `{"name": {"value": x, "unit": "...", "reference": y}}`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.bitcoin.features import TASKS
 from core.errors import ConfigError
 
 
@@ -20,7 +21,7 @@ class Benchmark:
     name: str
     unit: str
     run: Callable[[], float]
-    seed: float | None = None  # the seed project's quoted figure, if any
+    reference: float | None = None  # the seed project's quoted figure, if any (not an RNG seed)
     target: float | None = None
     higher_is_better: bool = False
 
@@ -28,12 +29,12 @@ class Benchmark:
 BENCHMARKS: dict[str, Benchmark] = {}
 
 
-def benchmark(name: str, unit: str, *, seed: float | None = None, target: float | None = None,
+def benchmark(name: str, unit: str, *, reference: float | None = None, target: float | None = None,
               higher_is_better: bool = False) -> Callable[[Callable[[], float]], Callable[[], float]]:
     """Register a benchmark function returning one number."""
 
     def deco(fn: Callable[[], float]) -> Callable[[], float]:
-        BENCHMARKS[name] = Benchmark(name, unit, fn, seed, target, higher_is_better)
+        BENCHMARKS[name] = Benchmark(name, unit, fn, reference, target, higher_is_better)
         return fn
 
     return deco
@@ -44,7 +45,7 @@ def run_benchmarks(selection: list[str]) -> dict[str, dict]:
     chosen = [b for n, b in BENCHMARKS.items() if not selection or any(n == s or n.startswith(s) for s in selection)]
     if not chosen:
         raise ConfigError("names", f"no benchmark matches {selection}; see `anya-fl bench --list`")
-    return {b.name: {"value": b.run(), "unit": b.unit, "seed": b.seed, "target": b.target} for b in chosen}
+    return {b.name: {"value": b.run(), "unit": b.unit, "reference": b.reference, "target": b.target} for b in chosen}
 
 
 @benchmark("chain.simulate.1m_tx.s", "s", target=15.0)
@@ -62,7 +63,7 @@ def _simulate_million() -> float:
 
 # ---------------------------------------------------------------------------------------------- node health
 # The seed quotes 5-10 ms per AgentChecker input (1,000+ per second) and 1-5 ms per monitor record
-# (2,000+ per second); "seed" below is the better end of each range. Targets: 1,000x better.
+# (2,000+ per second); the reference below is the better end of each range. Targets: 1,000x better.
 
 def _p50_us(call: Callable[[], None], n: int = 200_000) -> float:
     """Median wall time of one call in microseconds (perf_counter_ns around each call, after a warm-up)."""
@@ -97,21 +98,21 @@ def _checker(path: str | None = None):
 _INPUT = {"rows": 1.0, "ms": 0.05}
 
 
-@benchmark("agent_checker.record_input.p50_us", "us", seed=5000.0, target=5.0)
+@benchmark("agent_checker.record_input.p50_us", "us", reference=5000.0, target=5.0)
 def _checker_p50() -> float:
     """Median time of one record_input (in-memory snapshot every 20th input), one thread."""
     c = _checker()
     return _p50_us(lambda: c.record_input("inference", _INPUT))
 
 
-@benchmark("agent_checker.record_input.per_s", "inputs/s", seed=1000.0, target=200_000.0, higher_is_better=True)
+@benchmark("agent_checker.record_input.per_s", "inputs/s", reference=1000.0, target=200_000.0, higher_is_better=True)
 def _checker_per_s() -> float:
     """record_input calls per second on one thread (in-memory snapshot every 20th input)."""
     c = _checker()
     return _per_s(lambda: c.record_input("inference", _INPUT))
 
 
-@benchmark("agent_checker.record_input.durable.per_s", "inputs/s", seed=1000.0, higher_is_better=True)
+@benchmark("agent_checker.record_input.durable.per_s", "inputs/s", reference=1000.0, higher_is_better=True)
 def _checker_durable_per_s() -> float:
     """record_input per second with durable auto-save (every 20th input written: temp file, fsync, rename)."""
     import tempfile
@@ -145,7 +146,7 @@ def _checker_threads() -> float:
     return float(8 * 100_000 - c.inputs + sum(abs(100_000 - n) for n in per_component))
 
 
-@benchmark("performance_monitor.record.p50_us", "us", seed=1000.0, target=5.0)
+@benchmark("performance_monitor.record.p50_us", "us", reference=1000.0, target=5.0)
 def _monitor_p50() -> float:
     """Median time of one PerformanceMonitor.record (histogram + counters), one thread."""
     from core.performance import PerformanceMonitor
@@ -154,7 +155,7 @@ def _monitor_p50() -> float:
     return _p50_us(lambda: m.record("predict", 0.0004))
 
 
-@benchmark("performance_monitor.record.per_s", "records/s", seed=2000.0, target=200_000.0, higher_is_better=True)
+@benchmark("performance_monitor.record.per_s", "records/s", reference=2000.0, target=200_000.0, higher_is_better=True)
 def _monitor_per_s() -> float:
     """PerformanceMonitor.record calls per second on one thread."""
     from core.performance import PerformanceMonitor
@@ -165,9 +166,8 @@ def _monitor_per_s() -> float:
 
 # ---------------------------------------------------------------------------------------------- inference
 # The seed quotes inference at 15-50 ms per request and 100-500 requests per second in 200-500 MB, and
-# model loading at 200-1000 ms; "seed" is the better end of each range.
+# model loading at 200-1000 ms; the reference is the better end of each range.
 
-_TASKS = ("fraud", "fee", "anomaly")
 
 
 def _fixture() -> dict:
@@ -190,7 +190,7 @@ def _fixture() -> dict:
     atexit.register(shutil.rmtree, root, ignore_errors=True)
     generate_signing_key(root / "keys" / "k.key", root / "keys" / "k.pub")
     reg = ModelRegistry(root / "registry", signing_key=load_private_key(root / "keys" / "k.key"))
-    for task in _TASKS:
+    for task in TASKS:
         v = reg.publish(task, export_onnx(task, build_model(task, seed=0), {"version": 1}), run="bench", round=0,
                         metrics={})
         reg.promote(v.ref, "production")
@@ -212,7 +212,7 @@ def _engine():
     fx = _fixture()
     eng = InferenceEngine()
     reg = ModelRegistry(fx["registry"], trusted_keys=[load_public_key(fx["pub"])])
-    for task in _TASKS:
+    for task in TASKS:
         eng.load_from_registry(reg, f"{task}@production")
     return eng, fx
 
@@ -235,14 +235,14 @@ def _batch(task: str) -> float:
     return 10 * len(x) / (time.perf_counter() - t0)
 
 
-for _t in _TASKS:
-    benchmark(f"inference.{_t}.single.p50_us", "us", seed=15_000.0, target=50.0)(
+for _t in TASKS:
+    benchmark(f"inference.{_t}.single.p50_us", "us", reference=15_000.0, target=50.0)(
         lambda _t=_t: _single(_t))
-    benchmark(f"inference.{_t}.batch.rows_per_s", "rows/s", seed=500.0, target=1_000_000.0, higher_is_better=True)(
+    benchmark(f"inference.{_t}.batch.rows_per_s", "rows/s", reference=500.0, target=1_000_000.0, higher_is_better=True)(
         lambda _t=_t: _batch(_t))
 
 
-@benchmark("inference.load.ms", "ms", seed=200.0, target=20.0)
+@benchmark("inference.load.ms", "ms", reference=200.0, target=20.0)
 def _load_ms() -> float:
     """Median time to load one model from the registry: read, sha256, Ed25519 check, session, probe row."""
     from core.inference.engine import InferenceEngine
@@ -253,7 +253,7 @@ def _load_ms() -> float:
     reg = ModelRegistry(fx["registry"], trusted_keys=[load_public_key(fx["pub"])])
     times = []
     for _ in range(5):
-        for task in _TASKS:
+        for task in TASKS:
             eng = InferenceEngine()
             t0 = time.perf_counter()
             eng.load_from_registry(reg, f"{task}@production")
@@ -315,7 +315,7 @@ def _http_worker(args: tuple[int, int, bytes]) -> float:
     return float(n)
 
 
-@benchmark("inference.serving.rss_mb", "MB", seed=200.0, target=150.0)
+@benchmark("inference.serving.rss_mb", "MB", reference=200.0, target=150.0)
 def _serving_rss() -> float:
     """RSS of the `anya-fl serve` process with all three models loaded, after 1,000 requests."""
     import psutil
@@ -325,7 +325,7 @@ def _serving_rss() -> float:
         return psutil.Process(srv.proc.pid).memory_info().rss / 2**20
 
 
-@benchmark("serve.http.p50_ms", "ms", seed=15.0, target=2.0)
+@benchmark("serve.http.p50_ms", "ms", reference=15.0, target=2.0)
 def _http_p50() -> float:
     """Median round trip of one-row fraud requests, one keep-alive connection on loopback (client shares cores)."""
     import http.client
@@ -344,7 +344,7 @@ def _http_p50() -> float:
         return lat[len(lat) // 2] * 1000.0
 
 
-@benchmark("serve.http.per_s", "req/s", seed=500.0, target=2000.0, higher_is_better=True)
+@benchmark("serve.http.per_s", "req/s", reference=500.0, target=2000.0, higher_is_better=True)
 def _http_per_s() -> float:
     """One-row fraud requests per second: 3 client processes, one keep-alive connection each, same 2 cores."""
     import multiprocessing as mp
@@ -357,7 +357,7 @@ def _http_per_s() -> float:
         return n / (time.perf_counter() - t0)
 
 
-@benchmark("riscv.fraud.batch.rows_per_s", "rows/s", seed=500.0, higher_is_better=True)
+@benchmark("riscv.fraud.batch.rows_per_s", "rows/s", reference=500.0, higher_is_better=True)
 def _riscv_rows() -> float:
     """The pure-NumPy (RISC-V) path on this host: fraud, float32, batches of 4,096 rows, one BLAS thread."""
     import os

@@ -15,6 +15,7 @@ from rich.markup import escape
 from anya_fl.console import anya_home, console, err_console, progress, table
 from anya_fl.models_cli import DEFAULT_REGISTRY, models_app
 from anya_fl.security_cli import DEFAULT_AUDIT_LOG, DEFAULT_STORE, audit_app, token_app
+from core.bitcoin.features import TASKS
 from core.errors import AnyaError
 from core.fedconfig import FederationConfig
 
@@ -171,7 +172,7 @@ def _report(run_dir: Path, metrics: dict, compare: bool, key_names: dict[str, st
     from fl_server.round_record import history_from_dicts
 
     hist = history_from_dicts(metrics["history"])
-    tasks = [t for t in ("fraud", "fee", "anomaly") if t in hist[-1].global_metrics]
+    tasks = [t for t in TASKS if t in hist[-1].global_metrics]
     from core.scoring import PRIMARY_METRIC as primary
 
     rows = [[h.round, *[h.global_metrics[t][primary[t]] for t in tasks], len(h.replied), len(h.failed),
@@ -661,17 +662,18 @@ def bench(
     from anya_fl.bench import BENCHMARKS, run_benchmarks
 
     if list_only:
-        console.print(table("benchmarks", ["name", "unit", "seed", "target"],
-                            [[b.name, b.unit, b.seed, b.target] for b in BENCHMARKS.values()]))
+        console.print(table("benchmarks", ["name", "unit", "seed project's figure", "target"],
+                            [[b.name, b.unit, b.reference, b.target] for b in BENCHMARKS.values()]))
         return
     results = run_benchmarks(names or [])
     rows = []
     for name, r in results.items():
         b = BENCHMARKS[name]
-        ratio = (r["value"] / b.seed if b.higher_is_better else b.seed / r["value"]) if b.seed and r["value"] else None
+        ratio = (r["value"] / b.reference if b.higher_is_better else b.reference / r["value"]) if b.reference and r["value"] else None
         met = None if b.target is None else (r["value"] >= b.target if b.higher_is_better else r["value"] <= b.target)
-        rows.append([name, r["value"], b.unit, b.seed, ratio, b.target, met])
-    console.print(table("anya-fl bench", ["benchmark", "ours", "unit", "seed", "x better", "target", "met"], rows))
+        rows.append([name, r["value"], b.unit, b.reference, ratio, b.target, met])
+    console.print(table("anya-fl bench", ["benchmark", "ours", "unit", "seed project's figure", "x better", "target",
+                                          "met"], rows))
     if json_out:
         from core.storage import atomic_write_json
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from core.agent_checker import SystemStage
 from core.scoring import PRIMARY_METRIC
 from core.storage import atomic_write_bytes
 from fl_server.round_record import RoundRecord, history_from_dicts
@@ -542,9 +543,6 @@ details > summary { cursor: pointer; font-size: 1.2em; font-weight: bold; }
 """
 
 
-STAGE_NAMES = {0: "Unavailable", 1: "Development", 2: "Production", 3: "Release"}
-
-
 def node_health_rows(history: Sequence[RoundRecord]) -> tuple[list[str], list[list[Any]]]:
     """Per round: nodes by stage, lowest readiness, declined nodes, largest RSS and least free memory."""
     cols = ["round", "stages of nodes that trained", "lowest readiness", "declined", "max RSS (MB)",
@@ -557,7 +555,8 @@ def node_health_rows(history: Sequence[RoundRecord]) -> tuple[list[str], list[li
             continue
         counts: dict[str, int] = {}
         for m in nodes:
-            name = STAGE_NAMES.get(int(m["health.stage"]), "?")
+            stage = int(m["health.stage"])
+            name = SystemStage(stage).label if stage in SystemStage._value2member_map_ else "?"
             counts[name] = counts.get(name, 0) + 1
         vals = {key: [v for m in nodes if (v := _num(m.get(key))) is not None]
                 for key in ("health.readiness", "health.rss-mb", "health.memory-available-mb")}

@@ -13,10 +13,10 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from core.agent_checker import SystemStage
+from core.bitcoin.features import TASKS
 from core.errors import ConfigError
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "krum", "multikrum", "bulyan", "median", "trimmed-mean")
-TASK_NAMES = ("fraud", "fee", "anomaly")
 
 
 ATTACKS = ("sign-flip", "scaling", "gaussian", "label-flip", "alie")  # fl_client.attacks implements them
@@ -48,7 +48,7 @@ class FederationConfig:
     server_lr: float = 0.01  # fedadam: eta (server step) and eta_l
     round_timeout: float = 600.0  # seconds the server waits for replies; late nodes are dropped
     seed: int = 0
-    tasks: str = ",".join(TASK_NAMES)
+    tasks: str = ",".join(TASKS)
     run_name: str = "run"
     run_dir: str = ""  # checkpoints, metrics and reports (the coordinator's)
     data_dir: str = ""  # simulation: node-<i> datasets and the coordinator's held-out set
@@ -118,8 +118,8 @@ class FederationConfig:
             raise bad("server-lr", "must be positive")
         if not self.round_timeout > 0:
             raise bad("round-timeout", "must be positive")
-        if not self.task_list or any(t not in TASK_NAMES for t in self.task_list):
-            raise bad("tasks", f"must name tasks from {', '.join(TASK_NAMES)}")
+        if not self.task_list or any(t not in TASKS for t in self.task_list):
+            raise bad("tasks", f"must name tasks from {', '.join(TASKS)}")
         if self.transactions < 1_000:
             raise bad("transactions", "must be at least 1000")
         SystemStage.parse(self.min_stage, "min-stage")

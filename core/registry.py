@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from core.bitcoin.features import TASKS
 from core.errors import AnyaError, ConfigError
 from core.security.audit import PROMOTE, PUBLISH, RETIRE, AuditLog
 from core.signing import (
@@ -43,7 +44,6 @@ from core.signing import (
 )
 from core.storage import atomic_write_bytes, atomic_write_json
 
-TASKS = ("fraud", "fee", "anomaly")
 STAGES = ("candidate", "production", "retired")
 SIGNED_FIELDS = ("task", "version", "sha256", "size", "run", "round", "metrics", "epsilon", "delta", "parent",
                  "created_at", "key_id")

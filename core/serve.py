@@ -40,7 +40,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from core.bitcoin.features import CONF_TARGET, TASK_SCHEMAS, Schema, fee_rows
+from core.bitcoin.features import CONF_TARGET, TASK_SCHEMAS, TASKS, Schema, fee_rows
 from core.bitcoin.parsing import parse_mempool, parse_transaction
 from core.errors import AnyaError, FeatureError
 from core.health_http import Periodic, health_router
@@ -49,7 +49,6 @@ from core.node_health import NodeHealth
 
 log = logging.getLogger(__name__)
 
-TASKS = ("fraud", "fee", "anomaly")
 DEFAULT_MAX_ROWS = 4096
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 # Arrays/objects inside one another. The deepest real request (a verbose Core transaction with prevouts) nests

@@ -34,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-TASKS = ("fraud", "fee", "anomaly")
+from core.bitcoin.features import TASKS
+
 ROWS = 10_000
 CHAIN = {"n_transactions": 30_000, "seed": 5}
 TRAIN_STEPS = 200

@@ -25,7 +25,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from core.bitcoin.features import TASK_SCHEMAS
+from core.bitcoin.features import TASK_SCHEMAS, TASKS
 from core.inference.riscv import (
     SUPPORTED_OPS,
     OnnxFormatError,
@@ -39,7 +39,6 @@ from models.tasks import task_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 RISCV_FILE = ROOT / "core" / "inference" / "riscv.py"
-TASKS = ("fraud", "fee", "anomaly")
 
 
 def _load_check():

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core.bitcoin.features import TASKS
 from core.data.chain import ChainConfig, core_transaction_json, simulate_chain
 from core.data.datasets import task_arrays
 from core.errors import ConfigError, FeatureError
@@ -29,7 +30,6 @@ from core.signing import generate_signing_key, load_private_key, load_public_key
 from models.export import export_onnx, parity
 from models.tasks import build_model, infer
 
-TASKS = ("fraud", "fee", "anomaly")
 ROOT = Path(__file__).resolve().parent.parent
 
 

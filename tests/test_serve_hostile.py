@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
-from core.bitcoin.features import TASK_SCHEMAS
+from core.bitcoin.features import TASK_SCHEMAS, TASKS
 from core.data.chain import ChainConfig, core_transaction_json, simulate_chain
 from core.data.datasets import task_arrays
 from core.health_http import BackgroundServer
@@ -38,7 +38,6 @@ from core.serve import (
 )
 from core.signing import generate_signing_key, load_private_key, load_public_key
 
-TASKS = ("fraud", "fee", "anomaly")
 MAX_BYTES = 256 * 1024  # small, so an oversized body is cheap to send
 MAX_ROWS = 64
 

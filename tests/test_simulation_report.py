@@ -22,10 +22,11 @@ from anya_fl.simulation_report import (
     summarize,
     write_html_report,
 )
+from core.bitcoin.features import TASKS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EVIL = "<script>alert('x')</script> & budget spent"
-ALL_TASKS = ("fraud", "fee", "anomaly")
+ALL_TASKS = TASKS
 
 
 def _global(task: str, rnd: int) -> dict[str, float]:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.bitcoin.features import TASK_SCHEMAS
+from core.bitcoin.features import TASK_SCHEMAS, TASKS
 from core.data.chain import ChainConfig, simulate_chain
 from core.data.datasets import FEE_TARGETS, task_arrays
 from core.errors import ConfigError
@@ -19,7 +19,7 @@ def data():
     return task_arrays(simulate_chain(ChainConfig(n_transactions=60_000, seed=3)))
 
 
-@pytest.mark.parametrize("task", ["fraud", "fee", "anomaly"])
+@pytest.mark.parametrize("task", TASKS)
 def test_normalizer_matches_numpy_twin_and_takes_raw_rows(task, data) -> None:
     x = data[task].x["test"][:500]
     schema = TASK_SCHEMAS[task]
@@ -30,7 +30,7 @@ def test_normalizer_matches_numpy_twin_and_takes_raw_rows(task, data) -> None:
     assert np.median(np.abs(z)) < 1.5
 
 
-@pytest.mark.parametrize("task", ["fraud", "fee", "anomaly"])
+@pytest.mark.parametrize("task", TASKS)
 def test_outputs_have_task_units(task, data) -> None:
     model = build_model(task, seed=1)
     out = infer(model, data[task].x["test"][:1000])

@@ -19,14 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from core.bitcoin.features import SCHEMA_VERSION, TASK_SCHEMAS, anomaly_rows, fee_rows
+from core.bitcoin.features import SCHEMA_VERSION, TASK_SCHEMAS, TASKS, anomaly_rows, fee_rows
 from core.data.categories import PROFILE_ORDER, affinity_matrix
 from core.data.chain import Chain, ChainConfig, simulate_chain
 from core.errors import ConfigError, DatasetError
 from core.seeding import categorical, stream
 from core.storage import atomic_write_json, atomic_write_npz
 
-TASKS = ("fraud", "fee", "anomaly")
 SPLITS = ("train", "val", "test")
 FEE_TARGETS = (1, 2, 3, 6, 12)
 DEFAULT_SPLIT = (0.6, 0.2, 0.2)

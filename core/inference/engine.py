@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from core.bitcoin.features import TASKS
 from core.errors import AnyaError, ConfigError, FeatureError
 from core.performance import PerformanceMonitor
 
@@ -258,7 +259,7 @@ class InferenceEngine:
         version, data = registry.load(ref)
         return self.load(version.task, data, version=version.ref, validation=validation)
 
-    def sync(self, registry: Any, tasks: tuple[str, ...] = ("fraud", "fee", "anomaly"),
+    def sync(self, registry: Any, tasks: tuple[str, ...] = TASKS,
              validation: dict[str, np.ndarray] | None = None) -> list[str]:
         """Hot-swap every task whose production version differs from the loaded one; returns what changed.
 
