@@ -81,11 +81,17 @@ def test_cli_help_lists_commands() -> None:
         (["bench", "no.such.benchmark"], "no benchmark matches"),
     ],
 )
-def test_cli_errors_name_the_setting_without_traceback(args, message) -> None:
-    proc = anya(*args)
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert message in proc.stderr
-    assert "Traceback" not in proc.stderr + proc.stdout
+def test_cli_errors_name_the_setting_without_traceback(args, message, monkeypatch, capsys) -> None:
+    """In process, through the real entry point (`anya_fl.cli.main`): no process boundary is under test here."""
+    from anya_fl.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["anya-fl", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 2, out + err
+    assert message in err
+    assert "Traceback" not in err + out and len(err.strip().splitlines()) == 1
 
 
 def test_cli_data_writes_node_datasets(tmp_path) -> None:
