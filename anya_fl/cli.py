@@ -406,7 +406,7 @@ def node(
     superlink: Annotated[str, typer.Option(help="The coordinator's SuperLink, HOST:PORT.")],
     data_dir: Annotated[Path, typer.Option(help="This node's dataset directory (from `anya-fl data`).")],
     ca: Annotated[Path | None, typer.Option(help="The coordinator's CA certificate (ca.pem).")] = None,
-    key: Annotated[Path | None, typer.Option(help="This node's private key (node-<i>.key).")] = None,
+    node_key: Annotated[Path | None, typer.Option(help="This node's private authentication key (node-<i>.key).")] = None,
     insecure: Annotated[bool, typer.Option(help="No TLS, no authentication (local trials only).")] = False,
     rpc_url: RpcUrl = None,
     rpc_cookie: RpcCookie = None,
@@ -429,8 +429,8 @@ def node(
     from core.health_http import BackgroundServer, health_app, probe_loop
     from fl_client.node_data import load_node_data
 
-    if not insecure and (ca is None or key is None):
-        raise ConfigError("ca/key", "both --ca and --key are required unless --insecure")
+    if not insecure and (ca is None or node_key is None):
+        raise ConfigError("ca/node-key", "both --ca and --node-key are required unless --insecure")
     if not probe_interval > 0:
         raise ConfigError("probe-interval", f"{probe_interval} must be > 0 seconds")
     load_node_data(data_dir)  # fail now, with a clear message, rather than inside the first round
@@ -442,7 +442,7 @@ def node(
     home = _flwr_home("node")
     home.mkdir(parents=True, exist_ok=True)
     proc = start_supernode(superlink, home, home / "supernode.log", data_dir=data_dir.resolve(), root_certificates=ca,
-                           private_key=key, insecure=insecure, node_config=rpc_config,
+                           private_key=node_key, insecure=insecure, node_config=rpc_config,
                            warn=lambda m: err_console.print(f"[yellow]{escape(m)}[/yellow]", soft_wrap=True))
     loop = probe_loop(health, probe_interval).start()
     server = None
@@ -586,7 +586,8 @@ def check(
     rpc_user: RpcUser = None,
     min_stage: Annotated[str, typer.Option(help="Stage needed to pass: development, production or release.")]
     = "production",
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON to this file ('-': print "
+                                                                "it instead of the tables).")] = None,
 ) -> None:
     """Probe this node once and print its AgentChecker report; exit 1 below --min-stage."""
     from datetime import datetime
@@ -596,8 +597,13 @@ def check(
     ok, why = health.checker.allows(health.settings.min_stage)
     rep = health.checker.report()
     health.close()
-    if as_json:
-        console.print_json(json.dumps({**rep, "min_stage": health.settings.min_stage.label, "passed": ok}))
+    doc = {**rep, "min_stage": health.settings.min_stage.label, "passed": ok}
+    if json_out is not None and str(json_out) != "-":
+        from core.storage import atomic_write_json
+
+        atomic_write_json(json_out, doc)
+    if json_out is not None and str(json_out) == "-":
+        console.print_json(json.dumps(doc))
     else:
         rows = [[c["name"], f"{c['weight']:g}", f"{100 * c['readiness']:.1f} %", str(c["inputs"]), str(c["errors"]),
                  c["reason"] or "ok"] for c in rep["components"]]

@@ -21,7 +21,7 @@ models_app = typer.Typer(
 )
 
 RegistryOpt = Annotated[Path, typer.Option("--registry", help="Registry directory.")]
-KeyOpt = Annotated[Path | None, typer.Option("--key", help="Private model-signing key (its public key is trusted).")]
+KeyOpt = Annotated[Path | None, typer.Option("--signing-key", help="Private model-signing key (its public key is trusted).")]
 TrustOpt = Annotated[list[Path] | None, typer.Option("--trust", help="Trusted public signing key (repeatable).")]
 
 

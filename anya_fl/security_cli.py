@@ -23,8 +23,8 @@ token_app = typer.Typer(help="API tokens: create one per client with a role, lis
 audit_app = typer.Typer(help="The hash-chained audit log: verify its chain, show its last records.",
                         no_args_is_help=True)
 
-StoreOpt = Annotated[Path, typer.Option("--store", help="Token store (JSON, mode 0600).")]
-LogOpt = Annotated[Path, typer.Option("--log", help="Audit log (JSONL).")]
+StoreOpt = Annotated[Path, typer.Option("--tokens", help="Token store (JSON, mode 0600).")]
+LogOpt = Annotated[Path, typer.Option("--audit-log", help="Audit log (JSONL).")]
 
 
 def _actor() -> str:

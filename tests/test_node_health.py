@@ -170,3 +170,21 @@ def test_bench_writes_health_figures_as_json(tmp_path) -> None:
     assert res["agent_checker.threads8.lost_inputs"]["value"] == 0.0
     p50 = res["performance_monitor.record.p50_us"]
     assert p50["unit"] == "us" and p50["reference"] == 1000.0 and p50["value"] > 0
+
+
+def test_check_writes_its_report_as_json_to_a_path(tmp_path) -> None:
+    """`--json PATH` means the same in every command that writes JSON (`check`, `bench`)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from anya_fl.cli import app
+
+    out = tmp_path / "report.json"
+    res = CliRunner().invoke(app, ["check", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(out.read_text())
+    assert doc["passed"] is True and doc["min_stage"] == "Production"
+    assert {c["name"] for c in doc["components"]} >= {"resources"}
+    res = CliRunner().invoke(app, ["check", "--json", "-"])
+    assert res.exit_code == 0 and json.loads(res.output)["passed"] is True

@@ -337,7 +337,7 @@ def test_cli_list_show_promote_verify_export_import(tmp_path) -> None:
     out = runner.invoke(models_app, ["promote", "fraud@1", *trust])
     assert out.exit_code == 0, out.output
     assert "fraud@1 is now production" in out.output
-    out = runner.invoke(models_app, ["promote", "fraud@2", "--stage", "production", "--key", str(tmp_path / "k.key"),
+    out = runner.invoke(models_app, ["promote", "fraud@2", "--stage", "production", "--signing-key", str(tmp_path / "k.key"),
                                      *common])
     assert out.exit_code == 0, out.output
     assert "fraud@2 is now production (fraud@1 retired)" in out.output

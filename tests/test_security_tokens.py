@@ -148,7 +148,7 @@ def test_middleware_over_http(tmp_path: Path) -> None:
 
 def test_cli_token_and_audit(tmp_path: Path) -> None:
     runner = CliRunner()
-    st, lg = ["--store", str(tmp_path / "t.json")], ["--log", str(tmp_path / "a.jsonl")]
+    st, lg = ["--tokens", str(tmp_path / "t.json")], ["--audit-log", str(tmp_path / "a.jsonl")]
     r = runner.invoke(token_app, ["create", "--role", "operator", "--name", "node-1", *st, *lg])
     assert r.exit_code == 0, r.output
     token = next(line for line in r.stdout.splitlines() if line.startswith("anya_"))

@@ -382,7 +382,7 @@ def test_serving_process_never_imports_torch(world, tmp_path) -> None:
     tokens = {}
     for role in ("operator", "viewer"):
         made = subprocess.run([sys.executable, "-m", "anya_fl.cli", "token", "create", "--role", role, "--name", role,
-                               "--store", str(store), "--log", str(audit)], cwd=ROOT, capture_output=True, text=True)
+                               "--tokens", str(store), "--audit-log", str(audit)], cwd=ROOT, capture_output=True, text=True)
         assert made.returncode == 0, made.stderr
         tokens[role] = made.stdout.strip()
     proc = subprocess.Popen([sys.executable, "-m", "anya_fl.cli", "serve", "--registry", str(reg.root), "--port",
