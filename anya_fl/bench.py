@@ -88,7 +88,7 @@ def _per_s(call: Callable[[], None], n: int = 500_000) -> float:
 
 
 def _checker(path: str | None = None):
-    from core.agent_checker import AgentChecker
+    from core.health.agent_checker import AgentChecker
 
     c = AgentChecker(autosave_path=path)
     c.register("inference", readiness=1.0)
@@ -127,7 +127,7 @@ def _checker_threads() -> float:
     """8 threads x 100,000 record_input calls: inputs missing from the final count (must be 0)."""
     import threading
 
-    from core.agent_checker import AgentChecker
+    from core.health.agent_checker import AgentChecker
 
     c = AgentChecker()
     for i in range(8):
@@ -149,7 +149,7 @@ def _checker_threads() -> float:
 @benchmark("performance_monitor.record.p50_us", "us", reference=1000.0, target=5.0)
 def _monitor_p50() -> float:
     """Median time of one PerformanceMonitor.record (histogram + counters), one thread."""
-    from core.performance import PerformanceMonitor
+    from core.health.performance import PerformanceMonitor
 
     m = PerformanceMonitor()
     return _p50_us(lambda: m.record("predict", 0.0004))
@@ -158,7 +158,7 @@ def _monitor_p50() -> float:
 @benchmark("performance_monitor.record.per_s", "records/s", reference=2000.0, target=200_000.0, higher_is_better=True)
 def _monitor_per_s() -> float:
     """PerformanceMonitor.record calls per second on one thread."""
-    from core.performance import PerformanceMonitor
+    from core.health.performance import PerformanceMonitor
 
     m = PerformanceMonitor()
     return _per_s(lambda: m.record("predict", 0.0004))
@@ -181,8 +181,8 @@ def _fixture() -> dict:
         return _CACHE["fixture"]
     from core.data.chain import ChainConfig, simulate_chain
     from core.data.datasets import task_arrays
-    from core.registry import ModelRegistry
-    from core.signing import generate_signing_key, load_private_key
+    from core.security.signing import generate_signing_key, load_private_key
+    from core.serving.registry import ModelRegistry
     from models.export import export_onnx
     from models.tasks import build_model
 
@@ -205,9 +205,9 @@ _CACHE: dict = {}
 
 
 def _engine():
-    from core.inference.engine import InferenceEngine
-    from core.registry import ModelRegistry
-    from core.signing import load_public_key
+    from core.security.signing import load_public_key
+    from core.serving.inference.engine import InferenceEngine
+    from core.serving.registry import ModelRegistry
 
     fx = _fixture()
     eng = InferenceEngine()
@@ -245,9 +245,9 @@ for _t in TASKS:
 @benchmark("inference.load.ms", "ms", reference=200.0, target=20.0)
 def _load_ms() -> float:
     """Median time to load one model from the registry: read, sha256, Ed25519 check, session, probe row."""
-    from core.inference.engine import InferenceEngine
-    from core.registry import ModelRegistry
-    from core.signing import load_public_key
+    from core.security.signing import load_public_key
+    from core.serving.inference.engine import InferenceEngine
+    from core.serving.registry import ModelRegistry
 
     fx = _fixture()
     reg = ModelRegistry(fx["registry"], trusted_keys=[load_public_key(fx["pub"])])
@@ -363,9 +363,9 @@ def _riscv_rows() -> float:
     import os
 
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    from core.inference.riscv import RiscvModel
-    from core.registry import ModelRegistry
-    from core.signing import load_public_key
+    from core.security.signing import load_public_key
+    from core.serving.inference.riscv import RiscvModel
+    from core.serving.registry import ModelRegistry
 
     fx = _fixture()
     _, data = ModelRegistry(fx["registry"], trusted_keys=[load_public_key(fx["pub"])]).load("fraud@production")

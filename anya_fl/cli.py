@@ -218,7 +218,7 @@ def coordinator_init(
     host: Annotated[list[str] | None, typer.Option(help="Host name or IP of the SuperLink (repeatable).")] = None,
 ) -> None:
     """Create the CA, the SuperLink's TLS certificate and one SuperNode key pair per node."""
-    from core.pki import init_pki
+    from core.security.pki import init_pki
 
     pki = init_pki(pki_dir, nodes, host or None)
     console.print(f"wrote the CA and server certificate for {', '.join(pki['hosts'])} in {pki_dir}")
@@ -358,7 +358,7 @@ def coordinator_run_keys(pki_dir: Path | None, signing_key: Path | None) -> tupl
     signing_key or None, line).
     """
     from core.errors import ConfigError
-    from core.pki import SIGNING_KEY
+    from core.security.pki import SIGNING_KEY
 
     if pki_dir is not None and not pki_dir.is_dir():
         raise ConfigError("pki-dir", f"{pki_dir} is not a directory (`anya-fl coordinator init DIR` writes one)")
@@ -381,7 +381,7 @@ def _registered_node_names(pki_dir: Path | None, connection: str) -> dict[str, s
 
     From the SuperLink's own record of each node's public key, so a node cannot choose its name.
     """
-    from core.pki import NODES_DIR, node_key_names
+    from core.security.pki import NODES_DIR, node_key_names
 
     if pki_dir is None or not any((pki_dir / NODES_DIR).glob("*.pub")):
         return {}
@@ -426,7 +426,7 @@ def node(
     """
     from anya_fl.deployment import start_supernode, stop_process
     from core.errors import ConfigError
-    from core.health_http import BackgroundServer, health_app, probe_loop
+    from core.health.http import BackgroundServer, health_app, probe_loop
     from fl_client.node_data import load_node_data
 
     if not insecure and (ca is None or node_key is None):
@@ -477,7 +477,7 @@ def _node_rpc_config(rpc_url: str | None, rpc_cookie: Path | None, rpc_user: str
 
 def _node_health(data_dir: Path | None, rpc_url: str | None, rpc_cookie: Path | None, rpc_user: str | None,
                  min_stage: str):
-    from core.node_health import HealthSettings, NodeHealth
+    from core.health.node_health import HealthSettings, NodeHealth
 
     if data_dir is not None and not data_dir.is_dir():
         from core.errors import ConfigError
@@ -522,11 +522,11 @@ def serve(
     import uvicorn
 
     from core.errors import ConfigError
-    from core.health_http import probe_loop
-    from core.inference.engine import EngineSettings, InferenceEngine
-    from core.registry import ModelRegistry
-    from core.serve import FastPredict, RegistryWatcher, ServeLimits, build_app, serving_health
-    from core.signing import load_public_key
+    from core.health.http import probe_loop
+    from core.security.signing import load_public_key
+    from core.serving.api import FastPredict, RegistryWatcher, ServeLimits, build_app, serving_health
+    from core.serving.inference.engine import EngineSettings, InferenceEngine
+    from core.serving.registry import ModelRegistry
 
     if max_rows < 1:
         raise ConfigError("max-rows", f"{max_rows} must be at least 1")

@@ -2,7 +2,7 @@
 
 Flower's own CLIs do the work; this module only builds their command lines and environment, runs
 them as subprocesses (each in its own session, logs to a file) and stops them by PID. Secure by
-default: TLS with the certificates of :mod:`core.pki` and SuperNode authentication (only keys
+default: TLS with the certificates of :mod:`core.security.pki` and SuperNode authentication (only keys
 registered with ``flwr supernode register`` may join). ``insecure=True`` is for loopback tests.
 
 Only the Fleet API faces the network: the SuperLink listens on loopback (its Control and Runtime
@@ -11,7 +11,7 @@ forwards the Fleet routes from the public address to it.
 
 Typical sequence (coordinator, then each node)::
 
-    pki = init_pki(pki_dir, nodes=3, hosts=["coordinator.example", "10.0.0.5"])   # core.pki
+    pki = init_pki(pki_dir, nodes=3, hosts=["coordinator.example", "10.0.0.5"])   # core.security.pki
     link = start_superlink("127.0.0.1", 9093, flwr_home, log, pki_dir=pki_dir)
     gate = start_fleet_gateway("0.0.0.0", 9092, "127.0.0.1:9093", log_gw, pki_dir=pki_dir)
     write_connection(flwr_home, "anya", "127.0.0.1:9093", root_certificates=pki_dir / "ca.pem")
@@ -49,7 +49,7 @@ import tomli_w
 
 from core.errors import AnyaError, ConfigError, DatasetError
 from core.fedconfig import FederationConfig
-from core.pki import CA_CERT, SERVER_CERT, SERVER_KEY
+from core.security.pki import CA_CERT, SERVER_CERT, SERVER_KEY
 from core.storage import atomic_write_bytes
 
 INSECURE_WARNING = ("WARNING: running without TLS and without SuperNode authentication: traffic is readable "

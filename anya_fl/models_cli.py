@@ -10,8 +10,8 @@ from rich.markup import escape
 
 from anya_fl.console import anya_home, console, table
 from core.errors import ConfigError
-from core.registry import INDEX, STAGES, ModelRegistry, ModelVersion
-from core.signing import load_private_key, load_public_key
+from core.security.signing import load_private_key, load_public_key
+from core.serving.registry import INDEX, STAGES, ModelRegistry, ModelVersion
 
 DEFAULT_REGISTRY = anya_home() / "registry"
 

@@ -20,7 +20,7 @@ from anya_fl.deployment import flower_process_env, project_root
 from core.data.datasets import write_federation_data
 from core.errors import AnyaError, ConfigError, DatasetError
 from core.fedconfig import FederationConfig
-from core.signing import generate_signing_key
+from core.security.signing import generate_signing_key
 from core.storage import atomic_write_json
 
 RUN_FILE = "run.json"

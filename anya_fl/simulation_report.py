@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from core.agent_checker import SystemStage
+from core.health.agent_checker import SystemStage
 from core.scoring import PRIMARY_METRIC
 from core.storage import atomic_write_bytes
 from fl_server.round_record import RoundRecord, history_from_dicts
@@ -473,7 +473,7 @@ def node_names(metrics: dict, key_names: Mapping[str, str] | None = None,
 
     The one place nodes are named; the console tables, ``report.html`` and ``summary.json`` all use it.
     Deployment: ``key_names`` (node id -> registered key file name, e.g. ``node-0`` for
-    ``pki/nodes/node-0.pub``; :func:`core.pki.node_key_names`), the coordinator's own record, which a
+    ``pki/nodes/node-0.pub``; :func:`core.security.pki.node_key_names`), the coordinator's own record, which a
     node cannot choose. Simulation: ``node-<partition> (<profile>)`` from the partition id Flower's
     Simulation Engine gives each node and the run's ``profiles``. Otherwise Flower's numeric node id.
     """

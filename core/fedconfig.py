@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from core.agent_checker import SystemStage
 from core.bitcoin.features import TASKS
 from core.errors import ConfigError
+from core.health.agent_checker import SystemStage
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "krum", "multikrum", "bulyan", "median", "trimmed-mean")
 

@@ -5,7 +5,7 @@ one message per node. Each node spends its DP budget in equal shares per round; 
 live in a file in the node's data directory, so epsilon keeps accumulating across rounds, restarts
 and resumed runs. A node whose budget is spent declines with an error reply that says why.
 
-Before training, the node consults its AgentChecker (:class:`core.node_health.NodeHealth`: dataset,
+Before training, the node consults its AgentChecker (:class:`core.health.node_health.NodeHealth`: dataset,
 resources and, with ``bitcoin-rpc-*`` in the node config, Bitcoin Core's sync, connections, mempool and
 fee view); below the run's ``min-stage`` it declines and names the failing components. Every reply
 carries the node's stage, readiness and resource figures (``health.*`` metrics).
@@ -32,7 +32,7 @@ from flwr.clientapp import ClientApp
 
 from core.errors import AnyaError, ConfigError
 from core.fedconfig import DECLINE_ERROR_CODE, FederationConfig
-from core.node_health import HealthSettings, NodeHealth
+from core.health.node_health import HealthSettings, NodeHealth
 from fl_client.node_data import load_node_data, node_data_dir
 
 if TYPE_CHECKING:

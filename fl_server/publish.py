@@ -13,9 +13,9 @@ from typing import Any
 from torch import nn
 
 from core.fedconfig import FederationConfig
-from core.registry import ModelRegistry
 from core.security.audit import AuditLog
-from core.signing import load_private_key
+from core.security.signing import load_private_key
+from core.serving.registry import ModelRegistry
 from core.storage import atomic_write_bytes
 from fl_server.round_record import RoundRecord
 from models.export import export_onnx

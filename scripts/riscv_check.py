@@ -2,7 +2,7 @@
 
 ``prepare DIR [--rows N]``: trains the three task models for a few steps, exports them to ONNX, writes N
 rows per task and onnxruntime's outputs for them (float32, and int8 from ``quantize_dynamic``) into DIR.
-``compare DIR``: checks the outputs that ``core/inference/riscv.py`` wrote (``<task>.<mode>.out.npy`` for
+``compare DIR``: checks the outputs that ``core/serving/inference/riscv.py`` wrote (``<task>.<mode>.out.npy`` for
 the modes in ``MODES``) against those references, prints a table and PASS/FAIL (exit code 0/1).
 ``mirror [--apt-dir DIR]``: prints the Debian mirror to build the riscv64 root from (``debian_mirror``):
 ``$ANYA_FL_DEBIAN_MIRROR``, else the first Debian archive in apt's own sources; exit code 2 and what to set

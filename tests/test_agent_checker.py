@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from core.agent_checker import AgentChecker, StageThresholds, SystemStage
-from core.autosave import AutoSaver
 from core.errors import AnyaError, ConfigError
+from core.health.agent_checker import AgentChecker, StageThresholds, SystemStage
+from core.health.autosave import AutoSaver
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -173,7 +173,7 @@ def test_eight_threads_lose_no_input_and_snapshots_are_consistent(tmp_path) -> N
 
 CHILD = r"""
 import sys
-from core.agent_checker import AgentChecker
+from core.health.agent_checker import AgentChecker
 c = AgentChecker(autosave_path=sys.argv[1], autosave_every=20)
 c.register("inputs", readiness=1.0)
 print("start", c.inputs, flush=True)

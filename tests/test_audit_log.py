@@ -12,7 +12,7 @@ import pytest
 
 from core.errors import ConfigError
 from core.security.audit import GENESIS, PUBLISH, AuditError, AuditLog, record_hash
-from core.signing import canonical_json
+from core.security.signing import canonical_json
 
 
 def _filled(tmp_path: Path, n: int = 50) -> AuditLog:

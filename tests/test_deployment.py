@@ -24,7 +24,7 @@ from core.data.chain import ChainConfig, simulate_chain
 from core.data.datasets import partition_nodes, save_dataset, task_arrays
 from core.errors import ConfigError
 from core.fedconfig import FederationConfig
-from core.pki import init_pki
+from core.security.pki import init_pki
 
 # seed 2: every split of the 20,000-transaction chain is non-empty (with some seeds a split is empty)
 DATA_SEED = 2

@@ -80,8 +80,8 @@ def test_kill_after_round_two_then_resume(tmp_path, env) -> None:
         assert all(n["health.stage"] == 3.0 and n["health.readiness"] == 1.0 for n in h["nodes"].values())
     assert "Node health per round" in (run / "report.html").read_text()
     # the final global models were exported to ONNX, signed into the run's registry and promoted
-    from core.registry import ModelRegistry
-    from core.signing import load_public_key
+    from core.security.signing import load_public_key
+    from core.serving.registry import ModelRegistry
 
     reg = ModelRegistry(run / "registry", trusted_keys=[load_public_key(run / "keys" / "model-signing.pub")])
     for task in TASKS:

@@ -10,13 +10,13 @@ import pytest
 from bitcoind_stub import FakeBitcoind
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
-from core.agent_checker import SystemStage
 from core.bitcoin.rpc import RPCConfig
 from core.data.chain import ChainConfig, simulate_chain
 from core.data.datasets import partition_nodes, save_dataset, task_arrays
 from core.fedconfig import DECLINE_ERROR_CODE, FederationConfig
-from core.health_http import BackgroundServer, health_app
-from core.node_health import HealthSettings, NodeHealth
+from core.health.agent_checker import SystemStage
+from core.health.http import BackgroundServer, health_app
+from core.health.node_health import HealthSettings, NodeHealth
 
 
 def _get(client: httpx.Client, path: str) -> httpx.Response:
@@ -88,7 +88,7 @@ def test_odd_replies_and_failing_probe_rounds_never_leave_a_stale_verdict(tmp_pa
 
     from core.bitcoin.probes import NodeProbes
     from core.bitcoin.rpc import BitcoinRPC
-    from core.health_http import Periodic, probe_loop
+    from core.health.http import Periodic, probe_loop
 
     node = FakeBitcoind().start()
     try:

@@ -1,4 +1,4 @@
-"""core.performance: histogram accuracy, hot-path validation, threads, targets, optimizer, auto-save, psutil."""
+"""core.health.performance: histogram accuracy, hot-path validation, threads, targets, optimizer, auto-save, psutil."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from core.errors import ConfigError
-from core.performance import (
+from core.health.performance import (
     BUCKET_RATIO,
     RESOURCE_KEYS,
     STAT_KEYS,

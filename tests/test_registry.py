@@ -12,8 +12,7 @@ from typer.testing import CliRunner
 
 from anya_fl.models_cli import models_app
 from core.errors import AnyaError, ConfigError
-from core.registry import ModelIntegrityError, ModelNotFound, ModelRegistry
-from core.signing import (
+from core.security.signing import (
     CanonicalJsonError,
     Ed25519PrivateKey,
     KeyFileError,
@@ -26,6 +25,7 @@ from core.signing import (
     sign,
     verify,
 )
+from core.serving.registry import ModelIntegrityError, ModelNotFound, ModelRegistry
 
 METRICS = {"auc": 0.91, "f1": 0.5}
 
@@ -307,7 +307,7 @@ def test_threads_publish_distinct_versions(tmp_path, reg) -> None:
 # -- pki and CLI ----------------------------------------------------------------------------------------------------
 
 def test_pki_creates_model_signing_key(tmp_path) -> None:
-    from core.pki import init_pki
+    from core.security.pki import init_pki
 
     pki = init_pki(tmp_path / "pki", 0, ["127.0.0.1"])
     assert pki["signing_key"] == tmp_path / "pki" / "model-signing.key"

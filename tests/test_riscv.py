@@ -1,4 +1,4 @@
-"""core/inference/riscv.py: the NumPy-only ONNX executor for RISC-V boards, against onnxruntime.
+"""core/serving/inference/riscv.py: the NumPy-only ONNX executor for RISC-V boards, against onnxruntime.
 
 Models are the task models trained 200 Adam steps (sharp outputs, like real checkpoints; the fee model has
 nonzero calibration offsets), run on 10,000 rows per task from the simulated chain. Models, rows,
@@ -26,7 +26,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from core.bitcoin.features import TASK_SCHEMAS, TASKS
-from core.inference.riscv import (
+from core.serving.inference.riscv import (
     SUPPORTED_OPS,
     OnnxFormatError,
     QTensor,
@@ -38,7 +38,7 @@ from core.inference.riscv import (
 from models.tasks import task_spec
 
 ROOT = Path(__file__).resolve().parents[1]
-RISCV_FILE = ROOT / "core" / "inference" / "riscv.py"
+RISCV_FILE = ROOT / "core" / "serving" / "inference" / "riscv.py"
 
 
 def _load_check():
@@ -341,7 +341,7 @@ def test_module_runs_standalone_with_only_stdlib_and_numpy(tmp_path, cases) -> N
 
 @pytest.mark.parametrize("raw", [True, False])
 def test_tensor_data_types_decode_like_onnx(raw) -> None:
-    from core.inference.riscv import TensorProto as RiscvTensor
+    from core.serving.inference.riscv import TensorProto as RiscvTensor
 
     samples = {
         TensorProto.FLOAT: np.float32([1.5, -2.25]), TensorProto.DOUBLE: np.float64([1.25, -3.5]),

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from anya_fl.security_cli import audit_app, token_app
 from core.errors import ConfigError
-from core.health_http import BackgroundServer
+from core.health.http import BackgroundServer
 from core.security.audit import REQUEST_REFUSED, TOKEN_CREATE, TOKEN_REVOKE, AuditLog
 from core.security.tokens import ALL_RIGHTS, INVALID_TOKEN, RIGHTS, AuthError, TokenAuth, TokenStore, authorize
 

@@ -21,12 +21,12 @@ from core.bitcoin.features import TASKS
 from core.data.chain import ChainConfig, core_transaction_json, simulate_chain
 from core.data.datasets import task_arrays
 from core.errors import ConfigError, FeatureError
-from core.health_http import BackgroundServer
-from core.inference.engine import EngineSettings, InferenceEngine, choose_providers
-from core.node_health import HealthSettings, NodeHealth
-from core.registry import ModelRegistry
-from core.serve import FastPredict, RegistryWatcher, build_app, serving_health
-from core.signing import generate_signing_key, load_private_key, load_public_key
+from core.health.http import BackgroundServer
+from core.health.node_health import HealthSettings, NodeHealth
+from core.security.signing import generate_signing_key, load_private_key, load_public_key
+from core.serving.api import FastPredict, RegistryWatcher, build_app, serving_health
+from core.serving.inference.engine import EngineSettings, InferenceEngine, choose_providers
+from core.serving.registry import ModelRegistry
 from models.export import export_onnx, parity
 from models.tasks import build_model, infer
 
@@ -367,8 +367,8 @@ def test_hot_swap_to_a_promoted_version_drops_no_request(live, world, monkeypatc
 
 
 def test_serving_process_never_imports_torch(world, tmp_path) -> None:
-    code = ("import sys; import anya_fl.cli, core.serve, core.inference.engine, core.inference.riscv, core.registry, "
-            "core.health_http, core.node_health; bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+    code = ("import sys; import anya_fl.cli, core.serving.api, core.serving.inference.engine, core.serving.inference.riscv, core.serving.registry, "
+            "core.health.http, core.health.node_health; bad = sorted(m for m in sys.modules if m.split('.')[0] in "
             "('torch', 'flwr', 'opacus', 'models', 'fl_client', 'fl_server')); print(bad); sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -23,11 +23,10 @@ from onnx import TensorProto, helper
 from core.bitcoin.features import TASK_SCHEMAS, TASKS
 from core.data.chain import ChainConfig, core_transaction_json, simulate_chain
 from core.data.datasets import task_arrays
-from core.health_http import BackgroundServer
-from core.inference.engine import InferenceEngine
-from core.node_health import HealthSettings, NodeHealth
-from core.registry import ModelRegistry
-from core.serve import (
+from core.health.http import BackgroundServer
+from core.health.node_health import HealthSettings, NodeHealth
+from core.security.signing import generate_signing_key, load_private_key, load_public_key
+from core.serving.api import (
     MAX_JSON_DEPTH,
     FastPredict,
     RegistryWatcher,
@@ -36,7 +35,8 @@ from core.serve import (
     json_too_deep,
     serving_health,
 )
-from core.signing import generate_signing_key, load_private_key, load_public_key
+from core.serving.inference.engine import InferenceEngine
+from core.serving.registry import ModelRegistry
 
 MAX_BYTES = 256 * 1024  # small, so an oversized body is cheap to send
 MAX_ROWS = 64

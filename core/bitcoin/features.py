@@ -236,7 +236,7 @@ CONF_TARGET = Column("conf_target_blocks", "blocks", "confirmation target k", (1
 FEE_SCHEMA = Schema("fee", (*MEMPOOL_SCHEMA.columns, CONF_TARGET))
 ANOMALY_SCHEMA = Schema("anomaly", (*TX_SCHEMA.columns, *MEMPOOL_SCHEMA.columns))
 FRAUD_SCHEMA = TX_SCHEMA
-TASKS = ("fraud", "fee", "anomaly")  # the one list of tasks (core/inference/riscv.py, copied alone to boards, aside)
+TASKS = ("fraud", "fee", "anomaly")  # the one list of tasks (core/serving/inference/riscv.py, copied alone to boards, aside)
 TASK_SCHEMAS: dict[str, Schema] = dict(zip(TASKS, (FRAUD_SCHEMA, FEE_SCHEMA, ANOMALY_SCHEMA), strict=True))
 
 

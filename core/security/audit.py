@@ -5,7 +5,7 @@ Each record::
     {"seq": 0, "at": "2025-01-01T00:00:00.000000Z", "actor": "...", "action": "publish", "target": "...",
      "details": {...}, "prev": "<hash of record seq-1, or 64 zeros>", "hash": "<sha256 hex>"}
 
-``hash`` is sha256 of :func:`core.signing.canonical_json` of the record without ``hash``; ``prev`` is the
+``hash`` is sha256 of :func:`core.security.signing.canonical_json` of the record without ``hash``; ``prev`` is the
 previous record's ``hash`` (itself a hex sha256), so every record commits to the whole history before it.
 Lines are written as canonical JSON. :meth:`AuditLog.verify` finds any edited byte, removed, reordered or
 inserted record and a torn last line, and names the first bad record.
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import AnyaError, ConfigError
-from core.signing import CanonicalJsonError, canonical_json
+from core.security.signing import CanonicalJsonError, canonical_json
 
 __all__ = [
     "ACTIONS",

@@ -6,7 +6,7 @@ Layout of a registry directory::
     objects/<sha256[:2]>/<sha256>.onnx    the model files, content-addressed, written atomically
 
 Each version's metadata ``{task, version, sha256, size, run, round, metrics, epsilon, delta, parent, created_at,
-key_id}`` is signed as canonical JSON (``core.signing``) when it is published. Loading a version re-checks the file
+key_id}`` is signed as canonical JSON (``core.security.signing``) when it is published. Loading a version re-checks the file
 (present, size, sha256) and the signature against the trusted keys, so a tampered file, a truncated copy or an
 edited index row is refused. Stages (candidate, production, retired) and evaluations are not signed: they change
 after publication. ``export_bundle``/``import_bundle`` ship a signed version to a node, whose registry keeps the
@@ -33,7 +33,7 @@ from typing import Any
 from core.bitcoin.features import TASKS
 from core.errors import AnyaError, ConfigError
 from core.security.audit import PROMOTE, PUBLISH, RETIRE, AuditLog
-from core.signing import (
+from core.security.signing import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
     SignatureError,

@@ -14,7 +14,7 @@ inside it but far outside the *typical* range is answered and flagged in ``out_o
 Bodies nest at most :data:`MAX_JSON_DEPTH` arrays/objects deep (checked before parsing).
 
 ``GET /v1/models`` lists what is loaded; ``/healthz``, ``/readyz`` and ``/metrics`` are the node's health
-routes (:mod:`core.health_http`). Bad input gets a 4xx whose ``error`` names the field and the problem
+routes (:mod:`core.health.http`). Bad input gets a 4xx whose ``error`` names the field and the problem
 (400 malformed or too deeply nested JSON, 404 unknown task, 413 too many rows or bytes, 422 wrong shape or
 values, 503 no model loaded); the server keeps serving. A client's bad request says nothing about the
 node, so only the engine failing on validated input (500) counts against the ``inference`` component's
@@ -43,9 +43,9 @@ from starlette.requests import ClientDisconnect
 from core.bitcoin.features import CONF_TARGET, TASK_SCHEMAS, TASKS, Schema, fee_rows
 from core.bitcoin.parsing import parse_mempool, parse_transaction
 from core.errors import AnyaError, FeatureError
-from core.health_http import Periodic, health_router
-from core.inference.engine import InferenceEngine
-from core.node_health import NodeHealth
+from core.health.http import Periodic, health_router
+from core.health.node_health import NodeHealth
+from core.serving.inference.engine import InferenceEngine
 
 log = logging.getLogger(__name__)
 

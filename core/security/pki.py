@@ -6,7 +6,7 @@ Layout of a PKI directory (``init_pki``)::
     server.pem, server.key      SuperLink TLS certificate signed by the CA, SANs for the given hosts/IPs
     nodes/node-<i>.key          SuperNode private key, OpenSSH PEM (--auth-supernode-private-key)
     nodes/node-<i>.pub          its public key, OpenSSH one-liner (`flwr supernode register`)
-    model-signing.key, .pub     Ed25519 key pair the coordinator signs published models with (core.signing);
+    model-signing.key, .pub     Ed25519 key pair the coordinator signs published models with (core.security.signing);
                                 nodes trust model-signing.pub
 
 Private keys are written with mode 0600. Only ``cryptography`` and the standard library are used.
@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from core.errors import ConfigError
-from core.signing import generate_signing_key
+from core.security.signing import generate_signing_key
 from core.storage import atomic_write_bytes
 
 DEFAULT_HOSTS = ("127.0.0.1", "localhost")

@@ -28,7 +28,7 @@ import onnxruntime as ort
 
 from core.bitcoin.features import TASKS
 from core.errors import AnyaError, ConfigError, FeatureError
-from core.performance import PerformanceMonitor
+from core.health.performance import PerformanceMonitor
 
 PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider",
              "rocm": "ROCMExecutionProvider", "openvino": "OpenVINOExecutionProvider",

@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.agent_checker import AgentChecker, Assessment, SystemStage
 from core.bitcoin.probes import NodeProbes
 from core.bitcoin.rpc import BitcoinRPC, RPCConfig
 from core.errors import ConfigError
-from core.performance import PerformanceMonitor
+from core.health.agent_checker import AgentChecker, Assessment, SystemStage
+from core.health.performance import PerformanceMonitor
 
 WEIGHTS = {"data": 2.0, "resources": 1.0, "bitcoin.sync": 3.0, "bitcoin.connection": 1.0,
            "bitcoin.mempool": 1.0, "bitcoin.fees": 0.5, "bitcoin.utxo": 0.5}

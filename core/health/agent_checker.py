@@ -11,7 +11,7 @@ weighted mean; the stage is the highest whose threshold it reaches (Development 
 ``record_input`` is the hot path: one lock, a few counters, no stage computation. Stages are
 evaluated by :meth:`update`, :meth:`evaluate`, :meth:`stage` and :meth:`report`; a change of stage is
 an event delivered to subscribers (outside the lock) and forces a snapshot. Every Nth input is
-snapshotted through :mod:`core.autosave` (the one auto-save mechanism).
+snapshotted through :mod:`core.health.autosave` (the one auto-save mechanism).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.autosave import DEFAULT_EVERY, AutoSaver
 from core.errors import ConfigError
+from core.health.autosave import DEFAULT_EVERY, AutoSaver
 
 ERROR_EMA_ALPHA = 0.05  # weight of the newest input in a component's error share (about the last 20 inputs)
 

@@ -20,8 +20,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from core.agent_checker import SystemStage
-from core.node_health import NodeHealth
+from core.health.agent_checker import SystemStage
+from core.health.node_health import NodeHealth
 
 PREFIX = "anya_fl"
 

@@ -1,6 +1,6 @@
 """One auto-save mechanism: every Nth input or change, snapshot a component's state (and write it durably).
 
-Used by :class:`core.agent_checker.AgentChecker` (inputs) and :class:`core.performance.PerformanceMonitor`
+Used by :class:`core.health.agent_checker.AgentChecker` (inputs) and :class:`core.health.performance.PerformanceMonitor`
 (configuration changes). The owner calls :meth:`AutoSaver.tick` under its own lock after each counted
 event; on every Nth tick the owner's ``state_fn`` is called (still under the owner's lock, so the state is
 consistent) and the copy is kept in memory with a timestamp. With a ``path``, the snapshot is then also

@@ -4,7 +4,7 @@
 microsecond), answers ``stats``/``report`` for the HTTP ``/metrics`` endpoint and the CLI, checks
 :class:`Target` limits, and tunes integer knobs (batch size, threads) with a small hysteresis controller.
 Knob changes are configuration changes: every ``autosave_every``-th is snapshotted through
-:class:`core.autosave.AutoSaver` (knobs, change-log tail, targets, per-operation histograms), and a monitor
+:class:`core.health.autosave.AutoSaver` (knobs, change-log tail, targets, per-operation histograms), and a monitor
 built with the same ``autosave_path`` restores them.
 """
 
@@ -22,8 +22,8 @@ from typing import Any, Literal
 
 import psutil
 
-from core.autosave import DEFAULT_EVERY, AutoSaver
 from core.errors import AnyaError, ConfigError
+from core.health.autosave import DEFAULT_EVERY, AutoSaver
 
 # --- histogram layout -------------------------------------------------------------------------------------
 PER_DECADE = 8
