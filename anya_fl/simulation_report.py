@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -737,3 +738,47 @@ def write_html_report(metrics: dict, comparison: dict | None, plots: list[Path],
                   _table(["key", "value"], [[str(k), _config_value(v)] for k, v in config.items()]), "</details>"]
     parts.append("</body></html>")
     return atomic_write_bytes(Path(out_path), ("\n".join(parts) + "\n").encode("utf-8"))
+
+
+def finish_report(run_dir: Path, metrics: dict, compare: bool, key_names: dict[str, str] | None = None,
+                  kind: str = "simulation") -> None:
+    """Print the run's tables and write plots, report.html and summary.json.
+
+    ``key_names``: Flower node id -> registered key name (deployment; see ``anya_fl.cli.coordinator``).
+    The simulation's centralized and local-only baselines run first when ``compare``.
+    """
+    from anya_fl.console import console, progress, table
+    from core.bitcoin.features import TASKS
+    from core.storage import atomic_write_json
+
+    comparison = None
+    if compare:
+        from anya_fl.comparison import compare as run_compare
+
+        with progress() as prog:
+            comparison = run_compare(run_dir, metrics, prog)
+        atomic_write_json(run_dir / "comparison.json", comparison)
+    hist = history_from_dicts(metrics["history"])
+    tasks = [t for t in TASKS if t in hist[-1].global_metrics]
+    primary = PRIMARY_METRIC
+    rows = [[h.round, *[h.global_metrics[t][primary[t]] for t in tasks], len(h.replied), len(h.failed),
+             round(h.seconds, 1)] for h in hist]
+    console.print(table("global models on the coordinator's held-out set, per round",
+                        ["round", *[f"{t} {primary[t]}" for t in tasks], "nodes ok", "declined", "seconds"], rows))
+    if comparison:
+        eps = max(v["federated"].get("epsilon", 0.0) for v in comparison.values())
+        rows = [[r[0], r[1].replace(" (higher is better)", " ↑").replace(" (lower is better)", " ↓")
+                 .replace(" (sat/vB, lower is better)", " sat/vB ↓"), *r[2:6],
+                 f"{r[6]:+.1f} %" if isinstance(r[6], float) else "-"] for r in comparison_rows(comparison)]
+        console.print(table(f"federated vs centralized vs local-only (DP, epsilon <= {eps:.2f} each, same test set)",
+                            ["task", "metric", "federated", "centralized", "local-only mean", "fed - local",
+                             "fed vs central"], rows))
+    profiles = json.loads((run_dir / "run.json").read_text()).get("profiles", []) if (run_dir / "run.json").is_file() else []
+    names = node_names(metrics, key_names, profiles)
+    console.print(table("epsilon spent per node (whole run)", *node_epsilon_rows(metrics, names)))
+    plots = plot_rounds(metrics, run_dir / "plots")
+    html = write_html_report(metrics, comparison, plots, run_dir / "report.html", title=f"anya-fl {kind} {run_dir.name}",
+                             names=names)
+    summary = summarize(metrics, names)
+    atomic_write_json(run_dir / "summary.json", summary)
+    console.print(f"wrote {run_dir / 'metrics.json'}, {len(plots)} plots in {run_dir / 'plots'}, and {html}")

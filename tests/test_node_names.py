@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from anya_fl import deployment as dep
-from anya_fl.cli import DEFAULT_PKI_DIR, _registered_node_names, coordinator_run_keys
+from anya_fl.cli.coordinator import DEFAULT_PKI_DIR, _registered_node_names, coordinator_run_keys
 from core.errors import ConfigError
 from core.security.pki import SIGNING_KEY, init_pki, node_key_names
 

@@ -10,7 +10,7 @@ import threading
 import pytest
 from typer.testing import CliRunner
 
-from anya_fl.models_cli import models_app
+from anya_fl.cli.models import models_app
 from core.errors import AnyaError, ConfigError
 from core.security.signing import (
     CanonicalJsonError,

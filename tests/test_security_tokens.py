@@ -9,7 +9,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from anya_fl.security_cli import audit_app, token_app
+from anya_fl.cli.security import audit_app, token_app
 from core.errors import ConfigError
 from core.health.http import BackgroundServer
 from core.security.audit import REQUEST_REFUSED, TOKEN_CREATE, TOKEN_REVOKE, AuditLog

@@ -32,7 +32,7 @@ def _open(registry: Path, key: Path | None, trust: list[Path] | None, *, create:
         raise ConfigError("registry", f"no model registry at {root} (give --registry DIR)")
     import getpass
 
-    from anya_fl.security_cli import DEFAULT_AUDIT_LOG
+    from anya_fl.cli.security import DEFAULT_AUDIT_LOG
     from core.security.audit import AuditLog
 
     return ModelRegistry(root, signing_key=load_private_key(key.expanduser()) if key else None,
