@@ -46,3 +46,25 @@ def test_warm_launcher_contract() -> None:
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          cwd=project_root())
     assert res.returncode == 0 and "patched" in res.stdout, res.stderr[-2000:]
+
+
+def test_task_identity_and_message_id_contract() -> None:
+    """TaskIdentity's three fields and Message.metadata's private _message_id behind message_id."""
+    from flwr.app import ConfigRecord, Message, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from anya_fl.flwr_compat.task_identity import (
+        SUPERLINK_NODE_ID,
+        assign_message_id,
+        running_on_node,
+        set_task_identity,
+    )
+
+    set_task_identity(7)
+    assert (TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id) == (7, 1, SUPERLINK_NODE_ID)
+    with running_on_node(1001):
+        assert TaskIdentity.node_id == 1001
+    assert TaskIdentity.node_id == SUPERLINK_NODE_ID
+    msg = Message(RecordDict({"c": ConfigRecord({"x": 1})}), dst_node_id=1001, message_type="query")
+    first = assign_message_id(msg)
+    assert first and msg.metadata.message_id == first and assign_message_id(msg) != first

@@ -11,14 +11,14 @@ change any number it produces.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable
 from typing import Any
 
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
+
+from anya_fl.flwr_compat.task_identity import assign_message_id, running_on_node, set_task_identity
 
 FIRST_NODE_ID = 1000
 
@@ -27,8 +27,6 @@ class LocalGrid(Grid):
     """Nodes FIRST_NODE_ID + i holding partition i; messages are answered synchronously on push."""
 
     def __init__(self, app: ClientApp, nodes: int, run_config: dict[str, Any], run_id: int = 1) -> None:
-        from flwr.supercore.task_identity import TaskIdentity
-
         self.app = app
         self.run_config = dict(run_config)
         self._run_id = run_id
@@ -36,7 +34,7 @@ class LocalGrid(Grid):
                                         node_config={"partition-id": i, "num-partitions": nodes},
                                         state=RecordDict(), run_config=self.run_config) for i in range(nodes)}
         self._replies: dict[str, Message] = {}
-        TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = run_id, 1, SUPERLINK_NODE_ID
+        set_task_identity(run_id)
 
     # Grid API ----------------------------------------------------------------------------------------
 
@@ -55,19 +53,14 @@ class LocalGrid(Grid):
         return list(self.contexts)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        from flwr.supercore.task_identity import TaskIdentity
-
         ids = []
         for msg in messages:
-            msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+            msg_id = assign_message_id(msg)
             node = int(msg.metadata.dst_node_id)
-            TaskIdentity.node_id = node  # the ClientApp runs "on" the node
-            try:
+            with running_on_node(node):
                 reply = self.app(msg, self.contexts[node])
-            finally:
-                TaskIdentity.node_id = SUPERLINK_NODE_ID
-            self._replies[msg.metadata.message_id] = reply
-            ids.append(msg.metadata.message_id)
+            self._replies[msg_id] = reply
+            ids.append(msg_id)
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:

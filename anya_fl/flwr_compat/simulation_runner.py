@@ -34,14 +34,13 @@ def ray_backend_config(ray_address: str, node_cpus: float, node_gpus: float, loc
 def main(run_dir: Path) -> int:
     from flwr.app import Context, RecordDict
     from flwr.common.config import get_fused_config_from_dir
-    from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.simulation.run_simulation import _run_simulation
     from flwr.supercore.constant import NOOP_FEDERATION_ID
     from flwr.supercore.run import Run
-    from flwr.supercore.task_identity import TaskIdentity
     from flwr.supercore.telemetry import EventType
 
     from anya_fl.experiments import clientapp_ref
+    from anya_fl.flwr_compat.task_identity import set_task_identity
     from anya_fl.simulation import load_resources, load_run, project_root
 
     cfg = load_run(run_dir)
@@ -51,9 +50,7 @@ def main(run_dir: Path) -> int:
     run.primary_task_id = 1
     run.federation_id = NOOP_FEDERATION_ID
     run.override_config = override
-    TaskIdentity.task_id = 1
-    TaskIdentity.run_id = run.run_id
-    TaskIdentity.node_id = SUPERLINK_NODE_ID
+    set_task_identity(run.run_id)
     ctx = Context(run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(),
                   run_config=get_fused_config_from_dir(app_dir, override))
     res = load_resources(run_dir)
