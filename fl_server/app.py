@@ -209,7 +209,7 @@ def run_federation(grid: Grid, cfg: FederationConfig) -> list[RoundRecord]:
         resumes.append({"from_round": ckpt.round, "weights_sha256": weights_digest(full_state(models)),
                         "saved_sha256": weights_digest(ckpt.models)})
     arrays = ArrayRecord(pack(models))
-    screen_cfg = ScreeningConfig(cfg.screening, cfg.clip_factor, cfg.flag_norm, cfg.min_cosine, cfg.exclude_after)
+    screen_cfg = ScreeningConfig.of(cfg)
     screen_state = ScreeningState.from_history(history)
     nodes_to_sample = _EligibleNodes(grid, screen_state.excluded, cfg)
 

@@ -20,16 +20,27 @@ from dataclasses import dataclass, field
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message
 
+from core.fedconfig import FederationConfig
 from fl_server.round_record import RoundRecord, ScreeningEvent
+
+_FED = FederationConfig()
 
 
 @dataclass(frozen=True)
 class ScreeningConfig:
-    enabled: bool = True
-    clip_factor: float = 3.0
-    flag_norm: float = 4.0
-    min_cosine: float = 0.0
-    exclude_after: int = 2
+    """Screening settings; the defaults are FederationConfig's (the one source of each default)."""
+
+    enabled: bool = _FED.screening
+    clip_factor: float = _FED.clip_factor
+    flag_norm: float = _FED.flag_norm
+    min_cosine: float = _FED.min_cosine
+    exclude_after: int = _FED.exclude_after
+
+    @classmethod
+    def of(cls, cfg: FederationConfig) -> ScreeningConfig:
+        """The screening settings of a run."""
+        return cls(enabled=cfg.screening, clip_factor=cfg.clip_factor, flag_norm=cfg.flag_norm,
+                   min_cosine=cfg.min_cosine, exclude_after=cfg.exclude_after)
 
 
 @dataclass
