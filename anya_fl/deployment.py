@@ -474,6 +474,13 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
+def recorded_failure(progress: dict, since: float) -> str | None:
+    """The ServerApp's one-line reason when its ``progress.json`` (already read) says it failed after ``since``."""
+    if progress.get("phase") == "failed" and progress.get("updated", 0) >= since:
+        return str(progress.get("error"))
+    return None
+
+
 def launch_run(flwr_home: Path, connection: str, cfg: FederationConfig, *, log_file: Path,
                app_dir: Path | None = None, timeout: float = 3600.0, poll_s: float = 0.5,
                on_progress: Callable[[dict], None] | None = None) -> dict:
@@ -525,8 +532,8 @@ def launch_run(flwr_home: Path, connection: str, cfg: FederationConfig, *, log_f
     progress = _read_json(run_dir / "progress.json") or {}
     metrics = _read_json(run_dir / "metrics.json") or {}
     rounds = [h.get("round") for h in metrics.get("history", [])]
-    if progress.get("phase") == "failed" and progress.get("updated", 0) >= started:  # the ServerApp said why
-        raise AnyaError(f"the run failed: {progress.get('error')} (log: {log_file})")
+    if (why := recorded_failure(progress, started)) is not None:
+        raise AnyaError(f"the run failed: {why} (log: {log_file})")
     if progress.get("phase") != "done" or progress.get("updated", 0) < started or cfg.rounds not in rounds:
         raise AnyaError(f"the run stopped before its {cfg.rounds} rounds were done (flwr exit code {proc.returncode}, "
                         f"progress {progress}); see {log_file}:\n{log_tail(log_file)}")

@@ -66,8 +66,6 @@ class FleetGateway:
         self.max_body = max_body
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self.client: httpx.AsyncClient | None = None
-        self.refused = 0
-        self.forwarded = 0
 
     def _client(self) -> httpx.AsyncClient:
         if self.client is None:
@@ -117,12 +115,10 @@ class FleetGateway:
         route = path if path in FLEET_ROUTES else None
         client = scope.get("client") or ("?", 0)
         if route is None or method != "POST":
-            self.refused += 1
             self.log(f"refused {method} {path!r} from {client[0]}: only the Fleet API is served here")
             return _json(404, "not found: this address serves only Flower's Fleet API (POST /v1/fleet/...)")
         body = await self._read_body(receive)
         if body is None:
-            self.refused += 1
             return _json(413, f"body: larger than {self.max_body:,} bytes")
         headers = [(k, v) for k, v in scope["headers"] if k.decode("latin-1").lower() not in _DROP_REQUEST]
         try:
@@ -130,7 +126,6 @@ class FleetGateway:
         except httpx.HTTPError as exc:
             self.log(f"upstream error on {route}: {type(exc).__name__}: {exc}")
             return _json(502, f"the SuperLink did not answer ({type(exc).__name__})")
-        self.forwarded += 1
         out = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in resp.headers.multi_items()
                if k.lower() not in _DROP_RESPONSE and k.lower() != "content-encoding"]
         content = resp.content  # decoded; content-encoding dropped above to match

@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from anya_fl.deployment import flower_process_env, project_root
+from anya_fl.deployment import flower_process_env, project_root, recorded_failure
 from core.data.datasets import write_federation_data
 from core.errors import AnyaError, ConfigError, DatasetError
 from core.fedconfig import FederationConfig
@@ -137,8 +137,8 @@ def check_finished(run_dir: Path, rc: int) -> dict:
             started = (run_dir / "runner.pid").stat().st_mtime  # run_flower writes it when the attempt starts
         except (OSError, json.JSONDecodeError):
             progress, started = {}, float("inf")
-        if progress.get("phase") == "failed" and progress.get("updated", 0) >= started:
-            raise AnyaError(f"the simulation failed: {progress.get('error')} (log: {run_dir / 'simulation.log'})")
+        if (why := recorded_failure(progress, started)) is not None:
+            raise AnyaError(f"the simulation failed: {why} (log: {run_dir / 'simulation.log'})")
         tail = (run_dir / "simulation.log").read_text(errors="replace").strip().splitlines()[-15:]
         raise AnyaError(f"the simulation stopped (exit code {rc}); see {run_dir / 'simulation.log'}:\n" + "\n".join(tail))
     return json.loads(metrics.read_text())

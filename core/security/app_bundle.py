@@ -104,9 +104,8 @@ def verify_app_bundle(fab: bytes, trusted_root: Path) -> dict[str, int]:
                 doc = tomllib.loads(data.decode("utf-8"))
             except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
                 raise BundleRefused(f"bundle {MANIFEST}: not valid TOML ({exc})") from None
-            mine = _trusted_manifest(root)
-            if _strip(doc) != mine:
-                theirs = _strip(doc)
+            mine, theirs = _trusted_manifest(root), _strip(doc)
+            if theirs != mine:
                 keys = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
                 raise BundleRefused(f"bundle {MANIFEST}: differs from this node's anya-fl in "
                                     f"[{', '.join(keys)}] (another app or another version)")
