@@ -34,7 +34,7 @@ from torch import Tensor
 
 from core.errors import ConfigError
 from models.privacy import accounting
-from models.privacy.accounting import ACCOUNTANTS, epsilon_spent
+from models.privacy.accounting import ACCOUNTANTS, DEFAULT_ACCOUNTANT, epsilon_spent
 from models.privacy.budget import BudgetExhausted, choose_sigma
 
 __all__ = ["BudgetExhausted", "DPConfig", "TrainConfig", "TrainResult", "epsilon_spent", "predict", "resolve_device",
@@ -49,7 +49,7 @@ class DPConfig:
     noise_multiplier: float | None = None
     max_grad_norm: float = 1.0
     delta: float = 1e-5
-    accountant: str = "prv"  # "prv" | "rdp" | "gdp" (Opacus accountants)
+    accountant: str = DEFAULT_ACCOUNTANT  # "rdp" | "prv" | "gdp" (Opacus accountants)
 
 
 @dataclass

@@ -41,6 +41,7 @@ from core import scoring
 from core.bitcoin.features import TASK_SCHEMAS
 from core.data.datasets import TaskSplits
 from core.errors import ConfigError
+from models.privacy.accounting import REPORT_ACCOUNTANT
 from models.tasks import FraudNet, build_model, infer, task_spec
 from models.training import DPConfig, TrainConfig, TrainResult, single_torch_thread, train
 
@@ -219,7 +220,7 @@ def adversarial_flip_rate(model: nn.Module, x: np.ndarray, *, method: str = "pgd
 
 
 def train_standard_fraud(data: TaskSplits, *, seed: int = 0, epsilon: float | None = None,
-                         accountant: str = "prv") -> tuple[FraudNet, TrainResult]:
+                         accountant: str = REPORT_ACCOUNTANT) -> tuple[FraudNet, TrainResult]:
     """The standard fraud recipe (TASK_SPECS["fraud"], as train_recipe / the baseline) on data's train split.
 
     Returns (model, TrainResult).
@@ -235,7 +236,7 @@ def train_standard_fraud(data: TaskSplits, *, seed: int = 0, epsilon: float | No
 
 def run_adversarial_check(seed: int = 0, epsilons: tuple[float, ...] = (8.0,), *, n_transactions: int = 60_000,
                           eps_fracs: tuple[float, ...] = (0.02, 0.05, 0.1), methods: tuple[str, ...] = METHODS,
-                          steps: int = 10, space: str = "schema", accountant: str = "prv") -> dict[str, Any]:
+                          steps: int = 10, space: str = "schema", accountant: str = REPORT_ACCOUNTANT) -> dict[str, Any]:
     """Flip rates of the standard fraud model, non-private and with DP at each epsilon, on the test split.
 
     Simulates a chain (``n_transactions``, ``seed``), trains the standard fraud recipe (TASK_SPECS["fraud"]:

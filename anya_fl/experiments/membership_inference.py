@@ -24,6 +24,7 @@ from torch import nn
 from anya_fl.experiments.fraud_rows import DP_DELTA, DP_MAX_GRAD_NORM, fraud_splits
 from core import scoring
 from core.errors import ConfigError
+from models.privacy.accounting import REPORT_ACCOUNTANT
 from models.tasks import FraudNet, fraud_loss, infer
 from models.training import DPConfig, TrainConfig, single_torch_thread, train
 
@@ -145,7 +146,7 @@ def _stratified_members(y: np.ndarray, n_train: int, illicit_share: float | None
 def run_membership_check(seed: int = 0, n_train: int = 2000, epochs: int = 200,
                          epsilons: tuple[float, ...] = (1.0, 8.0), *, n_transactions: int = 60_000,
                          hidden: tuple[int, ...] = MEMBERSHIP_HIDDEN, illicit_share: float | None = None,
-                         accountant: str = "prv") -> dict[str, Any]:
+                         accountant: str = REPORT_ACCOUNTANT) -> dict[str, Any]:
     """Membership inference against an overfit non-private fraud model and DP models on the same rows.
 
     Simulates a chain (``n_transactions``, ``seed``); draws ``n_train`` members and ``n_train`` non-members

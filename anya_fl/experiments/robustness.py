@@ -37,6 +37,14 @@ def _drop(task: str, clean: float, value: float) -> float:
 
 @dataclass(frozen=True)
 class RobustnessConfig:
+    """The robustness grid's settings (`anya-fl bench robustness`).
+
+    Deliberately not FederationConfig's defaults: the grid runs dozens of federations, so it uses a
+    smaller chain, 5 rounds, one task and no DP (DP noise would hide what an attack does to the model);
+    ``nodes``, ``local_epochs`` and ``seed`` are the federation's. Each federation it runs is a
+    FederationConfig built from these.
+    """
+
     nodes: int = 10
     rounds: int = 5
     local_epochs: int = 5

@@ -19,8 +19,12 @@ import numpy as np
 from opacus.accountants import create_accountant
 
 from core.errors import ConfigError
+from core.fedconfig import ACCOUNTANTS, DEFAULT_ACCOUNTANT
 
-ACCOUNTANTS = ("prv", "rdp", "gdp")
+__all__ = ["ACCOUNTANTS", "DEFAULT_ACCOUNTANT", "REPORT_ACCOUNTANT", "dump_history", "epsilon", "epsilon_spent",
+           "extend", "load_history", "rdp_curve", "solve_sigma"]
+
+REPORT_ACCOUNTANT = "prv"  # one-off centralized reports (baseline, membership inference, evasion): the tightest
 SIGMA_MIN = 0.3  # below this PRV gets very slow (minutes) and the privacy is meaningless anyway
 SIGMA_MAX = 1e6  # as opacus.accountants.utils.MAX_SIGMA
 EPS_REL_TOL = 0.005  # target_epsilon search stops once epsilon is within 0.5 % below the target
@@ -112,39 +116,58 @@ def _epsilon_cached(accountant: str, history: tuple[tuple[float, float, int], ..
 def solve_sigma(f: Callable[[float], float], target: float, start: float) -> tuple[float, float]:
     """Smallest-ish sigma with f(sigma) <= target, f(sigma) >= (1 - tol) * target where reachable.
 
-    f is epsilon as a decreasing function of sigma. Brackets from `start`, then interpolates in
-    log-log space (safeguarded false position), which converges in a handful of accountant calls.
+    f is epsilon as a decreasing function of sigma, close to a power law (epsilon ~ sigma^-p). From
+    `start` it steps by secants in log-log space aimed at the middle of the accepted window, until it
+    lands there or brackets the answer; a bracket then closes by safeguarded false position. A warm
+    `start` (the node's last noise multiplier) lands within the window in two or three accountant calls.
     """
-    hi = max(min(start, SIGMA_MAX), SIGMA_MIN)
-    f_hi = f(hi)
-    while f_hi > target:
-        f_prev = f_hi
-        hi = min(hi * 2.0, SIGMA_MAX)
-        f_hi = f(hi)
-        # more noise no longer helps (a resumed history's own epsilon, or the accountant's resolution)
-        if f_hi > target and (hi >= SIGMA_MAX or f_hi > 0.999 * f_prev):
-            raise ConfigError("target_epsilon", f"{target:g} is too small to reach with any noise multiplier")
-    if f_hi >= (1.0 - EPS_REL_TOL) * target:
-        return hi, f_hi
-    lo, f_lo = hi, f_hi
-    while f_lo <= target:
-        if lo <= SIGMA_MIN:
-            return lo, f_lo  # even the least noise we allow stays under the target
-        hi, f_hi = lo, f_lo
-        lo = max(lo / 1.25, SIGMA_MIN)
-        f_lo = f(lo)
-    # invariant: lo < hi, f(lo) > target >= f(hi)
-    for _ in range(60):
-        if f_hi >= (1.0 - EPS_REL_TOL) * target or hi / lo - 1.0 < 1e-9:
-            break
-        t = 0.5
-        if math.isfinite(f_lo) and f_lo > 0 and f_hi > 0:
-            a, b = math.log(f_lo / target), math.log(f_hi / target)
-            t = min(max(a / (a - b), 0.05), 0.95)
-        mid = math.exp(math.log(lo) + t * (math.log(hi) - math.log(lo)))
-        f_mid = f(mid)
-        if f_mid > target:
-            lo, f_lo = mid, f_mid
+    aim = (1.0 - EPS_REL_TOL / 2) * target
+
+    def accepted(value: float) -> bool:
+        return (1.0 - EPS_REL_TOL) * target <= value <= target
+
+    s = max(min(start, SIGMA_MAX), SIGMA_MIN)
+    fs = f(s)
+    lo: tuple[float, float] | None = None  # (sigma, f) with f > target
+    hi: tuple[float, float] | None = None  # (sigma, f) with f <= target
+    prev: tuple[float, float] | None = None
+    for _ in range(80):
+        if accepted(fs):
+            return s, fs
+        if fs > target:
+            lo = (s, fs)
+            if s >= SIGMA_MAX or (prev is not None and prev[0] < s and fs > 0.999 * prev[1]):
+                # more noise no longer helps (a resumed history's own epsilon, or the accountant's resolution)
+                raise ConfigError("target_epsilon", f"{target:g} is too small to reach with any noise multiplier")
         else:
-            hi, f_hi = mid, f_mid
-    return hi, f_hi
+            hi = (s, fs)
+            if s <= SIGMA_MIN:
+                return s, fs  # even the least noise we allow stays under the target
+        secant = None  # the next sigma from the last two points, in log-log space
+        if prev is not None and prev[1] > 0 and fs > 0 and prev[0] != s and math.isfinite(prev[1]) and math.isfinite(fs):
+            p = -math.log(fs / prev[1]) / math.log(s / prev[0])
+            if p > 0:
+                secant = s * (fs / aim) ** (1.0 / min(max(p, 0.25), 8.0))
+        if lo is not None and hi is not None:
+            if hi[0] / lo[0] - 1.0 < 1e-9:
+                break
+            if secant is not None and lo[0] < secant < hi[0]:
+                nxt = secant
+            else:  # safeguarded false position on the bracket
+                t = 0.5
+                if math.isfinite(lo[1]) and lo[1] > 0 and hi[1] > 0:
+                    a, b = math.log(lo[1] / aim), math.log(hi[1] / aim)
+                    t = min(max(a / (a - b), 0.05), 0.95)
+                nxt = math.exp(math.log(lo[0]) + t * (math.log(hi[0]) - math.log(lo[0])))
+        elif secant is not None:
+            nxt = s * min(max(secant / s, 0.25), 4.0)
+        else:  # first step: epsilon falls roughly as sigma^-2 for the noise levels DP-SGD uses
+            nxt = s * min(max((fs / aim) ** 0.5 if fs > 0 and math.isfinite(fs) else 2.0, 0.25), 4.0)
+        prev = (s, fs)
+        s = max(min(nxt, SIGMA_MAX), SIGMA_MIN)
+        fs = f(s)
+    if fs <= target:
+        return s, fs
+    if hi is None:
+        raise ConfigError("target_epsilon", f"{target:g} is not reachable: the accountant did not converge")
+    return hi

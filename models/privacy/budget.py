@@ -44,6 +44,17 @@ def run_budget_spent(spent: float, target: float) -> bool:
     return spent >= (1.0 - EPS_REL_TOL) * target
 
 
+def warm_start(history: History, q: float) -> float:
+    """Where the noise search starts: a node's noise falls smoothly from round to round, so the last
+    two rounds' multipliers (at the same sampling rate) extrapolate to near the answer."""
+    if not history:
+        return 1.0
+    last = history[-1][0]
+    if len(history) >= 2 and history[-2][1] == history[-1][1] == q:
+        return min(max(last * last / history[-2][0], 0.5 * last), last)
+    return last
+
+
 def choose_sigma(dp: DPConfig, history: History, q: float, steps: int) -> float:
     """Noise multiplier for this run: given directly, or solved so the cumulative epsilon meets the target."""
     if dp.accountant == "gdp" and history and dp.noise_multiplier is None:
@@ -74,15 +85,15 @@ def choose_sigma(dp: DPConfig, history: History, q: float, steps: int) -> float:
     def f(s: float) -> float:
         return epsilon(dp.accountant, extend(history, s, q, steps), dp.delta)
 
-    start = 1.0
+    start = warm_start(history, q)
     if dp.accountant == "prv":
         # RDP's epsilon is a looser bound than PRV's and ~20x cheaper: its sigma starts the PRV search
         # close to (just above) the answer. Only a hint: RDP may rate a resumed history above the target.
         if epsilon("rdp", history, dp.delta) < target:
             try:
-                start, _ = solve_sigma(lambda s: epsilon("rdp", extend(history, s, q, steps), dp.delta), target, 1.0)
+                start, _ = solve_sigma(lambda s: epsilon("rdp", extend(history, s, q, steps), dp.delta), target, start)
             except ConfigError:
-                start = 1.0
+                pass
     try:
         sigma, _ = solve_sigma(f, target, start)
     except ConfigError:
