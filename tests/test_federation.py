@@ -205,3 +205,13 @@ def test_pyproject_run_config_values_are_federation_config_defaults() -> None:
     paths = {"run-dir", "data-dir"}  # `flwr run .` needs places to write: runs/flwr, not the CLI's run directories
     assert {k: v for k, v in manifest.items() if k not in paths} == {k: v for k, v in defaults.items() if k not in paths}
     assert manifest["run-dir"] and manifest["data-dir"].startswith(manifest["run-dir"])
+
+
+def test_dp_training_default_accountant_is_the_federation_default() -> None:
+    """One default accountant for every DP training; the one-off reports name theirs (PRV) explicitly."""
+    from anya_fl.baseline import BaselineConfig
+    from models.privacy.accounting import REPORT_ACCOUNTANT
+    from models.training import DPConfig
+
+    assert DPConfig().accountant == FederationConfig().accountant == "rdp"
+    assert BaselineConfig().accountant == REPORT_ACCOUNTANT == "prv"
