@@ -1,8 +1,9 @@
 """Plots, tables and a self-contained HTML report for one federated run (``<run_dir>/metrics.json``).
 
 Reads only the metrics dict the coordinator writes, its rounds as :class:`~fl_server.round_record.RoundRecord`
-(and, optionally, a federated / centralized / local-only comparison dict), so it needs neither torch
-nor Flower. Every optional key may be missing: what is absent is skipped, never guessed.
+(and, optionally, a federated / centralized / local-only comparison dict, with the fee three-way table
+under ``FEE_ESTIMATORS``), so it needs neither torch nor Flower. Every optional key may be missing: what
+is absent is skipped, never guessed.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ COMPARISON_COLUMNS = [
     "epsilon",
 ]
 _VARIANT_NAMES = {"federated": "federated", "centralized": "centralized", "local_only_mean": "local-only"}
+# Key of the comparison dict holding the fee three-way table (final global fee model vs Core-style vs
+# mempool.space-style, ``anya_fl.fee_comparison.compare_fee_estimators``'s dict); every other key is a task.
+FEE_ESTIMATORS = "fee_estimators"
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -402,7 +406,7 @@ def comparison_rows(comparison: dict) -> list[list]:
     """
     rows: list[list] = []
     for task, block in comparison.items():
-        if not isinstance(block, dict):
+        if task == FEE_ESTIMATORS or not isinstance(block, dict):
             continue
         fed_block = block.get("federated") or {}
         metrics = COMPARISON_METRICS.get(task) or [k for k, v in fed_block.items() if k != "epsilon" and _num(v) is not None]
@@ -605,6 +609,67 @@ def _config_value(v: Any) -> Any:
     return v
 
 
+def fee_estimator_rows(records: Sequence[Mapping[str, Any]], row_keys: Sequence[str],
+                       targets: Sequence[int]) -> tuple[list[str], list[list[Any]]]:
+    """Columns and rows of one fee table: per group (``row_keys``), a hit-rate row and an overpayment row,
+    one column per k and one for all k (records as ``compare_fee_estimators`` writes them)."""
+    groups: dict[tuple, dict[str, Mapping[str, Any]]] = {}
+    for r in records:
+        if isinstance(r, Mapping):
+            groups.setdefault(tuple(r.get(key) for key in row_keys), {})[str(r.get("k"))] = r
+    cols = [*row_keys, "metric", "rows", *(f"k={k}" for k in targets), "all k"]
+    rows: list[list[Any]] = []
+    for key, by_k in groups.items():
+        label = [f"{v:.0%}" if isinstance(v, float) else v for v in key]
+        total = by_k.get("all", {}).get("rows")
+        for metric, name in (("hit_rate", "hit rate"), ("median_overpay_sat_vb", "median overpay (sat/vB)")):
+            cells = [_num(by_k[str(k)].get(metric)) if str(k) in by_k else None for k in [*targets, "all"]]
+            rows.append([*(label if name == "hit rate" else [""] * len(label)), name,
+                         total if name == "hit rate" else "", *cells])
+    return cols, rows
+
+
+def fee_estimator_html(result: Mapping[str, Any]) -> list[str]:
+    """The report's fee section: overall, per congestion phase, and Core-style per confidence level."""
+    targets = [int(k) for k in result.get("targets") or []]
+    model = result.get("federated_estimator") or "the federated model"
+    phases = "; ".join(f"{_e(p)}: {_e(d)}" for p, d in (result.get("phase_definition") or {}).items()
+                       if p != "block_vsize")
+    fallback = _num((result.get("fallback_share") or {}).get("Core-style buckets"))
+    parts = ["<h2>Fee estimators on the same replay</h2>",
+             f'<p class="note">{_e(model)} (the final global fee model'
+             + (f", round {_e(result['round'])}" if result.get("round") is not None else "")
+             + ") against Core-style buckets (<code>estimatesmartfee</code>) and mempool.space-style recommended "
+             f"fees, on the coordinator's {_e(_fmt(result.get('rows')))} held-out fee test rows. A row is a hit when "
+             "the estimate is at least the lowest rate that entered one of the next k blocks; overpayment is "
+             "estimate − required on hits and 0 on misses, as its median."
+             + (f" Core-style had no estimate (fallback fee) on {_e(f'{fallback:.1%}')} of rows." if fallback is not None
+                else "") + "</p>"]
+    for title, key, row_keys, text_cols in (("Per confirmation target", "overall", ["estimator"], 2),
+                                            ("Per congestion phase", "by_phase", ["phase", "estimator"], 3),
+                                            ("Core-style estimaterawfee per confidence level (shortest horizon "
+                                             "tracking k)", "core_confidence", ["confidence"], 2)):
+        records = result.get(key) or []
+        if not records:
+            continue
+        cols, rows = fee_estimator_rows(records, row_keys, targets)
+        n = len(row_keys) + 2  # labels, metric and rows columns; then one figure per k
+        text = [[*(_fmt(v) if v is None or isinstance(v, int) else str(v) for v in row[:n]),
+                 *("–" if v is None else f"{v:.3f}" if row[n - 2] == "hit rate" else f"{v:.2f}" for v in row[n:])]
+                for row in rows]
+        if key == "core_confidence":  # what share of rows each level answered with the fallback fee
+            share = {f"{r['confidence']:.0%}": _num(r.get("fallback_share")) for r in records
+                     if isinstance(r, Mapping) and r.get("k") == "all" and isinstance(r.get("confidence"), float)}
+            cols.append("fallback share")
+            text = [[*row, "" if row[1] != "hit rate" or share.get(row[0]) is None else f"{share[row[0]]:.1%}"]
+                    for row in text]
+        parts.append(f"<h3>{_e(title)}</h3>")
+        if key == "by_phase" and phases:
+            parts.append(f'<p class="note">{phases}.</p>')
+        parts.append(_table(cols, text, raw=True, text_cols=text_cols))
+    return parts
+
+
 def write_html_report(metrics: dict, comparison: dict | None, plots: list[Path], out_path: Path, title: str,
                       names: Mapping[str, str] | None = None) -> Path:
     """One self-contained HTML page (PNG figures inline as base64, no scripts, no external resources).
@@ -653,6 +718,11 @@ def write_html_report(metrics: dict, comparison: dict | None, plots: list[Path],
         else:
             parts.append('<p class="note">No comparable metrics.</p>')
 
+    # Fee: the federated fee model against the reference estimators on the same replay.
+    fee = (comparison or {}).get(FEE_ESTIMATORS)
+    if isinstance(fee, dict):
+        parts += fee_estimator_html(fee)
+
     # Figures.
     if plots:
         parts.append("<h2>Figures</h2>")
@@ -661,6 +731,8 @@ def write_html_report(metrics: dict, comparison: dict | None, plots: list[Path],
     # Local-only baselines, per node (the details behind the comparison's local-only mean).
     local_tables = []
     for task, block in (comparison or {}).items():
+        if task == FEE_ESTIMATORS:
+            continue
         local = [r for r in (block.get("local_only") or []) if isinstance(r, dict)] if isinstance(block, dict) else []
         if local:
             cols = list(dict.fromkeys(k for r in local for k in r))
@@ -766,13 +838,22 @@ def finish_report(run_dir: Path, metrics: dict, compare: bool, key_names: dict[s
     console.print(table("global models on the coordinator's held-out set, per round",
                         ["round", *[f"{t} {primary[t]}" for t in tasks], "nodes ok", "declined", "seconds"], rows))
     if comparison:
-        eps = max(v["federated"].get("epsilon", 0.0) for v in comparison.values())
+        eps = max((v["federated"].get("epsilon", 0.0) for t, v in comparison.items() if t != FEE_ESTIMATORS),
+                  default=0.0)
         rows = [[r[0], r[1].replace(" (higher is better)", " ↑").replace(" (lower is better)", " ↓")
                  .replace(" (sat/vB, lower is better)", " sat/vB ↓"), *r[2:6],
                  f"{r[6]:+.1f} %" if isinstance(r[6], float) else "-"] for r in comparison_rows(comparison)]
         console.print(table(f"federated vs centralized vs local-only (DP, epsilon <= {eps:.2f} each, same test set)",
                             ["task", "metric", "federated", "centralized", "local-only mean", "fed - local",
                              "fed vs central"], rows))
+        if isinstance(comparison.get(FEE_ESTIMATORS), dict):
+            from anya_fl.fee_comparison import render_tables
+
+            fee = comparison[FEE_ESTIMATORS]
+            console.print(f"fee: the final global fee model (round {fee.get('round', '?')}) against the reference "
+                          "estimators, same replay, coordinator's held-out fee test rows")
+            for t in render_tables(fee):
+                console.print(t)
     profiles = json.loads((run_dir / "run.json").read_text()).get("profiles", []) if (run_dir / "run.json").is_file() else []
     names = node_names(metrics, key_names, profiles)
     console.print(table("epsilon spent per node (whole run)", *node_epsilon_rows(metrics, names)))

@@ -1,4 +1,4 @@
-"""`anya-fl bench`: the benchmark registry, and the robustness table."""
+"""`anya-fl bench`: the benchmark registry, the robustness table and the fee-estimator benchmark."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from anya_fl.cli.app import _parse_floats
+from anya_fl.cli.app import _FED, _parse_floats
 from anya_fl.console import console, progress, table
 
 
@@ -17,26 +17,41 @@ def bench(
     list_only: Annotated[bool, typer.Option("--list", help="List benchmarks and exit.")] = False,
     out: Annotated[Path, typer.Option(help="robustness: output directory.")] = Path("runs/robustness"),
     tasks: Annotated[str, typer.Option(help="robustness: tasks (comma-separated).")] = "fraud",
-    rounds: Annotated[int, typer.Option(help="robustness: rounds per federation.")] = 5,
+    rounds: Annotated[int | None, typer.Option(help="robustness, fee: rounds per federation (default: 5; fee: "
+                                                f"the simulation's {_FED.rounds}).")] = None,
     local_epochs: Annotated[int, typer.Option(help="robustness: local epochs per round.")] = 5,
     strategies: Annotated[str | None, typer.Option(help="robustness: strategies (default: all).")] = None,
     attacks: Annotated[str | None, typer.Option(help="robustness: attacks (default: all).")] = None,
     fractions: Annotated[str, typer.Option(help="robustness: malicious shares.")] = "0.1,0.2,0.3",
     dp: Annotated[bool, typer.Option(help="robustness: DP-SGD on the nodes.")] = False,
+    seeds: Annotated[str, typer.Option(help="fee: RNG seeds, one federation each (comma-separated).")] = "0,1,2",
+    transactions: Annotated[int | None, typer.Option(help="fee: simulated chain size (default: the simulation's "
+                                                          f"{_FED.transactions:,}).")] = None,
+    nodes: Annotated[int | None, typer.Option(help=f"fee: nodes per federation (default: {_FED.nodes}).")] = None,
+    epsilon: Annotated[float | None, typer.Option(help="fee: DP budget per node and run (default: "
+                                                       f"{_FED.epsilon:g}).")] = None,
 ) -> None:
     """Run named benchmarks; print ours next to the seed's figure and the target.
 
     `anya-fl bench robustness` runs the robustness evidence table instead (every strategy against every
     attack and malicious share; writes OUT/robustness.json and OUT/robustness.png).
+
+    `anya-fl bench fee` runs the fee-estimator benchmark: per seed a DP federation of the fee model, scored
+    with the Core-style and mempool.space-style estimators on the same replay (`--json` writes its figures).
     """
     if names == ["robustness"]:
-        _robustness(out, tasks, rounds, local_epochs, strategies, attacks, fractions, dp)
+        _robustness(out, tasks, 5 if rounds is None else rounds, local_epochs, strategies, attacks, fractions, dp)
+        return
+    if names == ["fee"]:
+        _fee(seeds, transactions, nodes, rounds, epsilon, json_out)
         return
     from anya_fl.bench import BENCHMARKS, run_benchmarks
 
     if list_only:
         console.print(table("benchmarks", ["name", "unit", "seed project's figure", "target"],
                             [[b.name, b.unit, b.reference, b.target] for b in BENCHMARKS.values()]))
+        console.print("tables: `anya-fl bench robustness` (strategies x attacks), `anya-fl bench fee` (the federated "
+                      "fee model vs Core-style vs mempool.space-style, per seed)")
         return
     results = run_benchmarks(names or [])
     rows = []
@@ -85,3 +100,20 @@ def _robustness(out: Path, tasks: str, rounds: int, local_epochs: int, strategie
         console.print(table(f"{task}: {result['primary_metric'][task]} of the final global model", ["attack", *strat],
                             rows))
     console.print(f"wrote {out / 'robustness.json'} and {out / 'robustness.png'}")
+
+
+def _fee(seeds: str, transactions: int | None, nodes: int | None, rounds: int | None, epsilon: float | None,
+         json_out: Path | None) -> None:
+    from anya_fl.experiments import fee_bench
+
+    chosen = fee_bench.parse_seeds(seeds)
+    settings = {"transactions": transactions, "nodes": nodes, "rounds": rounds, "epsilon": epsilon}
+    with progress() as prog:
+        result = fee_bench.run_fee_bench(chosen, progress=prog, **{k: v for k, v in settings.items() if v is not None})
+    for renderable in fee_bench.render_bench(result):
+        console.print(renderable)
+    if json_out:
+        from core.storage import atomic_write_json
+
+        atomic_write_json(json_out, result["metrics"])
+        console.print(f"wrote {json_out}")
