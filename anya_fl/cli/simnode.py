@@ -1,0 +1,154 @@
+"""`anya-fl simnode`: a simulated Bitcoin Core node to point `anya-fl check` and `anya-fl node` at."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.text import Text
+
+from anya_fl.console import console
+
+if TYPE_CHECKING:
+    from anya_fl.simnode import SimNode
+
+DEFAULT_DATADIR = Path(".anya-fl/simnode")
+# SimNodeConfig settings -> the option that sets them (errors name the option)
+_OPTION = {"seed": "seed", "profile": "profile", "transactions": "transactions", "speed": "speed",
+           "rpcuser": "rpcuser", "rpcpassword": "rpcpassword", "cookie_dir": "datadir", "start_block": "start-block",
+           "warmup_s": "warmup", "maxmempool_mb": "maxmempool", "replacement_share": "replacements",
+           "block_weight_limit": "block-weight"}
+
+
+def simnode(
+    seed: Annotated[int, typer.Option(help="Seed of the simulated chain (same seed: same blocks, txids, hashes).")]
+    = 0,
+    profile: Annotated[str, typer.Option(help="Whose node: exchange, merchant, hobbyist or miner (its own "
+                                              "transactions, for --labels).")] = "merchant",
+    transactions: Annotated[int, typer.Option(help="Transactions in the simulated chain (200,000: about 18 "
+                                                   "simulated hours of arrivals).")] = 200_000,
+    speed: Annotated[float, typer.Option(help="Simulated seconds per wall second (600: a block a second on "
+                                              "average; 0: a frozen clock).")] = 60.0,
+    port: Annotated[int, typer.Option(help="RPC port on 127.0.0.1 (18443: regtest's).")] = 18443,
+    rpcuser: Annotated[str | None, typer.Option(help="RPC user (else cookie auth: DATADIR/.cookie, as Core).")]
+    = None,
+    rpcpassword: Annotated[str | None, typer.Option(envvar="ANYA_FL_RPC_PASSWORD",
+                                                    help="RPC password (or ANYA_FL_RPC_PASSWORD).")] = None,
+    datadir: Annotated[Path, typer.Option(help="Where the .cookie file is written.")] = DEFAULT_DATADIR,
+    start_block: Annotated[int, typer.Option(help="Blocks 0..N are already mined at start.")] = 12,
+    warmup: Annotated[float, typer.Option(help="Simulated seconds answering -28 'Loading block index...'.")] = 0.0,
+    maxmempool: Annotated[float, typer.Option(help="Mempool limit in MB (Core's -maxmempool); a small one evicts "
+                                                   "and raises mempoolminfee.")] = 300.0,
+    replacements: Annotated[float, typer.Option(help="Share of RBF transactions preceded by a lower-fee version "
+                                                     "that they replace.")] = 0.0,
+    block_weight: Annotated[int, typer.Option(help="Block weight limit of the simulated chain.")] = 4_000_000,
+    labels: Annotated[Path | None, typer.Option(help="Write an operator labels file (CSV kind,id,label) at "
+                                                     "start.")] = None,
+    labels_share: Annotated[float, typer.Option(help="Share of the node's own illicit transactions labeled.")]
+    = 0.5,
+    reorg_every: Annotated[int, typer.Option(help="Show a stale branch every N new blocks (0: never).")] = 0,
+    reorg_depth: Annotated[int, typer.Option(help="Blocks in each stale branch.")] = 1,
+    outage_at: Annotated[float | None, typer.Option(help="Simulated seconds after start when the RPC goes "
+                                                         "down.")] = None,
+    outage_for: Annotated[float, typer.Option(help="Simulated seconds the outage lasts.")] = 600.0,
+) -> None:
+    """Serve a simulated Bitcoin Core node's JSON-RPC on 127.0.0.1, its chain unfolding in accelerated time.
+
+    Core 27's reply shapes for the blockchain, mempool, fee, network and UTXO methods; scenarios: warm-up,
+    outages, reorgs, a full mempool, RBF replacements. Ctrl-C stops it.
+    """
+    import math
+    import signal
+    import threading
+
+    from rich.live import Live
+    from rich.markup import escape
+
+    from anya_fl.simnode import SimNode, SimNodeConfig
+    from core.errors import ConfigError
+
+    checks = [
+        ("port", 0 <= port <= 65_535, "must be from 0 to 65535"),
+        ("labels-share", 0 <= labels_share <= 1, "must be in [0, 1]"),
+        ("reorg-every", reorg_every >= 0, "must be >= 0 blocks"),
+        ("reorg-depth", reorg_depth >= 1, "must be >= 1 block"),
+        ("outage-at", outage_at is None or (math.isfinite(outage_at) and outage_at >= 0), "must be >= 0"),
+        ("outage-for", math.isfinite(outage_for) and outage_for > 0, "must be > 0 simulated seconds"),
+    ]
+    for option, ok, problem in checks:
+        if not ok:
+            value = {"port": port, "labels-share": labels_share, "reorg-every": reorg_every,
+                     "reorg-depth": reorg_depth, "outage-at": outage_at, "outage-for": outage_for}[option]
+            raise ConfigError(option, f"{value!r} {problem}")
+    cfg = SimNodeConfig(seed=seed, profile=profile, transactions=transactions, speed=speed, rpcuser=rpcuser,
+                        rpcpassword=rpcpassword, cookie_dir=None if rpcuser else datadir, start_block=start_block,
+                        warmup_s=warmup, maxmempool_mb=maxmempool, replacement_share=replacements,
+                        block_weight_limit=block_weight)
+    try:
+        cfg.validate()
+        with console.status(f"simulating {transactions:,} transactions (seed {seed})"):
+            node = SimNode(cfg)
+    except ConfigError as exc:
+        setting = exc.setting.removeprefix("simnode.")
+        raise ConfigError(_OPTION.get(setting, setting), exc.problem) from None
+    if labels is not None:
+        count = node.write_labels(labels, labels_share, seed)
+        console.print(f"operator labels: {count:,} transactions in {escape(str(labels))}")
+    node.start(port)
+    stop = threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        if node.cookie_path is not None:
+            flags = f"--rpc-url {node.url} --rpc-cookie {node.cookie_path}"
+            auth = f"cookie {node.cookie_path}"
+        else:
+            flags = f"--rpc-url {node.url} --rpc-user {rpcuser}"
+            auth = f"rpcuser {rpcuser} (password: the one given; export it as ANYA_FL_RPC_PASSWORD for the client)"
+        console.print(f"simulated Bitcoin Core 27.0 (mainnet shapes) at {node.url}", highlight=False)
+        console.print(f"auth: {escape(auth)}", highlight=False)
+        console.print(f"try:  anya-fl check {escape(flags)}", highlight=False, soft_wrap=True)
+        console.print(f"      anya-fl node ... {escape(flags)}", highlight=False, soft_wrap=True)
+        console.print("Ctrl-C stops it", highlight=False)
+        outage_done = False
+        last_reorg_tip = node.tip_height()
+        with Live(_status(node), console=console, refresh_per_second=4, transient=False) as live:
+            while not stop.wait(0.25):
+                elapsed = node.now() - node.t_start
+                if outage_at is not None and not outage_done and elapsed >= outage_at:
+                    node.inject_outage(outage_for)
+                    outage_done = True
+                view = node.view()
+                if reorg_every and view.reorg is None and view.tip - last_reorg_tip >= reorg_every:
+                    node.inject_reorg(min(reorg_depth, view.nb))
+                    last_reorg_tip = view.tip
+                live.update(_status(node))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        node.stop()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    if not console.is_terminal:
+        console.print()  # the live line's final render ends without a newline off a terminal
+    console.print("simnode stopped")
+
+
+def _status(node: SimNode) -> Text:
+    """One live status line: height, mempool, simulated time, scenario state."""
+    view = node.view()
+    members = node.timeline.mempool(view.t)
+    vbytes = int(node.timeline.e_vsize[members].sum())
+    t = int(view.t)
+    parts = [f"height {view.tip:,}", f"mempool {len(members):,} tx ({vbytes / 1e6:.2f} MvB)",
+             f"mempoolminfee {node.mempool_min_fee(view.t):.2f} sat/vB",
+             f"sim {t // 3600:02d}:{t // 60 % 60:02d}:{t % 60:02d} (x{node.config.speed:g})"]
+    if view.nb >= node.chain.n_blocks:
+        parts.append("chain ended")
+    if view.reorg is not None:
+        parts.append(f"stale branch of {view.reorg.depth} shown")
+    if node.in_outage:
+        parts.append("RPC down (outage)")
+    return Text(" | ".join(parts))

@@ -1,0 +1,352 @@
+"""SimNode: a simulated Bitcoin Core node serving a simulated chain as it unfolds in accelerated time.
+
+At simulated time T the node has the blocks with ``block_time <= T`` (tip = START_HEIGHT + their count) and a
+mempool of the transactions that arrived by T and are not yet in a block (plus scenario effects: phantoms,
+evictions, a reorg's dropped transactions). Everything is a function of T and the scenario events injected so
+far, so any simulated time can be answered without replaying requests.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from anya_fl.simnode.blocks import Blocks, Reorg, View
+from anya_fl.simnode.config import MIN_RELAY_SAT_VB, SimNodeConfig
+from anya_fl.simnode.encoding import hex_id
+from anya_fl.simnode.peers import make_peers
+from anya_fl.simnode.render import TxRenderer
+from anya_fl.simnode.rpc import CoreRPC
+from anya_fl.simnode.server import RPCAuth, RPCServer
+from anya_fl.simnode.timeline import Timeline
+from anya_fl.simnode.truth import Truth
+from core.bitcoin.fee_estimator import BucketFeeEstimator
+from core.data.categories import PROFILE_ORDER
+from core.data.chain import START_HEIGHT, ChainConfig, simulate_chain
+from core.data.datasets import partition_nodes
+from core.errors import ConfigError
+from core.seeding import stream
+from core.storage import atomic_write_bytes
+
+
+class SimClock:
+    """Simulated seconds: ``start`` + ``speed`` x wall seconds while running + manual advances."""
+
+    def __init__(self, start: float, speed: float) -> None:
+        self._start = start
+        self._speed = speed
+        self._offset = 0.0
+        self._wall0: float | None = None
+        self._lock = threading.Lock()
+
+    def now(self) -> float:
+        with self._lock:
+            running = self._speed * (time.monotonic() - self._wall0) if self._wall0 is not None else 0.0
+            return self._start + self._offset + running
+
+    def run(self) -> None:
+        with self._lock:
+            if self._wall0 is None and self._speed > 0:
+                self._wall0 = time.monotonic()
+
+    def freeze(self) -> None:
+        with self._lock:
+            if self._wall0 is not None:
+                self._offset += self._speed * (time.monotonic() - self._wall0)
+                self._wall0 = None
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self._offset += seconds
+
+    def set(self, t: float) -> None:
+        """Jump to simulated time ``t`` and hold it there (a running clock stops; tests and the stub use this:
+        the node's state is a function of time, so going back is allowed)."""
+        self.freeze()
+        with self._lock:
+            self._offset = t - self._start
+
+
+class SimNode:
+    """A simulated Bitcoin Core node; ``start(port)`` serves its JSON-RPC on 127.0.0.1 (see the package doc)."""
+
+    def __init__(self, config: SimNodeConfig) -> None:
+        cfg = config.validate()
+        self.config = cfg
+        self.chain = simulate_chain(ChainConfig(n_transactions=cfg.transactions, seed=cfg.seed,
+                                                block_weight_limit=cfg.block_weight_limit))
+        if cfg.start_block >= self.chain.n_blocks:
+            raise ConfigError("simnode.start_block", f"{cfg.start_block} is beyond the simulated chain's "
+                                                     f"{self.chain.n_blocks} blocks (0..{self.chain.n_blocks - 1})")
+        self.timeline = Timeline(self.chain, cfg.seed, cfg.maxmempool_bytes, cfg.replacement_share)
+        self.txs = TxRenderer(self.chain, cfg.seed, self.timeline.phantom_of, self.timeline.phantom_fee)
+        self.blocks = Blocks(self.chain, self.timeline, self.txs, cfg.seed)
+        self.t_start = float(self.chain.block_time[cfg.start_block])
+        self.start_height = START_HEIGHT + 1 + cfg.start_block
+        self.clock = SimClock(self.t_start, cfg.speed)
+        shard = partition_nodes(self.chain, len(PROFILE_ORDER), cfg.seed)[PROFILE_ORDER.index(cfg.profile)]
+        self.own = shard.tx_index  # this operator's transactions (partition_nodes' dealing by profile affinity)
+        self.peers = make_peers(cfg.seed, self.t_start)
+        self._coinbases = {hex_id(f"anya-fl simnode coinbase {cfg.seed} {h} 0"): (h, 0)
+                           for h in range(self.blocks.first, self.blocks.first + self.chain.n_blocks)}
+        self.lock = threading.RLock()
+        self._reorgs: list[Reorg] = []
+        self._estimator: BucketFeeEstimator | None = None
+        self._estimator_nb = 0
+        self._outage_until: float | None = None
+        cookie = None if cfg.rpcuser is not None else Path(cfg.cookie_dir or ".") / ".cookie"
+        self._auth = RPCAuth(cfg.rpcuser, cfg.rpcpassword, cookie)
+        self.rpc = CoreRPC(self)
+        self.server = RPCServer(self.rpc, self._auth)
+        self._port: int | None = None
+        self._started = False
+        self._ticker: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self.truth = Truth(self)
+        self.last_error: str | None = None  # why re-listening after an outage failed, if it did
+
+    # ---- lifecycle
+
+    def start(self, port: int = 0) -> SimNode:
+        """Write the cookie (cookie auth), listen on 127.0.0.1:``port`` (0: a free one), start the clock."""
+        if self._started:
+            return self
+        if self._auth.cookie_path is not None:
+            self._auth.rotate_cookie()
+        try:
+            self.server.start(port)
+        except OSError as exc:
+            self._auth.remove_cookie()
+            raise ConfigError("port", f"cannot listen on 127.0.0.1:{port} ({exc.strerror or exc})") from None
+        self._port = self.server.port
+        self._started = True
+        self.clock.run()
+        self._stopping.clear()
+        if self.config.speed > 0:
+            self._ticker = threading.Thread(target=self._tick, name="simnode-clock", daemon=True)
+            self._ticker.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop listening, remove the cookie, freeze the clock."""
+        self._stopping.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout=5)
+            self._ticker = None
+        self.server.stop()
+        self._auth.remove_cookie()
+        self.clock.freeze()
+        self._outage_until = None
+        self._started = False
+
+    def __enter__(self) -> SimNode:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _tick(self) -> None:
+        while not self._stopping.wait(0.02):
+            self._poll()
+
+    def _poll(self) -> None:
+        """End an outage whose window has passed: listen again on the same port."""
+        with self.lock:
+            if self._outage_until is None or self.now() < self._outage_until or not self._started:
+                return
+            self._outage_until = None
+            try:
+                self.server.start(self.port)
+            except OSError as exc:
+                self.last_error = f"cannot listen again on 127.0.0.1:{self.port} ({exc.strerror or exc})"
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("start() the node first")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def cookie_path(self) -> Path | None:
+        return self._auth.cookie_path
+
+    @property
+    def auth(self) -> tuple[str, str]:
+        """(user, password) for a client: rpcuser/rpcpassword, or ``__cookie__`` and the cookie's secret."""
+        return self._auth.credentials()
+
+    @property
+    def listening(self) -> bool:
+        return self.server.listening
+
+    # ---- time and state
+
+    def now(self) -> float:
+        """Simulated seconds on the chain's time axis (core.data.chain)."""
+        return self.clock.now()
+
+    def advance(self, seconds: float) -> None:
+        """Move simulated time forward by ``seconds`` (the manual clock of speed 0; also works while running)."""
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds >= 0 \
+                or math.isinf(seconds):
+            raise ConfigError("seconds", f"{seconds!r} must be a finite number >= 0")
+        self.clock.advance(float(seconds))
+        self._poll()
+
+    def view(self, t: float | None = None) -> View:
+        """The node at simulated time ``t`` (now by default)."""
+        t = self.now() if t is None else t
+        nb = self.timeline.blocks_at(t)
+        reorgs = tuple(r for r in self._reorgs if r.t_start <= t)
+        shown = next((r for r in reorgs if t < r.t_end), None)
+        return View(t, nb, START_HEIGHT + nb, shown, reorgs)
+
+    def tip_height(self) -> int:
+        return self.view().tip
+
+    def locate(self, e: int, v: View) -> Any:
+        """Where entry ``e`` is in ``v``: "mempool", a block key (height, branch), or None."""
+        tl = self.timeline
+        if e < tl.n:
+            b = int(tl.confirm_block[e])
+            r = v.reorg
+            if r is not None and b >= 0 and r.covers(self.blocks.first + b):
+                return "mempool" if r.dropped_mask[e] else (self.blocks.first + b, r.id)
+            if 0 <= b < v.nb:
+                return (self.blocks.first + b, 0)
+        return "mempool" if tl.alive(e, v.t) else None
+
+    def in_block(self, e: int, key: tuple[int, int]) -> bool:
+        """Whether entry ``e`` is one of block ``key``'s transactions (active or not)."""
+        return e < self.timeline.n and bool(np.isin(e, self.blocks.members(key)))
+
+    def coinbase_block(self, txid: str, v: View) -> tuple[int, int] | None:
+        """The active block whose coinbase has ``txid``, or None."""
+        key = self._coinbases.get(txid)
+        return key if key is not None and self.blocks.active(key[0], v) == key else None
+
+    def mempool_sequence(self, v: View) -> int:
+        """Core's mempool sequence: +1 per entry added or removed, including a reorg's disconnects and connects."""
+        seq = self.timeline.sequence(v.t)
+        for r in v.reorgs:
+            seq += r.n_canonical + r.n_kept  # canonical blocks disconnected (adds), stale ones connected
+            if v.t >= r.t_end:
+                seq += r.n_kept + r.n_canonical  # stale blocks disconnected, canonical ones connected again
+        return seq
+
+    def mempool_min_fee(self, t: float) -> float:
+        """mempoolminfee in sat/vB: the rolling minimum after evictions, at least minrelaytxfee."""
+        return max(self.timeline.rolling_min_fee(t), MIN_RELAY_SAT_VB)
+
+    def estimator(self, nb: int) -> BucketFeeEstimator:
+        """The Core-style fee estimator fed with the first ``nb`` canonical blocks (as core.data.replay)."""
+        with self.lock:
+            if self._estimator is None or self._estimator_nb > nb:
+                self._estimator, self._estimator_nb = BucketFeeEstimator(), 0
+            tl, tx = self.timeline, self.chain.tx
+            rate = tx["fee_sat"] / tx["vsize"]
+            for b in range(self._estimator_nb, nb):
+                done = tl.block_txs(b)
+                snap = tl.snapshots[b]
+                self._estimator.process_block(self.blocks.first + b, tx["entry_height"][done], rate[done],
+                                              tl.e_height[snap], tl.e_rate[snap])
+            self._estimator_nb = max(self._estimator_nb, nb)
+            return self._estimator
+
+    # ---- scenarios
+
+    def inject_reorg(self, depth: int) -> None:
+        """Show the top ``depth`` blocks as a stale branch until the next canonical block arrives.
+
+        The stale blocks have other hashes and hold the higher-fee half of each canonical block's transactions;
+        the lower-fee half goes back to the mempool. When the next canonical block is mined the node reorgs
+        to the canonical chain (the canonical blocks plus the new one) and getchaintips lists the stale branch
+        as a valid-fork with branchlen ``depth``. The canonical chain itself is never altered.
+        """
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+            raise ConfigError("depth", f"{depth!r} must be an integer >= 1")
+        with self.lock:
+            v = self.view()
+            if v.reorg is not None:
+                raise ConfigError("depth", "a stale branch is already shown until the next block; inject the next "
+                                           "reorg after it")
+            if depth > v.nb:
+                raise ConfigError("depth", f"{depth} is more than the {v.nb} blocks mined so far")
+            first = v.tip - depth + 1
+            kept: dict[int, np.ndarray] = {}
+            dropped = []
+            n_canonical = 0
+            for h in range(first, v.tip + 1):
+                members = self.timeline.block_txs(h - self.blocks.first)  # fee rate descending
+                keep = len(members) - len(members) // 2
+                kept[h] = members[:keep]
+                dropped.append(members[keep:])
+                n_canonical += len(members)
+            gone = np.sort(np.concatenate(dropped))
+            mask = np.zeros(self.timeline.n, dtype=bool)
+            mask[gone] = True
+            t_end = float(self.chain.block_time[v.nb]) if v.nb < self.chain.n_blocks else math.inf
+            reorg = Reorg(id=len(self._reorgs) + 1, depth=depth, t_start=v.t, t_end=t_end, first_height=first,
+                          top_height=v.tip, kept=kept, dropped=gone, dropped_mask=mask, n_canonical=n_canonical,
+                          n_kept=n_canonical - len(gone))
+            self.blocks.add_reorg(reorg)
+            for h in range(first, v.tip + 1):
+                self._coinbases[hex_id(f"anya-fl simnode coinbase {self.config.seed} {h} {reorg.id}")] = (h, reorg.id)
+            self._reorgs.append(reorg)
+
+    def inject_outage(self, sim_seconds: float) -> None:
+        """Make the RPC unreachable (connection refused) for ``sim_seconds``, then listen on the same port."""
+        if isinstance(sim_seconds, bool) or not isinstance(sim_seconds, int | float) or not 0 < sim_seconds < math.inf:
+            raise ConfigError("sim_seconds", f"{sim_seconds!r} must be a positive number of simulated seconds")
+        with self.lock:
+            if not self._started:
+                raise ConfigError("outage", "start() the node before injecting an outage")
+            until = self.now() + float(sim_seconds)
+            self._outage_until = until if self._outage_until is None else max(until, self._outage_until)
+            self.server.stop()
+
+    @property
+    def in_outage(self) -> bool:
+        return self._outage_until is not None
+
+    # ---- operator labels
+
+    def write_labels(self, path: str | Path, share: float, seed: int = 0) -> int:
+        """Write an operator labels file (CSV ``kind,id,label``) atomically; returns the transactions labeled.
+
+        It labels ``round(share x own illicit)`` of this node's own illicit transactions ``illicit`` and as many
+        of its own licit ones ``licit`` (fewer if it has fewer): one ``txid`` row per transaction, plus one
+        ``address`` row per transaction for its first output that has an address.
+        """
+        if isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share <= 1:
+            raise ConfigError("share", f"{share!r} must be in [0, 1]")
+        rng = stream(int(seed), "simnode.labels")
+        illicit = self.chain.tx["illicit"][self.own]
+        bad, good = self.own[illicit], self.own[~illicit]
+        k = int(round(share * len(bad)))
+        chosen_bad = np.sort(rng.choice(bad, size=k, replace=False)) if k else bad[:0]
+        chosen_good = np.sort(rng.choice(good, size=min(k, len(good)), replace=False)) if k else good[:0]
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["kind", "id", "label"])
+        rows = sorted([(int(i), "illicit") for i in chosen_bad] + [(int(i), "licit") for i in chosen_good])
+        with self.lock:
+            for i, label in rows:
+                writer.writerow(["txid", self.txs.txids[i], label])
+            for i, label in rows:
+                addresses = self.txs.addresses(i)
+                if addresses:
+                    writer.writerow(["address", addresses[0], label])
+        atomic_write_bytes(path, buf.getvalue().encode())
+        return len(rows)

@@ -1,0 +1,72 @@
+"""Ground truth of a SimNode for tests and benches: what the simulator knows that a collector must infer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from core.data.chain import START_HEIGHT
+from core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from anya_fl.simnode.node import SimNode
+
+
+class Truth:
+    """Answers from the simulator's own arrays (never from the RPC)."""
+
+    def __init__(self, node: SimNode) -> None:
+        self._node = node
+
+    @property
+    def own(self) -> np.ndarray:
+        """Chain indices of this node's own transactions (its profile's share)."""
+        return self._node.own
+
+    def txid(self, i: int) -> str:
+        return self._node.txs.txids[int(i)]
+
+    def tx_index(self, txid: str) -> int:
+        """Chain index of a transaction's txid; KeyError for any other txid (phantoms included)."""
+        return self._node.txs.index[txid]
+
+    def phantom_of(self, txid: str) -> int:
+        """Chain index of the transaction a phantom's txid precedes; KeyError if it is not a phantom."""
+        return int(self._node.timeline.phantom_of[self._node.txs.phantom_index[txid]])
+
+    def phantom_txid(self, i: int) -> str | None:
+        """Txid of chain transaction ``i``'s phantom, or None."""
+        e = int(self._node.timeline.phantom_entry[int(i)])
+        return None if e < 0 else self._node.txs.txid(e)
+
+    def tx_rows(self, txids: Iterable[str]) -> np.ndarray:
+        """``chain.tx_rows`` of these transactions, in order."""
+        index = [self.tx_index(t) for t in txids]
+        return self._node.chain.tx_rows[np.array(index, dtype=np.int64)]
+
+    def block_txs(self, height: int) -> np.ndarray:
+        """Chain indices of the canonical block at ``height``, in block order."""
+        b = height - START_HEIGHT - 1
+        if not 0 <= b < self._node.chain.n_blocks:
+            raise ConfigError("height", f"{height} is not a block of the simulated chain")
+        return self._node.timeline.block_txs(b)
+
+    def mempool_at(self, t: float) -> np.ndarray:
+        """Sorted chain indices in the node's mempool at simulated time ``t`` (evictions applied; no phantoms,
+        no reorg overlay)."""
+        ids = self._node.timeline.mempool(t)
+        return np.sort(ids[ids < self._node.timeline.n])
+
+    def fee_label(self, tip_height: int, k: int) -> float:
+        """The lowest fee rate (sat/vB) that entered one of the next ``k`` blocks after ``tip_height``:
+        min of ``chain.block_threshold`` over heights tip+1..tip+k (the simulator's fee label)."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError("k", f"{k!r} must be an integer >= 1")
+        b0 = tip_height - START_HEIGHT  # block index of height tip + 1
+        chain = self._node.chain
+        if b0 < 0 or b0 + k > chain.n_blocks:
+            raise ConfigError("tip_height", f"blocks {tip_height + 1}..{tip_height + k} are not all in the simulated "
+                                            f"chain ({START_HEIGHT + 1}..{START_HEIGHT + chain.n_blocks})")
+        return float(chain.block_threshold[b0:b0 + k].min())
