@@ -506,6 +506,15 @@ def node_names(metrics: dict, key_names: Mapping[str, str] | None = None,
     return names
 
 
+def _tasks_trained(tasks: Sequence[str], m: Mapping[str, float], declined: Mapping[str, str]) -> str:
+    """"all", or the tasks a node trained and why it left the others (e.g. fraud without operator labels)."""
+    trained = [t for t in tasks if t not in declined and float(m.get(f"{t}.trained", 1.0)) > 0]
+    if len(trained) == len(tasks):
+        return "all"
+    left = [f"{t}: {declined.get(t, 'not trained')}" for t in tasks if t not in trained]
+    return f"{', '.join(trained) or 'none'} ({'; '.join(left)})"
+
+
 def node_epsilon_rows(metrics: dict, names: Mapping[str, str] | None = None) -> tuple[list[str], list[list[Any]]]:
     """Each node's cumulative epsilon at its latest reply (the last round it replied in), by name.
 
@@ -514,15 +523,16 @@ def node_epsilon_rows(metrics: dict, names: Mapping[str, str] | None = None) -> 
     history = _history(metrics)
     tasks = run_tasks(metrics)
     names = node_names(metrics) if names is None else names
-    latest: dict[str, tuple[int, dict]] = {}
+    latest: dict[str, tuple[int, dict, dict[str, str]]] = {}
     for rnd, rec in zip(_rounds(history), history, strict=True):
         for node, m in rec.replied.items():
-            latest[node] = (rnd, m)
-    cols = ["node", "round of latest reply", *[f"{t} ε" for t in tasks], "transactions ε (fraud + anomaly)"]
+            latest[node] = (rnd, m, rec.tasks_declined.get(node, {}))
+    cols = ["node", "round of latest reply", *[f"{t} ε" for t in tasks], "transactions ε (fraud + anomaly)",
+            "tasks trained"]
     rows = []
-    for node, (rnd, m) in latest.items():
+    for node, (rnd, m, declined) in latest.items():
         rows.append([names.get(node, node), rnd, *[_num(m.get(f"{t}.epsilon")) for t in tasks],
-                     _num(m.get("epsilon-transactions"))])
+                     _num(m.get("epsilon-transactions")), _tasks_trained(tasks, m, declined)])
     return cols, sorted(rows, key=lambda r: _natural_key(r[0]))
 
 

@@ -27,13 +27,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from core.errors import AnyaError, ConfigError
 from core.fedconfig import DECLINE_ERROR_CODE, FederationConfig
 from core.health.node_health import HealthSettings, NodeHealth
-from fl_client.node_data import load_node_data, node_data_dir
+from fl_client.node_data import NodeData, load_node_data, node_data_dir
 
 if TYPE_CHECKING:
     import numpy as np
@@ -123,7 +123,7 @@ def _run_settings(context: Context) -> tuple[FederationConfig, Path]:
     return cfg, node_data_dir(context.node_config, cfg.data_dir)
 
 
-def _setup(msg: Message, cfg: FederationConfig, data_dir: Path) -> tuple[dict, dict]:
+def _setup(msg: Message, cfg: FederationConfig, data_dir: Path) -> tuple[NodeData, dict]:
     """The node's data and the global models from the message."""
     from models.params import unpack_into
     from models.tasks import build_model
@@ -170,8 +170,9 @@ def train_reply(msg: Message, context: Context, *, label_transform: LabelTransfo
     seed = _node_seed(cfg, data_dir, server_round)
     ledger = AccountantLedger(data_dir, cfg.run_name)
 
-    metrics: dict[str, float] = {"num-examples": float(data["fraud"].size("train") if "fraud" in data else 0),
+    metrics: dict[str, float] = {"num-examples": float(_examples(data, cfg, "train")),
                                  "partition-id": float(context.node_config.get("partition-id", -1))}
+    declined: dict[str, str] = {}
     spent = {t: epsilon_spent(ledger.get(t), cfg.delta) for t in cfg.task_list} if cfg.dp else {}
     planned = round_targets(spent, cfg.epsilon, cfg.rounds)
     if cfg.dp:
@@ -180,6 +181,13 @@ def train_reply(msg: Message, context: Context, *, label_transform: LabelTransfo
     global_w = pack(models)
     trained_on: dict[str, tuple] = {}  # task -> (x, y, TrainConfig): what LocalUpdate.retrain reuses
     for task in cfg.task_list:
+        if task not in data:  # e.g. fraud on a collector node without operator labels: the global model goes back
+            declined[task] = data.unavailable.get(task, "no data for this task")
+            # every reply carries the same metric keys (Flower aggregates only those); aggregate_metrics
+            # leaves a task's figures of the nodes that did not train it out (``<task>.trained`` = 0)
+            metrics.update({f"{task}.trained": 0.0, f"{task}.rows": 0.0, f"{task}.loss": 0.0, f"{task}.epsilon": 0.0,
+                            f"{task}.seconds": 0.0})
+            continue
         spec = task_spec(task)
         split = data[task]
         x, y = split.x["train"], targets(task, split, "train")
@@ -203,6 +211,7 @@ def train_reply(msg: Message, context: Context, *, label_transform: LabelTransfo
         metrics[f"{task}.epsilon"] = float(result.epsilon or 0.0)
         metrics[f"{task}.seconds"] = time.perf_counter() - t0
         metrics[f"{task}.rows"] = float(len(x))
+        metrics[f"{task}.trained"] = 1.0
     if update_transform is not None:
         def retrain(task: str, rows: np.ndarray) -> dict[str, torch.Tensor]:
             x, y, tc = trained_on[task]
@@ -221,7 +230,18 @@ def train_reply(msg: Message, context: Context, *, label_transform: LabelTransfo
     health.monitor.record("train", time.perf_counter() - t_start, items=int(metrics["num-examples"]))
     metrics.update(health.reply_metrics())
     content = RecordDict({"arrays": ArrayRecord(pack(models)), "metrics": MetricRecord(metrics)})
+    if declined:
+        content["declined-tasks"] = ConfigRecord(declined)  # the reasons, for the coordinator's report
     return Message(content, reply_to=msg)
+
+
+def _examples(data: NodeData, cfg: FederationConfig, split: str) -> int:
+    """Rows a reply stands for (the strategies' weight): the node's transactions (fraud's, else anomaly's
+    rows, which are the same transactions), else its fee snapshots."""
+    for task in ("fraud", "anomaly", "fee"):
+        if task in cfg.task_list and task in data:
+            return data[task].size(split)
+    return 0
 
 
 @app.evaluate()
@@ -243,9 +263,14 @@ def evaluate_reply(msg: Message, context: Context) -> Message:
     data, models = _setup(msg, cfg, data_dir)
     health = node_health(context, cfg, data_dir)
     health.refresh()
-    metrics: dict[str, float] = {"num-examples": float(data["fraud"].size("test") if "fraud" in data else 0),
-                                 **health.reply_metrics()}
+    metrics: dict[str, float] = {"num-examples": float(_examples(data, cfg, "test")), **health.reply_metrics()}
     for task, model in models.items():
+        metrics[f"{task}.trained"] = float(task in data)  # same keys in every reply (see train_reply)
+        if task not in data:
+            metrics[f"{task}.loss"] = 0.0
+            if task == "fee":
+                metrics["fee.hit-rate-uncalibrated"] = 0.0
+            continue
         split = data[task]
         x, y = split.x["test"], targets(task, split, "test")
         with torch.no_grad():

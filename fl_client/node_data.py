@@ -1,18 +1,44 @@
 """Where a node's data comes from: the seam between the ClientApp and data sources.
 
-Today: a dataset directory written by ``anya-fl data`` (deployment: the node's ``data-dir`` node
-config; simulation: ``<run data-dir>/node-<partition-id>``). A Bitcoin Core source plugs in here.
+Two sources, chosen by what the node's data directory holds:
+
+* a dataset written by ``anya-fl data`` (``manifest.json``; deployment: the node's ``data-dir`` node
+  config; simulation: ``<run data-dir>/node-<partition-id>``);
+* the collector's store (``collector/store.sqlite``, written by ``anya-fl collect`` or by ``anya-fl node
+  --rpc-url``): the node's own Bitcoin Core, split by time at every round, so a long-running node trains
+  on fresh data. A task the store cannot supply (fraud without operator labels) is listed in
+  :attr:`NodeData.unavailable` with the reason; the node trains the others.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.collector.store import store_path
 from core.data.datasets import TaskSplits, load_dataset
 from core.errors import DatasetError
+
+
+@dataclass(frozen=True)
+class NodeData:
+    """A node's task splits, and why it has none for the tasks it lacks."""
+
+    splits: dict[str, TaskSplits]
+    unavailable: dict[str, str] = field(default_factory=dict)
+    source: str = "dataset"  # "dataset" | "collector"
+
+    def __contains__(self, task: str) -> bool:
+        return task in self.splits
+
+    def __getitem__(self, task: str) -> TaskSplits:
+        if task not in self.splits:
+            raise DatasetError(f"{task}: this node has no {task} data "
+                               f"({self.unavailable.get(task, 'not in its dataset')})")
+        return self.splits[task]
 
 
 def node_data_dir(node_config: Mapping[str, Any], run_data_dir: str) -> Path:
@@ -26,14 +52,38 @@ def node_data_dir(node_config: Mapping[str, Any], run_data_dir: str) -> Path:
 
 
 @functools.lru_cache(maxsize=4)
-def _load(path: str, mtime: float) -> dict[str, TaskSplits]:
-    return load_dataset(path)[0]
+def _load(path: str, mtime: float) -> NodeData:
+    return NodeData(load_dataset(path)[0])
 
 
-def load_node_data(directory: Path) -> dict[str, TaskSplits]:
-    """The node's task datasets (cached per process while the files are unchanged)."""
+@functools.lru_cache(maxsize=4)
+def _from_store(path: str, version: tuple[int, ...]) -> NodeData:
+    from core.collector.datasets import task_splits_from_store
+
+    splits, summary = task_splits_from_store(path)
+    return NodeData(splits, dict(summary.get("unavailable", {})), source="collector")
+
+
+def _store_version(store: Path) -> tuple[int, ...]:
+    """Changes whenever the collector writes (the database or its write-ahead log)."""
+    out: list[int] = []
+    for p in (store, store.with_name(store.name + "-wal")):
+        st = p.stat() if p.is_file() else None
+        out += [st.st_mtime_ns, st.st_size] if st else [0, 0]
+    return tuple(out)
+
+
+def load_node_data(directory: Path) -> NodeData:
+    """The node's task data: its dataset (cached while unchanged) or its collector store (re-read when it grows)."""
     manifest = directory / "manifest.json"
-    if not manifest.is_file():
-        raise DatasetError(f"data-dir: {directory} is not a dataset directory (no manifest.json); "
-                           "write one with `anya-fl data`")
-    return _load(str(directory), manifest.stat().st_mtime)
+    if manifest.is_file():
+        return _load(str(directory), manifest.stat().st_mtime)
+    store = store_path(directory)
+    if store.is_file():
+        data = _from_store(str(directory), _store_version(store))
+        if not data.splits:
+            raise DatasetError(f"data-dir: the collector store in {directory} has no training data yet "
+                               f"({'; '.join(sorted(set(data.unavailable.values()))) or 'empty'})")
+        return data
+    raise DatasetError(f"data-dir: {directory} is not a dataset directory (no manifest.json) and holds no collector "
+                       "store (collector/store.sqlite); write one with `anya-fl data` or `anya-fl collect`")

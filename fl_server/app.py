@@ -73,10 +73,14 @@ def _reply_order(m: Message) -> tuple[float, int]:
     return float("inf"), int(m.metadata.src_node_id)
 
 
-def _node_rows(replies: list[Message]) -> tuple[dict[str, dict[str, float]], list[NodeFailure]]:
-    """Per-node metrics of the replies that carry an update, and the nodes that declined or failed (with why)."""
+def _node_rows(replies: list[Message], tasks: tuple[str, ...]
+               ) -> tuple[dict[str, dict[str, float]], list[NodeFailure], dict[str, dict[str, str]]]:
+    """Per-node metrics of the replies that carry an update, the nodes that declined or failed (with why),
+    and the tasks a node left untrained with its reason (known task names only, reasons cut to 200 characters:
+    a node's words go into the coordinator's report)."""
     ok: dict[str, dict[str, float]] = {}
     failed: list[NodeFailure] = []
+    declined: dict[str, dict[str, str]] = {}
     for m in replies:
         node = str(m.metadata.src_node_id)
         if m.has_error():
@@ -84,7 +88,10 @@ def _node_rows(replies: list[Message]) -> tuple[dict[str, dict[str, float]], lis
         else:
             rec = next(iter(m.content.metric_records.values()))
             ok[node] = {k: float(v) for k, v in rec.items()}
-    return ok, failed
+            why = m.content.config_records.get("declined-tasks")
+            if why is not None:
+                declined[node] = {t: str(why[t])[:200] for t in tasks if t in why}
+    return ok, failed, declined
 
 
 class _EligibleNodes:
@@ -219,7 +226,7 @@ def run_federation(grid: Grid, cfg: FederationConfig) -> list[RoundRecord]:
         random.seed(cfg.seed * 7919 + rnd)  # Flower samples nodes with the `random` module
         messages = list(strategy.configure_train(rnd, arrays, ConfigRecord({}), nodes_to_sample))
         raw = sorted(grid.send_and_receive(messages=messages, timeout=cfg.round_timeout), key=_reply_order)
-        replied, failed = _node_rows(raw)
+        replied, failed, tasks_declined = _node_rows(raw, cfg.task_list)
         global_np = {k: v.numpy() for k, v in arrays.items()}
         to_aggregate, screened = screen(raw, global_np, screen_cfg, screen_state)
         for e in screened:
@@ -254,6 +261,7 @@ def run_federation(grid: Grid, cfg: FederationConfig) -> list[RoundRecord]:
             sampled=len(messages),
             replied=replied,
             failed=failed,
+            tasks_declined=tasks_declined,
             missing=len(messages) - len(raw),  # no reply at all: screened-out replies are not missing
             rejected=[e.node for e in screened if e.kind == "rejected"],
             flagged=[e.node for e in screened if e.kind == "flagged"],

@@ -21,15 +21,24 @@ from core.fedconfig import FederationConfig
 
 
 def aggregate_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
-    """Weighted mean of every metric, except privacy spent: the maximum over nodes (the worst case)."""
+    """Weighted mean of every metric, except privacy spent: the maximum over nodes (the worst case).
+
+    A task's metrics are aggregated over the nodes that trained it (``<task>.trained`` absent or 1): a node
+    without data for a task (fraud without operator labels) reports zeros there, which are left out.
+    """
     rows = [next(iter(r.metric_records.values())) for r in records]
-    weights = [float(m[weight_key]) for m in rows]
-    total = sum(weights) or 1.0
+    keys = list(dict.fromkeys(k for m in rows for k in m.keys()))
     out: dict[str, float] = {}
-    for key in rows[0].keys():
+    for key in keys:
         if key == "partition-id":
             continue
-        values = [float(m[key]) for m in rows]
+        task = key.split(".", 1)[0]
+        have = [m for m in rows if key in m and (key == f"{task}.trained" or float(m.get(f"{task}.trained", 1.0)) > 0)]
+        if not have:
+            continue
+        values = [float(m[key]) for m in have]
+        weights = [float(m[weight_key]) if weight_key in m else 0.0 for m in have]
+        total = sum(weights) or 1.0
         if "epsilon" in key or key == "delta":
             out[key] = max(values)
         elif key == weight_key:

@@ -7,7 +7,7 @@ import sys
 
 from rich.markup import escape
 
-from anya_fl.cli import bench, coordinator, node, quality, serve, simulate
+from anya_fl.cli import bench, collect, coordinator, node, quality, serve, simnode, simulate
 from anya_fl.cli.app import app
 from anya_fl.cli.models import models_app
 from anya_fl.cli.security import audit_app, token_app
@@ -19,6 +19,7 @@ app.command()(simulate.simulate)
 app.add_typer(coordinator.coordinator_app, name="coordinator")
 app.command()(node.node)
 app.command()(node.check)
+app.command()(simnode.simnode)
 app.command()(serve.serve)
 app.add_typer(models_app, name="models")
 app.add_typer(token_app, name="token")
@@ -26,6 +27,7 @@ app.add_typer(audit_app, name="audit")
 app.command()(quality.baseline)
 app.command()(quality.data)
 app.command()(bench.bench)
+app.add_typer(collect.collect_app, name="collect")
 
 __all__ = ["app", "main"]
 

@@ -20,7 +20,8 @@ RpcUser = Annotated[str | None, typer.Option(help="rpcuser (the password comes f
 
 def node(
     superlink: Annotated[str, typer.Option(help="The coordinator's SuperLink, HOST:PORT.")],
-    data_dir: Annotated[Path, typer.Option(help="This node's dataset directory (from `anya-fl data`).")],
+    data_dir: Annotated[Path, typer.Option(help="This node's data: a dataset (`anya-fl data`) or, with --rpc-url, "
+                                                "where its collector store lives (<data-dir>/collector/).")],
     ca: Annotated[Path | None, typer.Option(help="The coordinator's CA certificate (ca.pem).")] = None,
     node_key: Annotated[Path | None, typer.Option(help="This node's private authentication key (node-<i>.key).")] = None,
     insecure: Annotated[bool, typer.Option(help="No TLS, no authentication (local trials only).")] = False,
@@ -34,11 +35,16 @@ def node(
     = "production",
     lifetime_epsilon: Annotated[float, typer.Option(help="This node's privacy budget per task over all runs "
                                                          "(0: none); beyond it the node declines to train.")] = 0.0,
+    collect: Annotated[bool, typer.Option(help="With --rpc-url: follow Bitcoin Core into <data-dir>/collector/ and "
+                                               "train on it (as `anya-fl collect`).")] = True,
+    collect_interval: Annotated[float, typer.Option(help="Seconds between collector polls.")] = 5.0,
 ) -> None:
     """Join a federation: run a Flower SuperNode that trains on this node's data (it never leaves).
 
-    With --rpc-url the node also probes its Bitcoin Core (sync, peers, mempool, fees) and declines to
-    train below the run's min-stage. Health: http://HOST:PORT/healthz, /readyz, /metrics.
+    With --rpc-url the node also probes its Bitcoin Core (sync, peers, mempool, fees), declines to train
+    below the run's min-stage, and (unless --no-collect) collects its own training data from Core into
+    <data-dir>/collector/store.sqlite; a dataset from `anya-fl data` in <data-dir> takes precedence.
+    Health: http://HOST:PORT/healthz, /readyz, /metrics.
     """
     from anya_fl.deployment import start_supernode, stop_process
     from core.errors import ConfigError
@@ -49,7 +55,9 @@ def node(
         raise ConfigError("ca/node-key", "both --ca and --node-key are required unless --insecure")
     if not probe_interval > 0:
         raise ConfigError("probe-interval", f"{probe_interval} must be > 0 seconds")
-    load_node_data(data_dir)  # fail now, with a clear message, rather than inside the first round
+    collecting = bool(rpc_url) and collect and not (data_dir / "manifest.json").is_file()
+    if not collecting:
+        load_node_data(data_dir)  # fail now, with a clear message, rather than inside the first round
     if lifetime_epsilon < 0:
         raise ConfigError("lifetime-epsilon", f"{lifetime_epsilon} must be >= 0")
     rpc_config = {**_node_rpc_config(rpc_url, rpc_cookie, rpc_user),
@@ -62,6 +70,7 @@ def node(
                            warn=lambda m: err_console.print(f"[yellow]{escape(m)}[/yellow]", soft_wrap=True))
     loop = probe_loop(health, probe_interval).start()
     server = None
+    collector = _start_collector(data_dir, rpc_url, rpc_cookie, rpc_user, collect_interval) if collecting else None
     try:
         if health_port:
             server = BackgroundServer(health_app(health), health_host, health_port).start()
@@ -71,6 +80,8 @@ def node(
     finally:
         if server is not None:
             server.stop()
+        if collector is not None:
+            collector.stop()
         loop.stop()
         health.close()
         stop_process(proc)
@@ -114,6 +125,51 @@ def check(
             err_console.print(f"[red]{escape(why)}[/red]", soft_wrap=True)
     if not ok:
         raise typer.Exit(1)
+
+
+class _BackgroundCollector:
+    """The collector (``core.collector``) polling Core in a thread beside the SuperNode."""
+
+    def __init__(self, collector, store, interval: float) -> None:
+        import threading
+
+        self.collector, self.store = collector, store
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), name="collector", daemon=True)
+
+    def _run(self, interval: float) -> None:
+        try:
+            self.collector.run(self._stop, interval)
+        except Exception as exc:  # noqa: BLE001 - the node keeps serving; the failure is shown once
+            err_console.print(f"[red]collector stopped: {escape(str(exc))}[/red]", soft_wrap=True)
+
+    def start(self) -> _BackgroundCollector:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        self.collector.close()
+        self.store.close()
+
+
+def _start_collector(data_dir: Path, rpc_url: str | None, rpc_cookie: Path | None, rpc_user: str | None,
+                     interval: float) -> _BackgroundCollector:
+    from anya_fl.cli.collect import _rpc_config
+    from core.bitcoin.rpc import BitcoinRPC
+    from core.collector.follower import Collector
+    from core.collector.store import CollectorStore
+    from core.errors import ConfigError
+
+    if not interval > 0:
+        raise ConfigError("collect-interval", f"{interval} must be > 0 seconds")
+    assert rpc_url
+    data_dir.mkdir(parents=True, exist_ok=True)
+    store = CollectorStore.open(data_dir)
+    collector = Collector(BitcoinRPC(_rpc_config(rpc_url, rpc_cookie, rpc_user)), store)
+    console.print(f"collecting from {rpc_url} into {store.path} (every {interval:g} s)")
+    return _BackgroundCollector(collector, store, interval).start()
 
 
 def _node_rpc_config(rpc_url: str | None, rpc_cookie: Path | None, rpc_user: str | None) -> dict[str, str]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import sqlite3
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,7 +28,8 @@ from typing import Any
 
 from core.bitcoin.probes import NodeProbes
 from core.bitcoin.rpc import BitcoinRPC, RPCConfig
-from core.errors import ConfigError
+from core.collector.store import store_path
+from core.errors import AnyaError, ConfigError
 from core.health.agent_checker import AgentChecker, Assessment, SystemStage
 from core.health.performance import PerformanceMonitor
 
@@ -74,6 +76,23 @@ def _opt_str(value: Any) -> str | None:
     return None if value in (None, "") else str(value)
 
 
+def _store_readiness(d: Path) -> tuple[float, str, dict[str, float]]:
+    """A collector node: ready once its store has something to train on (fee labels, or transactions
+    for the anomaly model); fraud needs operator labels, and a node without them trains the other tasks."""
+    from core.collector.store import CollectorStore
+
+    try:
+        with CollectorStore(store_path(d), readonly=True) as st:
+            counts = st.counts()
+    except (AnyaError, OSError, sqlite3.Error) as exc:
+        return 0.0, f"collector store in {d} is unreadable ({exc})", {}
+    figures = {f"collector_{k}": float(v) for k, v in counts.items()}
+    if not counts["transactions"] and not counts["fee_labels"]:
+        return 0.0, "the collector store has no training data yet", figures
+    reason = "" if counts["operator_labels"] else "fraud: no operator labels (the node trains fee and anomaly)"
+    return 1.0, reason, figures
+
+
 class NodeHealth:
     """The node's checker, monitor and probes; :meth:`refresh` runs every probe once."""
 
@@ -104,8 +123,10 @@ class NodeHealth:
         d = self.settings.data_dir
         assert d is not None
         manifest = d / "manifest.json"
+        if not manifest.is_file() and store_path(d).is_file():
+            return _store_readiness(d)
         if not manifest.is_file():
-            return 0.0, f"{d} is not a dataset directory (no manifest.json)", {}
+            return 0.0, f"{d} is not a dataset directory (no manifest.json) and holds no collector store", {}
         try:
             tasks = json.loads(manifest.read_text())["tasks"]
             rows = {t: int(v["rows"]["train"]) for t, v in tasks.items()}
