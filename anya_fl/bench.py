@@ -411,3 +411,40 @@ for _eps, _label in ((None, "nonprivate"), (8.0, "dp_eps8")):
         lambda _eps=_eps: float(_evasion()[_eps]["flip_rate_illicit"]))
     benchmark(f"evasion.pgd05.flips.{_label}", "share")(
         lambda _eps=_eps: float(_evasion()[_eps]["flip_rate"]))
+
+
+# ---------------------------------------------------------------------------------------------- collector
+# Goals (issue 12): >= 50 transactions per second sustained (10x mainnet's average arrival rate) and
+# <= 300 MB with a 300,000-entry mempool.
+
+
+@benchmark("collector.ingest.tx_per_s", "tx/s", target=50.0, higher_is_better=True)
+def _collector_ingest() -> float:
+    """Transactions stored per second of polling: a simulated Core node (20,000-transaction chain, manual
+    clock, a minute per poll) on loopback JSON-RPC, followed by the collector into a fresh store."""
+    import tempfile
+
+    from anya_fl.simnode import SimNode, SimNodeConfig
+    from core.bitcoin.rpc import BitcoinRPC, RPCConfig
+    from core.collector.bench import measure_ingest
+
+    node = SimNode(SimNodeConfig(seed=0, transactions=20_000, speed=0.0, rpcuser="bench", rpcpassword="bench",
+                                 start_block=2)).start(port=0)
+    try:
+        with tempfile.TemporaryDirectory(prefix="anya-fl-bench-") as d:
+            rpc = BitcoinRPC(RPCConfig(url=node.url, user="bench", password="bench", retries=0, timeout_s=30))
+            return float(measure_ingest(rpc, d, advance=node.advance, step_s=60.0, polls=150)["tx_per_s"])
+    finally:
+        node.stop()
+
+
+@benchmark("collector.mempool300k.rss_mb", "MB", target=300.0)
+def _collector_mempool_rss() -> float:
+    """Peak RSS of this process while the collector syncs a 300,000-entry mempool (an in-process node
+    stand-in answering Core's mempool calls, so the figure is the collector's own plus this process's)."""
+    import tempfile
+
+    from core.collector.bench import measure_mempool_rss_synthetic
+
+    with tempfile.TemporaryDirectory(prefix="anya-fl-bench-") as d:
+        return float(measure_mempool_rss_synthetic(d, size=300_000)["peak_rss_mb"])

@@ -37,3 +37,22 @@ def test_budget_rules_and_one_error_family() -> None:
     err = BudgetExhausted(8.0, 8.0, "task fraud")
     assert isinstance(err, PrivacyBudgetError) and isinstance(err, AnyaError)
     assert str(err) == "target_epsilon: budget 8 exhausted, epsilon already spent 8 (task fraud)"
+
+
+@pytest.mark.parametrize(("n", "batch"), [(1_800, 256), (3_000, 256), (7_500, 256), (12_000, 64), (5_000, 512)])
+def test_noise_search_meets_every_round_target(n: int, batch: int) -> None:
+    """A node's per-round targets (8 equal shares of ε = 8): each round's noise lands in the accepted window,
+    warm-started from the last rounds (a small secant step is not mistaken for "more noise no longer helps")."""
+    from models.privacy import accounting
+    from models.privacy.budget import choose_sigma
+    from models.training import DPConfig
+
+    q = batch / n
+    steps = 5 * max(1, round(1 / q))
+    history: accounting.History = []
+    for r in range(8):
+        target = 8.0 * (r + 1) / 8
+        sigma = choose_sigma(DPConfig(target_epsilon=target, accountant="rdp"), history, q, steps)
+        history = accounting.extend(history, sigma, q, steps)
+        eps = accounting.epsilon("rdp", history, 1e-5)
+        assert (1 - accounting.EPS_REL_TOL) * target <= eps <= target, (r, eps)

@@ -136,7 +136,9 @@ def solve_sigma(f: Callable[[float], float], target: float, start: float) -> tup
             return s, fs
         if fs > target:
             lo = (s, fs)
-            if s >= SIGMA_MAX or (prev is not None and prev[0] < s and fs > 0.999 * prev[1]):
+            flat = (prev is not None and prev[0] < s and prev[1] > 0 and fs > 0
+                    and -math.log(fs / prev[1]) < 0.01 * math.log(s / prev[0]))  # slope above -0.01 in log-log
+            if s >= SIGMA_MAX or flat:
                 # more noise no longer helps (a resumed history's own epsilon, or the accountant's resolution)
                 raise ConfigError("target_epsilon", f"{target:g} is too small to reach with any noise multiplier")
         else:
