@@ -47,6 +47,7 @@ from typing import Any
 import psutil
 import tomli_w
 
+from core.collector.store import store_path
 from core.errors import AnyaError, ConfigError, DatasetError
 from core.fedconfig import FederationConfig
 from core.security.pki import CA_CERT, SERVER_CERT, SERVER_KEY
@@ -269,9 +270,9 @@ def start_supernode(superlink: str, flwr_home: Path, log_file: Path, *, data_dir
     """
     flwr_home = check_flwr_home(flwr_home)
     data_dir = Path(data_dir).resolve()
-    if not (data_dir / "manifest.json").is_file():
-        raise DatasetError(f"data-dir: {data_dir} is not a dataset directory (no manifest.json); "
-                           "write one with `anya-fl data`")
+    if not (data_dir / "manifest.json").is_file() and not store_path(data_dir).is_file():
+        raise DatasetError(f"data-dir: {data_dir} is not a dataset directory (no manifest.json) and holds no "
+                           "collector store (collector/store.sqlite); write one with `anya-fl data` or `anya-fl collect`")
     cmd = [flower_bin("flower-supernode"), "--superlink", superlink, "--port", str(port or free_port()),
             "--node-config", node_config_arg({**(node_config or {}), "data-dir": str(data_dir)})]
     if insecure:

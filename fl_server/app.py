@@ -36,6 +36,7 @@ from fl_server.publish import publish_final_models
 from fl_server.round_record import NodeFailure, RoundRecord, history_to_dicts
 from fl_server.screening import ScreeningConfig, ScreeningState, screen
 from fl_server.strategies import STATEFUL_ATTRS, build_strategy
+from fl_server.task_groups import aggregate_by_task
 from models.params import full_state, load_full_state, pack, unpack_into
 from models.tasks import build_model, evaluate_held_out
 
@@ -239,8 +240,11 @@ def run_federation(grid: Grid, cfg: FederationConfig) -> list[RoundRecord]:
             if f.declined:
                 log.warning("round %d: node %s declined: %s", rnd, f.node, f.reason)
         kept = [m for m in to_aggregate if not m.has_error()]
-        if kept:
-            aggregated, train_metrics = strategy.aggregate_train(rnd, to_aggregate)
+        task_aggregation: dict[str, str] = {}
+        if kept:  # each task over the nodes that trained it (fl_server.task_groups)
+            aggregated, train_metrics, task_aggregation = aggregate_by_task(strategy, rnd, to_aggregate, arrays, cfg)
+            for task, how in task_aggregation.items():
+                log.info("round %d: %s %s", rnd, task, how)
         else:  # every update was rejected or flagged: the global model stays as it is this round
             aggregated, train_metrics = None, None
         if aggregated is not None:
@@ -262,6 +266,7 @@ def run_federation(grid: Grid, cfg: FederationConfig) -> list[RoundRecord]:
             replied=replied,
             failed=failed,
             tasks_declined=tasks_declined,
+            task_aggregation=task_aggregation,
             missing=len(messages) - len(raw),  # no reply at all: screened-out replies are not missing
             rejected=[e.node for e in screened if e.kind == "rejected"],
             flagged=[e.node for e in screened if e.kind == "flagged"],

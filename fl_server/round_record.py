@@ -92,6 +92,7 @@ class RoundRecord:
     replied: dict[str, dict[str, float]] = field(default_factory=dict)  # node -> its metrics, for every update that arrived
     failed: list[NodeFailure] = field(default_factory=list)  # error replies (declines included)
     tasks_declined: dict[str, dict[str, str]] = field(default_factory=dict)  # node -> task it left untrained -> why
+    task_aggregation: dict[str, str] = field(default_factory=dict)  # task -> how, when not over every kept node
     missing: int = 0  # sampled nodes that sent no reply at all
     rejected: list[str] = field(default_factory=list)  # malformed updates, dropped
     flagged: list[str] = field(default_factory=list)  # valid updates screening left out of this round
@@ -125,6 +126,7 @@ class RoundRecord:
             "nodes_failed": [f.to_dict() for f in self.failed],
             "nodes_declined": len(self.declined),
             "tasks_declined": {node: dict(t) for node, t in self.tasks_declined.items()},
+            "task_aggregation": dict(self.task_aggregation),
             "nodes_rejected": list(self.rejected),
             "nodes_flagged": list(self.flagged),
             "nodes_kept": list(self.kept),
@@ -160,6 +162,7 @@ class RoundRecord:
             failed=failed,
             tasks_declined={str(n): {str(t): str(r) for t, r in _mapping(v).items()}
                             for n, v in _mapping(d.get("tasks_declined")).items()},
+            task_aggregation={str(t): str(h) for t, h in _mapping(d.get("task_aggregation")).items()},
             missing=missing,
             rejected=rejected,
             flagged=flagged,

@@ -8,8 +8,9 @@
 3. **Norm clipping**: every kept update is clipped to ``clip_factor`` x the median norm.
 4. **Exclusion**: a node flagged in ``exclude_after`` consecutive rounds is excluded for the rest of the run.
 
-The medians are robust while fewer than half of the nodes attack. Screening needs at least 3 valid
-updates to judge; with fewer it only rejects malformed ones and clips nothing.
+The medians are robust while fewer than half of the nodes attack. Each task is judged over the nodes
+that trained it (a node without data for a task sends the global weights back for it): screening needs
+at least 3 such updates to judge a task; with fewer it only rejects malformed ones and clips nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from flwr.app import Array, ArrayRecord, Message
 
 from core.fedconfig import FederationConfig
 from fl_server.round_record import RoundRecord, ScreeningEvent
+from fl_server.task_groups import reply_metrics, task_of, trained
 
 _FED = FederationConfig()
 
@@ -69,10 +71,6 @@ class ScreeningState:
         return state
 
 
-def _task_of(key: str) -> str:
-    return key.split(".", 1)[0]
-
-
 def _validate(arrays: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> str:
     """'' when ``arrays`` matches the global model's keys and shapes and is finite, else why not."""
     missing = sorted(set(reference) - set(arrays))
@@ -114,27 +112,31 @@ def screen(replies: list[Message], global_w: dict[str, np.ndarray], cfg: Screeni
     if not cfg.enabled or len(good) < 3:
         return [m for m, _ in valid], events
 
-    tasks = sorted({_task_of(k) for k in global_w})
-    deltas = {t: np.stack([np.concatenate([(a[k] - global_w[k]).ravel() for k in sorted(global_w)
-                                           if _task_of(k) == t]) for _, a in good]) for t in tasks}
+    tasks = sorted({task_of(k) for k in global_w})
     flagged: dict[int, list[str]] = {}
     scale: dict[tuple[int, str], float] = {}
     for t in tasks:
-        d = deltas[t]
+        # judged over the nodes that trained t: a node without data for it sent the global weights back
+        rows = [i for i, (m, _) in enumerate(good) if trained(reply_metrics(m), t)]
+        if len(rows) < 3:
+            continue
+        d = np.stack([np.concatenate([(good[i][1][k] - global_w[k]).ravel() for k in sorted(global_w)
+                                      if task_of(k) == t]) for i in rows])
         norms = np.linalg.norm(d, axis=1)
         med_norm = float(np.median(norms))
         med_dir = np.median(d, axis=0)
         med_dir_norm = float(np.linalg.norm(med_dir))
-        for i, (m, _) in enumerate(good):
+        for j, i in enumerate(rows):
+            m = good[i][0]
             node = int(m.metadata.src_node_id)
-            if med_norm > 0 and norms[i] > cfg.flag_norm * med_norm:
-                flagged.setdefault(node, []).append(f"{t}: update norm {norms[i] / med_norm:.1f}x the median")
-            elif med_dir_norm > 0 and norms[i] > 0:
-                cos = float(d[i] @ med_dir) / (norms[i] * med_dir_norm)
+            if med_norm > 0 and norms[j] > cfg.flag_norm * med_norm:
+                flagged.setdefault(node, []).append(f"{t}: update norm {norms[j] / med_norm:.1f}x the median")
+            elif med_dir_norm > 0 and norms[j] > 0:
+                cos = float(d[j] @ med_dir) / (norms[j] * med_dir_norm)
                 if cos < cfg.min_cosine:
                     flagged.setdefault(node, []).append(f"{t}: cosine {cos:.2f} to the median update")
-            if med_norm > 0 and norms[i] > cfg.clip_factor * med_norm:
-                scale[(i, t)] = cfg.clip_factor * med_norm / norms[i]
+            if med_norm > 0 and norms[j] > cfg.clip_factor * med_norm:
+                scale[(i, t)] = cfg.clip_factor * med_norm / norms[j]
     kept: list[Message] = [m for m, a in valid if not a]
     for i, (m, arrays) in enumerate(good):
         node = int(m.metadata.src_node_id)
@@ -149,8 +151,8 @@ def screen(replies: list[Message], global_w: dict[str, np.ndarray], cfg: Screeni
         state.consecutive[node] = 0
         clipped = [t for t in tasks if (i, t) in scale]
         if clipped:
-            new = {k: (global_w[k] + (a - global_w[k]) * scale[(i, _task_of(k))]).astype(a.dtype)
-                   if (i, _task_of(k)) in scale else a for k, a in arrays.items()}
+            new = {k: (global_w[k] + (a - global_w[k]) * scale[(i, task_of(k))]).astype(a.dtype)
+                   if (i, task_of(k)) in scale else a for k, a in arrays.items()}
             m.content["arrays"] = ArrayRecord({k: Array(np.ascontiguousarray(new[k])) for k in m.content["arrays"].keys()})
             events.append(ScreeningEvent(str(node), "clipped", f"norm clipped for {', '.join(clipped)}"))
         kept.append(m)

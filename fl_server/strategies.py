@@ -18,6 +18,7 @@ from flwr.serverapp.strategy import (
 from flwr.serverapp.strategy.strategy import Strategy
 
 from core.fedconfig import FederationConfig
+from fl_server.task_groups import task_of, trained
 
 
 def aggregate_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
@@ -32,8 +33,8 @@ def aggregate_metrics(records: list[RecordDict], weight_key: str) -> MetricRecor
     for key in keys:
         if key == "partition-id":
             continue
-        task = key.split(".", 1)[0]
-        have = [m for m in rows if key in m and (key == f"{task}.trained" or float(m.get(f"{task}.trained", 1.0)) > 0)]
+        task = task_of(key)
+        have = [m for m in rows if key in m and (key == f"{task}.trained" or trained(m, task))]
         if not have:
             continue
         values = [float(m[key]) for m in have]

@@ -23,14 +23,14 @@ import numpy as np
 import pytest
 
 from anya_fl.simnode import SimNode, SimNodeConfig
-from core.bitcoin.features import TX_SCHEMA, anomaly_rows
+from core.bitcoin.features import anomaly_rows
 from core.bitcoin.rpc import BitcoinRPC, RPCConfig
 from core.collector.datasets import task_splits_from_store
 from core.collector.follower import Collector, CollectorSettings
 from core.collector.labels import read_operator_labels
 from core.collector.store import CollectorStore, rows_from_blobs, store_path
-from core.data.chain import START_HEIGHT
 from core.data.datasets import FEE_TARGETS, SPLITS
+from tests.collector_truth import truth_checks
 
 NODE = dict(seed=0, profile="merchant", transactions=3_000, speed=0.0, rpcuser="u", rpcpassword="p", start_block=2,
             warmup_s=0, maxmempool_mb=300, replacement_share=0.0, block_weight_limit=400_000)
@@ -96,31 +96,6 @@ def assert_same_chain_data(got: dict, ref: dict) -> None:
     assert not diff, f"{len(diff)} transactions differ, e.g. {diff[:3]}"
     extra = {k: v for k, v in got["labels"].items() if ref["labels"].get(k) != v}
     assert not extra, f"labels not in the reference run: {list(extra.items())[:5]}"
-
-
-def truth_checks(node: SimNode, data_dir: Path) -> dict[str, int]:
-    """Stored rows equal node.truth.tx_rows; thresholds and fee labels equal the simulator's."""
-    chain = node.chain
-    with sqlite3.connect(f"file:{store_path(data_dir)}?mode=ro", uri=True) as db:
-        # phantoms (RBF versions that never confirm) have no chain row; pending rows without prevouts have no age
-        rows = [r for r in db.execute("SELECT txid, features FROM transactions WHERE age_known = 1 OR block_hash "
-                                      "IS NOT NULL").fetchall() if r[0] in node.txs.index]
-        labels = db.execute("SELECT s.tip_height, f.k, f.label FROM fee_labels f "
-                            "JOIN snapshots s ON s.id = f.snapshot_id").fetchall()
-        blocks = db.execute("SELECT height, threshold FROM blocks WHERE connected = 1 AND threshold IS NOT NULL "
-                            "ORDER BY height").fetchall()
-    got = rows_from_blobs([r[1] for r in rows], TX_SCHEMA.width)
-    want = node.truth.tx_rows([r[0] for r in rows])
-    idx = np.array([node.truth.tx_index(r[0]) for r in rows])
-    # the SimNode cannot render an input age above the block height (heights are >= 0): its truth differs there
-    comparable = chain.tx["input_age"][idx] <= START_HEIGHT
-    np.testing.assert_array_equal(got[comparable], want[comparable])
-    assert comparable.mean() > 0.99
-    for h, thr in blocks:
-        assert thr == chain.block_threshold[h - START_HEIGHT - 1], f"block {h}"
-    for tip, k, y in labels:
-        assert y == node.truth.fee_label(tip, k), (tip, k)
-    return {"rows": len(rows), "labels": len(labels), "blocks": len(blocks), "ks": len({k for _, k, _ in labels})}
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,6 +211,82 @@ def test_reorg_of_depth_3_matches_the_canonical_run(main, tmp_path):
     assert len(missing) < len(main["dump"]["labels"]) // 5  # only snapshots taken on the stale branch
     with CollectorStore.open(tmp_path, readonly=True) as st:
         assert st.db.execute("SELECT count(*) FROM blocks WHERE connected = 0").fetchone()[0] == 3  # the stale branch
+
+
+def test_blocks_mined_unwatched_are_not_judged_to_have_room(tmp_path):
+    """Blocks mined while the collector was not looking (here: four between two polls, 4 MWU blocks that are
+    mostly not full) may have left transactions waiting that a later block took before the collector saw
+    them: "room" cannot be concluded for them, so their threshold is unknown and no fee label spans them.
+    The block the collector saw as the tip is judged as usual, and every threshold it gives is the truth."""
+    node = start_node(seed=3, profile="exchange", transactions=6_000, block_weight_limit=4_000_000)
+    try:
+        store = CollectorStore.open(tmp_path)
+        collector = Collector(client(node), store, CollectorSettings(fetch_workers=2))
+        assert collector.poll_once().state == "ok"
+        first = node.tip_height()
+        while node.tip_height() < first + 4:  # a gap of at least four blocks
+            node.advance(60.0)
+        gap_top = node.tip_height()
+        for _ in range(60):
+            assert collector.poll_once().state == "ok"
+            node.advance(150.0)
+        collector.close()
+        with store.transaction() as db:
+            judged = dict(db.execute("SELECT height, evidence FROM blocks WHERE connected = 1").fetchall())
+            spans = db.execute("SELECT count(*) FROM fee_labels f JOIN snapshots s ON s.id = f.snapshot_id "
+                               "WHERE s.tip_height < ? AND s.tip_height + f.k >= ?", (first + 1, first + 1)).fetchone()[0]
+        store.close()
+        gap = [judged[h] for h in range(first + 1, gap_top)]
+        assert all(e == "unobserved" or e in ("waiting", "ambiguous-waiting", "mempool-min-fee") for e in gap), gap
+        assert "unobserved" in gap
+        assert judged[gap_top] != "unobserved"
+        unobserved = [h for h, e in judged.items() if e == "unobserved"]
+        assert len(unobserved) < len(judged) / 3  # regular polls see (nearly) every block as the tip
+        n = truth_checks(node, tmp_path)
+        assert n["labels"] > 20
+        if judged[first + 1] == "unobserved":
+            assert spans == 0  # the first snapshot's labels end before the unknown block
+    finally:
+        node.stop()
+
+
+def test_a_transaction_mined_while_being_fetched_takes_its_age_from_its_block(tmp_path):
+    """The mempool is listed at tip h; before its transactions are fetched, two blocks arrive (a node with
+    -txindex then answers getrawtransaction with the confirmed transaction). The collector leaves those to the
+    block path, so their input ages count from their own block, not from the tip (which is a block higher)."""
+    node = start_node()
+
+    class RacingRPC(BitcoinRPC):
+        """The real client; the node's clock jumps two blocks ahead at the first fetch after ``armed``."""
+
+        armed = False
+
+        def getrawtransaction(self, txid, verbose=True):
+            if RacingRPC.armed:
+                RacingRPC.armed = False
+                tip = node.tip_height()
+                while node.tip_height() < tip + 2:
+                    node.advance(30.0)
+            return super().getrawtransaction(txid, verbose)
+
+    try:
+        store = CollectorStore.open(tmp_path)
+        collector = Collector(RacingRPC(RPCConfig(url=node.url, user="u", password="p", retries=0)), store, SETTINGS)
+        assert collector.poll_once().state == "ok"
+        node.advance(400.0)
+        RacingRPC.armed = True
+        assert collector.poll_once().state == "ok"
+        assert not RacingRPC.armed
+        vanished = collector.totals["vanished"]
+        for _ in range(6):
+            node.advance(STEP)
+            assert collector.poll_once().state == "ok"
+        collector.close()
+        store.close()
+        truth_checks(node, tmp_path)  # every stored row (ages included) equals the simulator's
+        assert vanished > 0  # the mined ones were left to the block path
+    finally:
+        node.stop()
 
 
 def test_outage_loses_nothing_core_still_holds(main, tmp_path):

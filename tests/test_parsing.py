@@ -118,6 +118,19 @@ def test_input_age_unknown_without_height() -> None:
     assert row[TX("input_age_blocks")] == 0.0 and row[TX("input_age_known")] == 0.0
 
 
+def test_unconfirmed_parent_height_marker() -> None:
+    """Core gives an output of an unconfirmed parent the height 0x7FFFFFFF: in the mempool that input's age is
+    unknown (not an error); in a block it cannot happen."""
+    tx = segwit_tx()
+    tx["vin"][0]["prevout"]["height"] = 0x7FFFFFFF
+    row = parse_transaction(tx)
+    assert row[TX("input_age_blocks")] == 0.0 and row[TX("input_age_known")] == 0.0
+    np.testing.assert_array_equal(np.delete(row, [TX("input_age_blocks"), TX("input_age_known")]),
+                                  np.delete(parse_transaction(segwit_tx()), [TX("input_age_blocks"), TX("input_age_known")]))
+    with pytest.raises(FeatureError, match=r"vin\[0\]\.prevout\.height"):
+        parse_transaction(tx, height=800_000)
+
+
 def test_dust_rbf_locktime_and_script_mapping() -> None:
     tx = segwit_tx(with_prevout=False)
     tx["locktime"] = 0

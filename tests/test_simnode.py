@@ -210,9 +210,8 @@ def test_mempool_matches_the_simulator(node) -> None:
                       "bip125-replaceable": bool, "unbroadcast": bool}.items():
         assert isinstance(entry[key], kind), key
     for txid in txids[:25]:
-        doc = rpc.getrawtransaction(txid, 2)
-        assert "blockhash" not in doc and "fee" in doc
-        rows_match(parse_transaction(doc, height=tip)[None], node.truth.tx_rows([txid]), tip)
+        doc = rpc.getrawtransaction(txid, 2)  # Core: no undo data for a mempool transaction, so no fee or prevouts
+        assert "blockhash" not in doc and "fee" not in doc and "prevout" not in doc["vin"][0]
     assert "fee" not in rpc.getrawtransaction(txids[0], 1)
     assert isinstance(rpc.getrawtransaction(txids[0], False), str)
     with pytest.raises(RPCReplyError) as err:
@@ -384,15 +383,20 @@ def test_warmup_answers_loading_block_index(fresh) -> None:
     assert rpc.getblockchaininfo()["blocks"] == node.tip_height()
 
 
-def test_mempool_transactions_without_details_as_core_gives_them(fresh) -> None:
-    node = fresh(mempool_tx_details=False)
+def test_mempool_transactions_with_details_on_request(fresh) -> None:
+    """mempool_tx_details=True (not Core 27): a mempool transaction's verbosity 2 carries its fee and prevouts,
+    rendered against the tip when asked, and parses back to the simulator's row."""
+    node = fresh(mempool_tx_details=True)
     at_block(node, 30, after=240.0)
     rpc = client(node)
-    txid = rpc.getrawmempool(False)[0]
-    doc = rpc.getrawtransaction(txid, 2)  # Core: no undo data for a mempool transaction, so no fee or prevouts
-    assert "fee" not in doc and "prevout" not in doc["vin"][0]
-    fee = rpc.call("getmempoolentry", txid)["fees"]["base"]
-    assert round(fee * 1e8) == node.chain.tx["fee_sat"][node.truth.tx_index(txid)]
+    tip = rpc.getblockcount()
+    txids = rpc.getrawmempool(False)
+    for txid in txids[:25]:
+        doc = rpc.getrawtransaction(txid, 2)
+        assert "blockhash" not in doc and "fee" in doc and "prevout" in doc["vin"][0]
+        rows_match(parse_transaction(doc, height=tip)[None], node.truth.tx_rows([txid]), tip)
+    fee = rpc.call("getmempoolentry", txids[0])["fees"]["base"]
+    assert round(fee * 1e8) == node.chain.tx["fee_sat"][node.truth.tx_index(txids[0])]
 
 
 def test_full_mempool_evicts_lowest_fee_rates_and_raises_mempoolminfee(fresh) -> None:
@@ -422,7 +426,7 @@ def test_full_mempool_evicts_lowest_fee_rates_and_raises_mempoolminfee(fresh) ->
 
 
 def test_phantoms_are_replaced_by_the_canonical_transaction(fresh) -> None:
-    node = fresh(replacement_share=1.0)
+    node = fresh(replacement_share=1.0, mempool_tx_details=True)  # the phantom's fee in its verbosity-2 reply
     tl = node.timeline
     assert tl.n_phantoms > 0
     rpc = client(node)

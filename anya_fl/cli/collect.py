@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from anya_fl.cli.node import RpcCookie, RpcUrl, RpcUser
+from anya_fl.cli.node import BlockMaxWeight, RpcCookie, RpcUrl, RpcUser
 from anya_fl.console import console, err_console, fmt, table
 
 collect_app = typer.Typer(
@@ -39,6 +38,7 @@ def collect(
                                                  "early; needs pyzmq, else polling only.")] = None,
     backfill: Annotated[int, typer.Option(help="On a new store, start this many blocks below the node's tip.")] = 0,
     once: Annotated[bool, typer.Option(help="Catch up with the node once and exit.")] = False,
+    block_max_weight: BlockMaxWeight = 4_000_000,
 ) -> None:
     """Follow Bitcoin Core (blocks, reorgs, the mempool) into <data-dir>/collector/store.sqlite.
 
@@ -46,9 +46,8 @@ def collect(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from core.bitcoin.rpc import BitcoinRPC
+    from core.bitcoin.rpc import BitcoinRPC, operator_rpc_config
     from core.collector.follower import Collector, CollectorSettings
-    from core.collector.labels import read_operator_labels
     from core.collector.store import CollectorStore
     from core.errors import AnyaError, ConfigError
 
@@ -58,19 +57,14 @@ def collect(
         raise ConfigError("rpc-url", "missing: Bitcoin Core's JSON-RPC URL, e.g. http://127.0.0.1:8332")
     if not interval > 0:
         raise ConfigError("interval", f"{interval} must be > 0 seconds")
-    settings = CollectorSettings(retain_days=retain_days, max_mb=max_mb, backfill_blocks=backfill).validate()
-    rpc = BitcoinRPC(_rpc_config(rpc_url, rpc_cookie, rpc_user))
+    settings = CollectorSettings(retain_days=retain_days, max_mb=max_mb, backfill_blocks=backfill,
+                                 block_max_weight=block_max_weight).validate()
+    rpc = BitcoinRPC(operator_rpc_config(rpc_url, rpc_cookie, rpc_user))
     store = CollectorStore.open(data_dir)
     collector = None
     try:
         if labels is not None:
-            read = read_operator_labels(labels)
-            store.import_operator_labels(read.labels, str(labels), read.skipped)
-            s = read.summary
-            console.print(f"labels: {s['labels']:,} from {labels} ({s['txid']:,} txid, {s['address']:,} address, "
-                          f"{s['illicit']:,} illicit), {s['skipped']} line{'' if s['skipped'] == 1 else 's'} skipped")
-            for skip in read.skipped[:10]:
-                err_console.print(f"[yellow]{escape(skip.ref)}: {escape(skip.reason)}[/yellow]", soft_wrap=True)
+            import_labels(store, labels)
         collector = Collector(rpc, store, settings)
         if once:
             res = collector.sync()
@@ -85,20 +79,17 @@ def collect(
         store.close()
 
 
-def _rpc_config(rpc_url: str, rpc_cookie: Path | None, rpc_user: str | None):
-    from core.bitcoin.rpc import RPCConfig
-    from core.errors import ConfigError
+def import_labels(store: Any, labels: Path) -> None:
+    """Read the operator's labels file into the store; show what was read and the lines it skipped."""
+    from core.collector.labels import read_operator_labels
 
-    if rpc_user and rpc_cookie is not None:
-        raise ConfigError("rpc-cookie", "set either --rpc-cookie or --rpc-user, not both")
-    if rpc_user:
-        password = os.environ.get("ANYA_FL_RPC_PASSWORD")
-        if password is None:
-            raise ConfigError("rpc-user", "the password comes from ANYA_FL_RPC_PASSWORD, which is not set")
-        return RPCConfig(url=rpc_url, user=rpc_user, password=password)
-    if rpc_cookie is None:
-        raise ConfigError("rpc-cookie", "no credentials: set --rpc-cookie, or --rpc-user and ANYA_FL_RPC_PASSWORD")
-    return RPCConfig(url=rpc_url, cookie_file=rpc_cookie)
+    read = read_operator_labels(labels)
+    store.import_operator_labels(read.labels, str(labels), read.skipped)
+    s = read.summary
+    console.print(f"labels: {s['labels']:,} from {labels} ({s['txid']:,} txid, {s['address']:,} address, "
+                  f"{s['illicit']:,} illicit), {s['skipped']} line{'' if s['skipped'] == 1 else 's'} skipped")
+    for skip in read.skipped[:10]:
+        err_console.print(f"[yellow]{escape(skip.ref)}: {escape(skip.reason)}[/yellow]", soft_wrap=True)
 
 
 def _print_once(collector: Any, res: Any) -> None:

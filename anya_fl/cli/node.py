@@ -16,6 +16,9 @@ RpcUrl = Annotated[str | None, typer.Option(help="Bitcoin Core JSON-RPC URL, e.g
 RpcCookie = Annotated[Path | None, typer.Option(help="Bitcoin Core's .cookie file (or --rpc-user and "
                                                      "ANYA_FL_RPC_PASSWORD).")]
 RpcUser = Annotated[str | None, typer.Option(help="rpcuser (the password comes from ANYA_FL_RPC_PASSWORD).")]
+BlockMaxWeight = Annotated[int, typer.Option(help="The chain's block weight limit (fee labels judge how full a block "
+                                                  "was): 4,000,000 on Bitcoin; a test chain's `anya-fl simnode "
+                                                  "--block-weight`.")]
 
 
 def node(
@@ -38,6 +41,9 @@ def node(
     collect: Annotated[bool, typer.Option(help="With --rpc-url: follow Bitcoin Core into <data-dir>/collector/ and "
                                                "train on it (as `anya-fl collect`).")] = True,
     collect_interval: Annotated[float, typer.Option(help="Seconds between collector polls.")] = 5.0,
+    block_max_weight: BlockMaxWeight = 4_000_000,
+    labels: Annotated[Path | None, typer.Option(help="With --rpc-url: the operator's fraud labels (as `anya-fl "
+                                                     "collect --labels`), read into the store at start.")] = None,
 ) -> None:
     """Join a federation: run a Flower SuperNode that trains on this node's data (it never leaves).
 
@@ -56,7 +62,9 @@ def node(
     if not probe_interval > 0:
         raise ConfigError("probe-interval", f"{probe_interval} must be > 0 seconds")
     collecting = bool(rpc_url) and collect and not (data_dir / "manifest.json").is_file()
-    if not collecting:
+    if collecting:
+        data_dir.mkdir(parents=True, exist_ok=True)  # the collector's store goes there
+    else:
         load_node_data(data_dir)  # fail now, with a clear message, rather than inside the first round
     if lifetime_epsilon < 0:
         raise ConfigError("lifetime-epsilon", f"{lifetime_epsilon} must be >= 0")
@@ -65,12 +73,22 @@ def node(
     health = _node_health(data_dir, rpc_url, rpc_cookie, rpc_user, min_stage)
     home = _flwr_home("node")
     home.mkdir(parents=True, exist_ok=True)
-    proc = start_supernode(superlink, home, home / "supernode.log", data_dir=data_dir.resolve(), root_certificates=ca,
-                           private_key=node_key, insecure=insecure, node_config=rpc_config,
-                           warn=lambda m: err_console.print(f"[yellow]{escape(m)}[/yellow]", soft_wrap=True))
+    # the collector first: it creates the store the SuperNode's ClientApps read
+    if labels is not None and not collecting:
+        raise ConfigError("labels", "only with --rpc-url and collecting: labels go into the collector's store")
+    collector = (_start_collector(data_dir, rpc_url, rpc_cookie, rpc_user, collect_interval, block_max_weight, labels)
+                 if collecting else None)
+    try:
+        proc = start_supernode(superlink, home, home / "supernode.log", data_dir=data_dir.resolve(),
+                               root_certificates=ca, private_key=node_key, insecure=insecure, node_config=rpc_config,
+                               warn=lambda m: err_console.print(f"[yellow]{escape(m)}[/yellow]", soft_wrap=True))
+    except BaseException:
+        if collector is not None:
+            collector.stop()
+        health.close()
+        raise
     loop = probe_loop(health, probe_interval).start()
     server = None
-    collector = _start_collector(data_dir, rpc_url, rpc_cookie, rpc_user, collect_interval) if collecting else None
     try:
         if health_port:
             server = BackgroundServer(health_app(health), health_host, health_port).start()
@@ -155,35 +173,43 @@ class _BackgroundCollector:
 
 
 def _start_collector(data_dir: Path, rpc_url: str | None, rpc_cookie: Path | None, rpc_user: str | None,
-                     interval: float) -> _BackgroundCollector:
-    from anya_fl.cli.collect import _rpc_config
-    from core.bitcoin.rpc import BitcoinRPC
-    from core.collector.follower import Collector
+                     interval: float, block_max_weight: int, labels: Path | None) -> _BackgroundCollector:
+    from anya_fl.cli.collect import import_labels
+    from core.bitcoin.rpc import BitcoinRPC, operator_rpc_config
+    from core.collector.follower import Collector, CollectorSettings
     from core.collector.store import CollectorStore
     from core.errors import ConfigError
 
     if not interval > 0:
         raise ConfigError("collect-interval", f"{interval} must be > 0 seconds")
     assert rpc_url
+    settings = CollectorSettings(block_max_weight=block_max_weight).validate()
     data_dir.mkdir(parents=True, exist_ok=True)
     store = CollectorStore.open(data_dir)
-    collector = Collector(BitcoinRPC(_rpc_config(rpc_url, rpc_cookie, rpc_user)), store)
+    try:
+        if labels is not None:
+            import_labels(store, labels)
+        collector = Collector(BitcoinRPC(operator_rpc_config(rpc_url, rpc_cookie, rpc_user)), store, settings)
+    except BaseException:
+        store.close()
+        raise
     console.print(f"collecting from {rpc_url} into {store.path} (every {interval:g} s)")
     return _BackgroundCollector(collector, store, interval).start()
 
 
 def _node_rpc_config(rpc_url: str | None, rpc_cookie: Path | None, rpc_user: str | None) -> dict[str, str]:
-    """Node-config keys for Bitcoin Core RPC (the password never goes on a command line)."""
-    import os
+    """Node-config keys for Bitcoin Core RPC. No password: the SuperNode and its ClientApps read it from
+    ANYA_FL_RPC_PASSWORD in the environment they inherit (a --node-config is on the command line)."""
+    from core.bitcoin.rpc import operator_rpc_config
 
     if not rpc_url:
         return {}
+    operator_rpc_config(rpc_url, rpc_cookie, rpc_user)  # fail now, naming the missing credential
     out = {"bitcoin-rpc-url": rpc_url}
     if rpc_cookie is not None:
         out["bitcoin-rpc-cookie"] = str(rpc_cookie.resolve())
     if rpc_user:
         out["bitcoin-rpc-user"] = rpc_user
-        out["bitcoin-rpc-password"] = os.environ.get("ANYA_FL_RPC_PASSWORD", "")
     return out
 
 

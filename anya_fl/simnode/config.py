@@ -32,7 +32,7 @@ class SimNodeConfig:
     maxmempool_mb: float = 300.0
     replacement_share: float = 0.0  # share of RBF-signalling txs preceded by a lower-fee phantom version
     block_weight_limit: int = 4_000_000  # of the simulated chain (smaller: more, smaller blocks)
-    mempool_tx_details: bool = True  # getrawtransaction <mempool txid> 2 carries fee and prevouts (Core: no)
+    mempool_tx_details: bool = False  # True: getrawtransaction <mempool txid> 2 carries fee and prevouts (Core 27: no)
 
     def __post_init__(self) -> None:
         if isinstance(self.cookie_dir, str):

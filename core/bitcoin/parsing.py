@@ -49,6 +49,7 @@ Number = int | float | Decimal
 _MAX_SAFE_INT = 2**53
 _MAX_MONEY_SAT = round(MAX_MONEY_BTC * SATS_PER_BTC)
 _MAX_HEIGHT = 100_000_000  # far above any plausible block height, well inside float64 precision
+MEMPOOL_HEIGHT = 0x7FFFFFFF  # Core's coin height for an output of an unconfirmed parent (txmempool.h)
 _VSIZE_VALID = TX_SCHEMA.columns[TX_SCHEMA.index("vsize")].valid
 _MIN_RELAY_VALID = (0.0, 1_000.0)  # sat/vB: a relay floor above 1,000 sat/vB is a misconfiguration
 _SAT_PER_VB_PER_BTC_PER_KVB = SATS_PER_BTC / 1_000  # 1e-5 BTC/kvB = 1 sat/vB
@@ -212,7 +213,8 @@ def _extract_transaction(tx: Any, height: int | None) -> _TxFields:
             prevout = _mapping(vin["prevout"], f"{path}.prevout")
             if "value" in prevout:
                 value_sat = _btc_to_sat(prevout["value"], f"{path}.prevout.value")
-            if "height" in prevout:
+            if "height" in prevout and not (height is None and prevout["height"] == MEMPOOL_HEIGHT):
+                # a mempool transaction spending an unconfirmed parent: that input's age is unknown
                 prev_height = _integer(prevout["height"], f"{path}.prevout.height", 0, _MAX_HEIGHT)
                 if height is not None and prev_height > height:
                     raise FeatureError(

@@ -162,6 +162,28 @@ class RPCConfig:
         return self
 
 
+RPC_PASSWORD_ENV = "ANYA_FL_RPC_PASSWORD"
+
+
+def operator_rpc_config(url: str, cookie: Path | str | None, user: str | None, *, timeout_s: float = 10.0,
+                        password: str | None = None) -> RPCConfig:
+    """The one path from an operator's settings to an :class:`RPCConfig`: Core's cookie file, or ``user`` with
+    the password from ``ANYA_FL_RPC_PASSWORD`` (unless given). A password is never a command-line argument or
+    a SuperNode's ``--node-config``: every local user can read a process's command line."""
+    import os
+
+    if user and cookie:
+        raise ConfigError("rpc-cookie", "set either --rpc-cookie or --rpc-user, not both")
+    if user:
+        password = password if password is not None else os.environ.get(RPC_PASSWORD_ENV)
+        if password is None:
+            raise ConfigError("rpc-user", f"the password comes from {RPC_PASSWORD_ENV}, which is not set")
+        return RPCConfig(url=url, user=user, password=password, timeout_s=timeout_s).validate()
+    if not cookie:
+        raise ConfigError("rpc-cookie", f"no credentials: set --rpc-cookie, or --rpc-user and {RPC_PASSWORD_ENV}")
+    return RPCConfig(url=url, cookie_file=Path(cookie), timeout_s=timeout_s).validate()
+
+
 # --------------------------------------------------------------------------------------------
 # Client
 # --------------------------------------------------------------------------------------------

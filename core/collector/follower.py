@@ -759,6 +759,10 @@ class Collector:
             if isinstance(fields, FeatureError):
                 return txid, None, None, Skip("mempool_entry", txid, f"mempool entry {txid}: {fields}", fields.field)
             tx = self._getrawtransaction(txid)
+            if isinstance(tx, Mapping) and "blockhash" in tx:
+                # mined since getrawmempool (a node with -txindex answers for confirmed transactions): the block
+                # path stores it, with input ages counted from its block rather than from the tip
+                return txid, None, None, None
         except RPCReplyError as exc:
             if exc.code == RPC_NOT_FOUND:
                 return txid, None, None, None
@@ -801,6 +805,12 @@ class Collector:
             j = judge_block(min_included=min_rate, tx_weight=tx_weight, certain_waiting=certain, ambiguous=ambiguous,
                             min_relay=self._min_relay, max_waiting_rate=max_waiting,
                             weight_limit=self.settings.block_max_weight - COINBASE_RESERVE_WU)
+            if not j.full and not self.store.observed_at_tip(height, block_hash):
+                # "room" needs the whole mempool seen while this block was the tip: a block mined during a gap
+                # (a start, a restart, two blocks in one poll) may have left waiting transactions that the next
+                # block took before the collector looked. Waiting evidence, where there is some, stays valid.
+                self.store.set_threshold(block_hash, None, None, "unobserved")
+                continue
             evidence = "mempool-min-fee" if self._mempool_full and j.full else j.evidence
             self.store.set_threshold(block_hash, j.full, j.threshold, evidence)
 

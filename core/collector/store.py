@@ -585,7 +585,8 @@ class CollectorStore:
         """Connected blocks up to ``max_height`` without a threshold, oldest first."""
         return self.db.execute(
             "SELECT hash, height, time, tx_weight, tx_count, min_fee_rate FROM blocks "
-            "WHERE connected = 1 AND threshold IS NULL AND height <= ? ORDER BY height", (max_height,)).fetchall()
+            "WHERE connected = 1 AND threshold IS NULL AND evidence IS NULL AND height <= ? ORDER BY height",
+            (max_height,)).fetchall()
 
     def waiting_candidates(self, height: int, header_time: int, since: int) -> list[tuple[int, float, int, int | None]]:
         """(first_seen, fee_rate, weight, first_seen_tip) of mempool-seen transactions not confirmed by block
@@ -619,14 +620,22 @@ class CollectorStore:
         rows = self.waiting_candidates(height, header_time, -(2**62))
         return max((r[1] for r in rows), default=None)
 
-    def set_threshold(self, block_hash: str, full: bool, threshold: float, evidence: str) -> None:
+    def set_threshold(self, block_hash: str, full: bool | None, threshold: float | None, evidence: str) -> None:
+        """A block's judgement; ``threshold`` None (evidence ``unobserved``): it cannot be known."""
         with self.transaction() as db:
             db.execute("UPDATE blocks SET full = ?, threshold = ?, evidence = ? WHERE hash = ?",
-                       (int(full), threshold, evidence, block_hash))
+                       (None if full is None else int(full), threshold, evidence, block_hash))
+
+    def observed_at_tip(self, height: int, block_hash: str) -> bool:
+        """Whether a mempool view (snapshot) was taken while this block was the tip."""
+        row = self.db.execute("SELECT 1 FROM snapshots WHERE tip_height = ? AND tip_hash = ? LIMIT 1",
+                              (height, block_hash)).fetchone()
+        return row is not None
 
     def judged_height(self) -> int | None:
-        """The highest connected height up to which every connected block has a threshold."""
-        row = self.db.execute("SELECT min(height) FROM blocks WHERE connected = 1 AND threshold IS NULL").fetchone()
+        """The highest connected height up to which every connected block is judged (a threshold, or unknown)."""
+        row = self.db.execute("SELECT min(height) FROM blocks WHERE connected = 1 AND threshold IS NULL "
+                              "AND evidence IS NULL").fetchone()
         if row[0] is not None:
             return int(row[0]) - 1
         row = self.db.execute("SELECT max(height) FROM blocks WHERE connected = 1").fetchone()
@@ -635,7 +644,8 @@ class CollectorStore:
     def label_fee_snapshots(self, targets: Sequence[int], judged: int) -> int:
         """Add fee labels for every snapshot whose tip is connected and k blocks after it are judged.
 
-        label(snapshot, k) = min over heights tip+1 .. tip+k of the block threshold; returns labels added.
+        label(snapshot, k) = min over heights tip+1 .. tip+k of the block threshold; returns labels added. A block
+        whose threshold is unknown (``unobserved``) ends the snapshot's labels at the k before it.
         """
         targets = sorted(set(targets))
         kmax = targets[-1]
@@ -658,9 +668,13 @@ class CollectorStore:
                 rows = []
                 running = np.inf
                 last_k = done
+                ended = False
                 for j in range(1, kmax + 1):
                     h = tip + j
                     if h > judged:
+                        break
+                    if blocks[h][1] is None:  # unknown: no label reaches past it
+                        ended = True
                         break
                     running = min(running, blocks[h][1])
                     if j in targets and j > done:
@@ -669,9 +683,10 @@ class CollectorStore:
                 if rows:
                     db.executemany("INSERT OR REPLACE INTO fee_labels (snapshot_id, k, label, last_height, end_time) "
                                    "VALUES (?, ?, ?, ?, ?)", rows)
-                    db.execute("UPDATE snapshots SET labeled_k = ?, labels_done = ? WHERE id = ?",
-                               (last_k, int(last_k >= kmax), sid))
                     added += len(rows)
+                if rows or ended:
+                    db.execute("UPDATE snapshots SET labeled_k = ?, labels_done = ? WHERE id = ?",
+                               (last_k, int(ended or last_k >= kmax), sid))
         return added
 
     @staticmethod

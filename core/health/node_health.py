@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from core.bitcoin.probes import NodeProbes
-from core.bitcoin.rpc import BitcoinRPC, RPCConfig
+from core.bitcoin.rpc import BitcoinRPC, RPCConfig, operator_rpc_config
 from core.collector.store import store_path
 from core.errors import AnyaError, ConfigError
 from core.health.agent_checker import AgentChecker, Assessment, SystemStage
@@ -60,12 +60,10 @@ class HealthSettings:
                 timeout = float(timeout)
             except (TypeError, ValueError):
                 raise ConfigError("bitcoin-rpc-timeout", f"{timeout!r} is not a number of seconds") from None
-            cookie = node_config.get("bitcoin-rpc-cookie")
-            rpc = RPCConfig(url=str(node_config["bitcoin-rpc-url"]),
-                            user=_opt_str(node_config.get("bitcoin-rpc-user")),
-                            password=_opt_str(node_config.get("bitcoin-rpc-password")),
-                            cookie_file=Path(str(cookie)) if cookie else None, timeout_s=timeout)
-            rpc.validate()
+            # the password: bitcoin-rpc-password where a node config carries one, else ANYA_FL_RPC_PASSWORD
+            rpc = operator_rpc_config(str(node_config["bitcoin-rpc-url"]), _opt_str(node_config.get("bitcoin-rpc-cookie")),
+                                      _opt_str(node_config.get("bitcoin-rpc-user")), timeout_s=timeout,
+                                      password=_opt_str(node_config.get("bitcoin-rpc-password")))
         # snapshots beside the node's dataset; none for a directory that does not exist (it fails "data")
         state_dir = Path(data_dir) / "health" if data_dir is not None and Path(data_dir).is_dir() else None
         return cls(data_dir=Path(data_dir) if data_dir is not None else None, rpc=rpc,
