@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from anya_fl import deployment as dep
@@ -26,6 +25,7 @@ from core.fedconfig import FederationConfig
 from core.security.pki import init_pki
 from fl_client.node_data import load_node_data
 from tests.collector_truth import truth_checks
+from tests.fleet_harness import process_tree, start_fleet, stop_all
 
 pytestmark = pytest.mark.slow
 
@@ -63,13 +63,6 @@ def _wait(cond, what: str, timeout: float, procs: list[subprocess.Popen], logs: 
         time.sleep(0.5)
 
 
-def _tree(proc: subprocess.Popen) -> list[int]:
-    try:
-        return [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))]
-    except psutil.NoSuchProcess:
-        return [proc.pid]
-
-
 def test_simnodes_to_collectors_to_a_tls_federation(tmp_path) -> None:
     t_start = time.monotonic()
     pki = init_pki(tmp_path / "pki", len(SPECS), ["127.0.0.1", "localhost"])
@@ -77,7 +70,6 @@ def test_simnodes_to_collectors_to_a_tls_federation(tmp_path) -> None:
     save_dataset(coordinator_data / "coordinator",
                  task_arrays(simulate_chain(ChainConfig(n_transactions=20_000, seed=2))), {"role": "coordinator"})
     home = tmp_path / "flwr-home"
-    control_port, port = dep.free_port(), dep.free_port()
     started: list[subprocess.Popen] = []
     nodes_procs: list[subprocess.Popen] = []
     simnodes: list[SimNode] = []
@@ -85,15 +77,7 @@ def test_simnodes_to_collectors_to_a_tls_federation(tmp_path) -> None:
     data_dirs = [tmp_path / f"node-{i}" / "data" for i in range(len(SPECS))]
     logs = [tmp_path / f"node-{i}.log" for i in range(len(SPECS))]
     try:
-        link = dep.start_superlink("127.0.0.1", control_port, home, tmp_path / "superlink.log", pki_dir=pki["dir"])
-        started.append(link)
-        gate = dep.start_fleet_gateway("127.0.0.1", port, f"127.0.0.1:{control_port}", tmp_path / "gateway.log",
-                                       pki_dir=pki["dir"])
-        started.append(gate)
-        dep.wait_for_port("127.0.0.1", port, proc=gate)
-        dep.write_connection(home, "anya", f"127.0.0.1:{control_port}", root_certificates=pki["ca_cert"])
-        for key in pki["nodes"]:
-            assert "registered successfully" in dep.register_node(home, "anya", key["pub"], superlink=link)
+        _, port = start_fleet(tmp_path, home, pki, [n["pub"] for n in pki["nodes"]], started)
 
         for i, spec in enumerate(SPECS):
             sim = SimNode(SimNodeConfig(**COMMON, **spec)).start(port=0)
@@ -125,7 +109,7 @@ def test_simnodes_to_collectors_to_a_tls_federation(tmp_path) -> None:
               "the collectors to catch up", 120, nodes_procs, logs)
         time.sleep(2.0)  # a few more polls: the mempool view settles too
         for p in started:
-            seen.update(_tree(p))
+            seen.update(process_tree(p))
         assert len(dep.wait_for_nodes(home, "anya", len(SPECS), timeout=90)) == len(SPECS)
 
         cfg = FederationConfig(rounds=2, nodes=len(SPECS), min_nodes=len(SPECS), local_epochs=1,
@@ -134,18 +118,11 @@ def test_simnodes_to_collectors_to_a_tls_federation(tmp_path) -> None:
         metrics = dep.launch_run(home, "anya", cfg, log_file=tmp_path / "run.log", timeout=400)
         for p in started:
             if p.poll() is None:
-                seen.update(_tree(p))
+                seen.update(process_tree(p))
     finally:
-        for p in reversed(started):
-            dep.stop_process(p)
+        leftover = stop_all(started, seen)
         for s in simnodes:
             s.stop()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and any(dep.alive(pid) for pid in seen):
-            time.sleep(0.5)
-        leftover = [pid for pid in seen if dep.alive(pid)]
-        for pid in leftover:
-            dep.stop_process(pid, timeout=5)
     assert not leftover, f"processes left alive: {leftover}"
 
     # the stores: exactly the simulator's transaction rows and fee labels, and nothing but the store to train on

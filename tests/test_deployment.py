@@ -12,7 +12,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -25,6 +24,7 @@ from core.data.datasets import partition_nodes, save_dataset, task_arrays
 from core.errors import ConfigError
 from core.fedconfig import FederationConfig
 from core.security.pki import init_pki
+from tests.fleet_harness import process_tree, start_fleet, stop_all
 
 # seed 2: every split of the 20,000-transaction chain is non-empty (with some seeds a split is empty)
 DATA_SEED = 2
@@ -92,13 +92,6 @@ def _write_data(root: Path) -> tuple[Path, list[Path]]:
     return coordinator_data, node_dirs
 
 
-def _tree(proc: subprocess.Popen) -> list[int]:
-    try:
-        return [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))]
-    except psutil.NoSuchProcess:
-        return [proc.pid]
-
-
 FOREIGN_APP = """
 import json
 import os
@@ -151,23 +144,14 @@ def test_deployment_tls_auth_node_killed_mid_run(tmp_path) -> None:
     coordinator_data, node_dirs = _write_data(tmp_path)
     home = tmp_path / "flwr-home"  # the coordinator's FLWR_HOME, outside the repository
     stranger_home = tmp_path / "stranger-home"  # someone holding only ca.pem, on the nodes' address
-    control_port, port = dep.free_port(), dep.free_port()
-    address = f"127.0.0.1:{port}"  # the Fleet gateway: the one address nodes (and strangers) reach
     started: list[subprocess.Popen] = []
     seen_pids: set[int] = set()
     victim: dict = {}
     foreign_app, markers, foreign_result = _foreign_app(tmp_path)
     try:
-        link = dep.start_superlink("127.0.0.1", control_port, home, tmp_path / "superlink.log", pki_dir=pki["dir"])
-        started.append(link)
-        gate = dep.start_fleet_gateway("127.0.0.1", port, f"127.0.0.1:{control_port}", tmp_path / "gateway.log",
-                                       pki_dir=pki["dir"])
-        started.append(gate)
-        dep.wait_for_port("127.0.0.1", port, proc=gate)
-        dep.write_connection(home, "anya", f"127.0.0.1:{control_port}", root_certificates=pki["ca_cert"])
+        link, port = start_fleet(tmp_path, home, pki, [n["pub"] for n in pki["nodes"][:NODES]], started)
+        address = f"127.0.0.1:{port}"  # the Fleet gateway: the one address nodes (and strangers) reach
         dep.write_connection(stranger_home, "coord", address, root_certificates=pki["ca_cert"])
-        for node in pki["nodes"][:NODES]:
-            assert "registered successfully" in dep.register_node(home, "anya", node["pub"], superlink=link)
         # a stranger on the nodes' address can neither register a key nor start a run
         attacker_pub = pki["nodes"][NODES + 1]["pub"]
         res = dep.flwr_cli(["supernode", "register", str(attacker_pub), "coord"], stranger_home)
@@ -195,7 +179,7 @@ def test_deployment_tls_auth_node_killed_mid_run(tmp_path) -> None:
         assert "Exit Code: 305" in rogue_text and "[code: 2004] Failed to activate SuperNode." in rogue_text
         assert "ApiError:2004" in (tmp_path / "superlink.log").read_text()
         for p in started:
-            seen_pids.update(_tree(p))
+            seen_pids.update(process_tree(p))
 
         # a foreign app submitted from the coordinator itself: its ServerApp runs there (the coordinator's
         # own choice), but every node refuses its bundle and none of its code runs on a node
@@ -218,27 +202,18 @@ def test_deployment_tls_auth_node_killed_mid_run(tmp_path) -> None:
             # round 1's train replies are in: kill one node before the evaluate messages go out
             if not victim and (progress["round"] >= 2 or progress["phase"] in ("evaluate", "done")):
                 target = nodes[-1]
-                victim["pids"] = _tree(target)
+                victim["pids"] = process_tree(target)
                 seen_pids.update(victim["pids"])
                 os.kill(target.pid, signal.SIGKILL)
                 victim["rc"] = target.wait(timeout=10)
             for p in started:
                 if p.poll() is None:
-                    seen_pids.update(_tree(p))
+                    seen_pids.update(process_tree(p))
 
         metrics = dep.launch_run(home, "anya", cfg, log_file=tmp_path / "run.log", timeout=300,
                                  on_progress=on_progress)
     finally:
-        for p in reversed(started):
-            if p.poll() is None:
-                seen_pids.update(_tree(p))
-            dep.stop_process(p)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and any(dep.alive(pid) for pid in seen_pids):
-            time.sleep(0.5)
-        leftover = [pid for pid in seen_pids if dep.alive(pid)]
-        for pid in leftover:
-            dep.stop_process(pid, timeout=5)
+        leftover = stop_all(started, seen_pids)
     assert not leftover, f"processes left alive: {leftover}"
     assert victim.get("rc") == -signal.SIGKILL
     history = metrics["history"]
