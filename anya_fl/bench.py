@@ -440,11 +440,15 @@ def _collector_ingest() -> float:
 
 @benchmark("collector.mempool300k.rss_mb", "MB", target=300.0)
 def _collector_mempool_rss() -> float:
-    """Peak RSS of this process while the collector syncs a 300,000-entry mempool (an in-process node
-    stand-in answering Core's mempool calls, so the figure is the collector's own plus this process's)."""
+    """Peak RSS of a fresh process while the collector syncs a 300,000-entry mempool (an in-process node
+    stand-in answering Core's mempool calls, so the figure is the collector's own plus the interpreter's).
+    A spawned child: what earlier benchmarks left in this process's memory does not count."""
+    import multiprocessing
     import tempfile
+    from concurrent.futures import ProcessPoolExecutor
 
     from core.collector.bench import measure_mempool_rss_synthetic
 
-    with tempfile.TemporaryDirectory(prefix="anya-fl-bench-") as d:
-        return float(measure_mempool_rss_synthetic(d, size=300_000)["peak_rss_mb"])
+    with tempfile.TemporaryDirectory(prefix="anya-fl-bench-") as d, \
+            ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return float(pool.submit(measure_mempool_rss_synthetic, d, 300_000).result()["peak_rss_mb"])

@@ -27,6 +27,14 @@ def _rss_mb() -> float:
 
 
 def _peak_rss_mb() -> float:
+    """This process's peak RSS: Linux's VmHWM (its own address space: a spawned child does not inherit its
+    parent's peak, which ru_maxrss keeps across fork and exec), else ru_maxrss."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
