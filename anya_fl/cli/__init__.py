@@ -7,7 +7,7 @@ import sys
 
 from rich.markup import escape
 
-from anya_fl.cli import bench, collect, coordinator, node, quality, serve, simnode, simulate
+from anya_fl.cli import bench, collect, coordinator, node, quality, serve, simnode, simulate, watch
 from anya_fl.cli.app import app
 from anya_fl.cli.models import models_app
 from anya_fl.cli.security import audit_app, token_app
@@ -28,6 +28,8 @@ app.command()(quality.baseline)
 app.command()(quality.data)
 app.command()(bench.bench)
 app.add_typer(collect.collect_app, name="collect")
+app.command()(watch.watch)
+app.add_typer(watch.alerts_app, name="alerts")
 
 __all__ = ["app", "main"]
 

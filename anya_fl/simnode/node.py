@@ -3,7 +3,8 @@
 At simulated time T the node has the blocks with ``block_time <= T`` (tip = START_HEIGHT + their count) and a
 mempool of the transactions that arrived by T and are not yet in a block (plus scenario effects: phantoms,
 evictions, a reorg's dropped transactions). Everything is a function of T and the scenario events injected so
-far, so any simulated time can be answered without replaying requests.
+far, so any simulated time can be answered without replaying requests. P2P-side scenarios (eclipse, inbound
+flood, addr spam, partition, stale fork) are in ``network_scenarios``; a partition freezes the node's chain.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import numpy as np
 from anya_fl.simnode.blocks import Blocks, Reorg, View
 from anya_fl.simnode.config import MIN_RELAY_SAT_VB, SimNodeConfig
 from anya_fl.simnode.encoding import hex_id
-from anya_fl.simnode.peers import make_peers
+from anya_fl.simnode.network_scenarios import Network, NetworkEvent, check_positive, check_time
+from anya_fl.simnode.peers import Peer, make_peers
 from anya_fl.simnode.render import TxRenderer
 from anya_fl.simnode.rpc import CoreRPC
 from anya_fl.simnode.server import RPCAuth, RPCServer
@@ -34,6 +36,8 @@ from core.data.datasets import partition_nodes
 from core.errors import ConfigError
 from core.seeding import stream
 from core.storage import atomic_write_bytes
+
+STALE_FORK_BRANCH = 1_000_000  # block branch numbers of stale forks (reorgs use 1, 2, ...)
 
 
 class SimClock:
@@ -93,7 +97,8 @@ class SimNode:
         self.clock = SimClock(self.t_start, cfg.speed)
         shard = partition_nodes(self.chain, len(PROFILE_ORDER), cfg.seed)[PROFILE_ORDER.index(cfg.profile)]
         self.own = shard.tx_index  # this operator's transactions (partition_nodes' dealing by profile affinity)
-        self.peers = make_peers(cfg.seed, self.t_start)
+        self.peers = make_peers(cfg.seed, self.t_start)  # the original outbound peers
+        self.network = Network(cfg.seed, self.peers, self.true_tip)
         self._coinbases = {hex_id(f"anya-fl simnode coinbase {cfg.seed} {h} 0"): (h, 0)
                            for h in range(self.blocks.first, self.blocks.first + self.chain.n_blocks)}
         self.lock = threading.RLock()
@@ -205,12 +210,22 @@ class SimNode:
         self._poll()
 
     def view(self, t: float | None = None) -> View:
-        """The node at simulated time ``t`` (now by default)."""
+        """The node at simulated time ``t`` (now by default); during a partition its blocks are those it had at
+        the partition's start (a stale branch shown then stays shown until the next block after it)."""
         t = self.now() if t is None else t
-        nb = self.timeline.blocks_at(t)
+        t_chain = self.network.chain_time(t)
+        nb = self.timeline.blocks_at(t_chain)
         reorgs = tuple(r for r in self._reorgs if r.t_start <= t)
-        shown = next((r for r in reorgs if t < r.t_end), None)
+        shown = next((r for r in reorgs if t_chain < r.t_end), None)
         return View(t, nb, START_HEIGHT + nb, shown, reorgs)
+
+    def true_tip(self, t: float) -> int:
+        """The simulated chain's tip height at ``t`` (what the network has, whatever the node has)."""
+        return START_HEIGHT + self.timeline.blocks_at(t)
+
+    def peers_at(self, t: float) -> list[Peer]:
+        """The peers connected at simulated time ``t``, by id (outbound and inbound)."""
+        return [c.peer for c in self.network.connected(t)]
 
     def tip_height(self) -> int:
         return self.view().tip
@@ -241,7 +256,7 @@ class SimNode:
         seq = self.timeline.sequence(v.t)
         for r in v.reorgs:
             seq += r.n_canonical + r.n_kept  # canonical blocks disconnected (adds), stale ones connected
-            if v.t >= r.t_end:
+            if self.network.chain_time(v.t) >= r.t_end:
                 seq += r.n_kept + r.n_canonical  # stale blocks disconnected, canonical ones connected again
         return seq
 
@@ -319,6 +334,94 @@ class SimNode:
     @property
     def in_outage(self) -> bool:
         return self._outage_until is not None
+
+    # ---- P2P scenarios (network_scenarios)
+
+    def _start(self, at_s: float | None) -> float:
+        return self.now() if at_s is None else check_time("at_s", at_s, self.t_start)
+
+    def _add_event(self, kind: str, start: float, end: float | None, **fields: Any) -> NetworkEvent:
+        event = NetworkEvent(index=len(self.network.events), kind=kind, start=start, end=end, **fields)
+        self.network.add(event)
+        return event
+
+    def inject_eclipse(self, at_s: float | None = None) -> None:
+        """From ``at_s`` (None: now) every outbound peer is replaced by a new one (new id, conntime ``at_s``,
+        the same connection type per slot), all with IPv4 addresses in 198.51.0.0/16 and one AS."""
+        with self.lock:
+            self._add_event("eclipse", self._start(at_s), None)
+
+    def inject_inbound_flood(self, at_s: float | None = None, per_min: float = 40.0,
+                             duration_s: float = 1800.0) -> None:
+        """Inbound peers connect at ``per_min`` a minute during [at_s, at_s + duration_s] (the j-th at
+        ``at_s + j x 60 / per_min``), up to 115 inbound (125 slots less 10 outbound); they stay connected."""
+        rate = check_positive("per_min", per_min)
+        duration = check_positive("duration_s", duration_s)
+        with self.lock:
+            start = self._start(at_s)
+            self._add_event("inbound_flood", start, start + duration, rate=rate)
+
+    def inject_addr_spam(self, at_s: float | None = None, per_s: float = 50.0, duration_s: float = 1800.0) -> None:
+        """One outbound full-relay peer connected at ``at_s`` (picked by the seed) sends ``per_s`` addresses a
+        second during the window: its addr_processed grows at most 0.1/s once Core's bucket of 1,000 is used up,
+        addr_rate_limited takes the rest, bytesrecv_per_msg["addrv2"] grows 30 bytes per address."""
+        rate = check_positive("per_s", per_s)
+        duration = check_positive("duration_s", duration_s)
+        with self.lock:
+            start = self._start(at_s)
+            self._add_event("addr_spam", start, start + duration, rate=rate)
+
+    def inject_partition(self, at_s: float | None = None, duration_s: float = 5400.0) -> None:
+        """The node receives nothing during [at_s, at_s + duration_s): its chain (getblockcount, getbestblockhash,
+        getblockchaininfo blocks and headers, getblockhash, getblock, getblockheader, getchaintips, getblockstats,
+        gettxoutsetinfo, estimatesmartfee) stays at the blocks it had at ``at_s`` (higher blocks are unknown: -8 /
+        -5, as Core), while peers' synced_headers/synced_blocks report the true tip; at the end the node has the
+        true chain again (it catches up at once).
+
+        Simplification: the mempool is not frozen. It stays the simulated mempool of the current time, so the
+        transactions of blocks mined during the partition leave it when they are mined, as if confirmed, and
+        getrawtransaction does not find them until the node catches up.
+        """
+        duration = check_positive("duration_s", duration_s)
+        with self.lock:
+            start = self._start(at_s)
+            end = start + duration
+            for e in self.network.of_kind("partition"):
+                assert e.end is not None
+                if start < e.end and e.start < end:
+                    raise ConfigError("at_s", f"the partition [{start}, {end}) overlaps the partition "
+                                              f"[{e.start}, {e.end})")
+            if any(r.t_start > start for r in self._reorgs):
+                raise ConfigError("at_s", f"{start} is before an injected reorg; a partition starts after the "
+                                          f"reorgs injected so far")
+            height = self.true_tip(start)
+            for e in self.network.of_kind("stale_fork"):
+                if start <= e.start < end and e.height > height:
+                    raise ConfigError("at_s", f"the stale fork at {e.start} (height {e.height}) would be above the "
+                                              f"partitioned tip {height}")
+            self._add_event("partition", start, end, height=height)
+
+    def inject_stale_fork(self, at_s: float | None = None, branchlen: int = 2) -> None:
+        """From ``at_s`` getchaintips lists a valid-fork tip of ``branchlen`` blocks off the active chain: blocks
+        at the heights of the active tip at ``at_s`` and below it, with other hashes (determined by the seed)
+        and the same transactions as the canonical blocks; getblock/getblockheader know them from ``at_s``."""
+        if isinstance(branchlen, bool) or not isinstance(branchlen, int) or branchlen < 1:
+            raise ConfigError("branchlen", f"{branchlen!r} must be an integer >= 1")
+        with self.lock:
+            start = self._start(at_s)
+            v = self.view(start)
+            if branchlen > v.nb:
+                raise ConfigError("branchlen", f"{branchlen} is more than the {v.nb} blocks mined at {start}")
+            index = len(self.network.events)
+            branch = STALE_FORK_BRANCH + index
+            first = v.tip - branchlen + 1
+            kept = {h: self.timeline.block_txs(h - self.blocks.first) for h in range(first, v.tip + 1)}
+            empty = np.zeros(0, dtype=np.int64)
+            self.blocks.add_reorg(Reorg(id=branch, depth=branchlen, t_start=start, t_end=start, first_height=first,
+                                        top_height=v.tip, kept=kept, dropped=empty,
+                                        dropped_mask=np.zeros(0, dtype=bool)))
+            self._add_event("stale_fork", start, None, branchlen=branchlen, height=v.tip, branch=branch,
+                            extra={"hash": self.blocks.hash(v.tip, branch)})
 
     # ---- operator labels
 

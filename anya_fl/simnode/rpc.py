@@ -244,6 +244,9 @@ class CoreRPC:
             branch = 0 if r is v.reorg else r.id  # the branch not shown now is the valid fork
             tips.append({"height": r.top_height, "hash": b.hash(r.top_height, branch), "branchlen": r.depth,
                          "status": "valid-fork"})
+        for fork in self.node.network.forks_at(v.t):  # injected stale forks (network_scenarios)
+            tips.append({"height": fork.height, "hash": b.hash(fork.height, fork.branch), "branchlen": fork.branchlen,
+                         "status": "valid-fork"})
         return sorted(tips, key=lambda tip: (-tip["height"], tip["status"] != "active"))
 
     # ---- mempool
@@ -390,15 +393,17 @@ class CoreRPC:
         return out
 
     def getnetworkinfo(self, v: View) -> dict[str, Any]:
-        return network_info(len(self.node.peers))
+        return network_info(*self.node.network.counts(v.t))
 
     def getconnectioncount(self, v: View) -> int:
-        return len(self.node.peers)
+        return sum(self.node.network.counts(v.t))
 
     def getpeerinfo(self, v: View) -> list[dict[str, Any]]:
         node = self.node
         tip_time = node.blocks.time(v.tip)
-        return [peer_info(p, v.t, v.tip, tip_time, node.start_height) for p in node.peers]
+        synced = node.true_tip(v.t)  # peers have the true chain, even while the node is partitioned
+        return [peer_info(p, v.t, v.tip, tip_time, node.start_height, synced=synced,
+                          addr=node.network.addr_extra(p, v.t)) for p in node.peers_at(v.t)]
 
     def uptime(self, v: View) -> int:
         return int(v.t - self.node.t_start)

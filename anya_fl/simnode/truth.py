@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -70,3 +70,13 @@ class Truth:
             raise ConfigError("tip_height", f"blocks {tip_height + 1}..{tip_height + k} are not all in the simulated "
                                             f"chain ({START_HEIGHT + 1}..{START_HEIGHT + chain.n_blocks})")
         return float(chain.block_threshold[b0:b0 + k].min())
+
+    def network_events(self, detail: bool = False) -> list[dict[str, Any]]:
+        """The injected P2P scenarios as ``{kind, start, end}`` (simulated seconds; end None: open-ended), by
+        start then injection order. ``detail`` adds each one's settings and peers: eclipse ``peers`` (the new
+        outbound ids), inbound_flood ``per_min`` and ``peers``, addr_spam ``per_s``, ``peer`` (id) and ``addr``,
+        partition ``height`` (the frozen tip), stale_fork ``height``, ``branchlen`` and ``hash``."""
+        net = self._node.network
+        with self._node.lock:
+            events = sorted(net.events, key=lambda e: (e.start, e.index))
+            return [net.describe(e, detail) for e in events]

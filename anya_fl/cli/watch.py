@@ -1,0 +1,147 @@
+"""`anya-fl watch` (network watch: telemetry, rule detectors, alerts) and `anya-fl alerts show|rules`."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from anya_fl.cli.node import RpcCookie, RpcUrl, RpcUser
+from anya_fl.console import console, err_console, table
+
+WEBHOOK_SECRET_ENV = "ANYA_FL_WEBHOOK_SECRET"
+StateDir = Annotated[Path, typer.Option(help="Where the alert state, history, webhook outbox and detectors' "
+                                             "memory live.")]
+DEFAULT_STATE = Path(".anya-fl/watch")
+
+alerts_app = typer.Typer(help="Alerts of the network watch: recent ones, and Prometheus alerting rules.",
+                         no_args_is_help=True)
+
+
+def watch(
+    rpc_url: RpcUrl = None,
+    rpc_cookie: RpcCookie = None,
+    rpc_user: RpcUser = None,
+    state_dir: StateDir = DEFAULT_STATE,
+    interval: Annotated[float, typer.Option(help="Seconds between polls (peer-observer polls every 10 s).")] = 10.0,
+    jsonl: Annotated[Path | None, typer.Option(help="Append every alert to this JSONL file.")] = None,
+    webhook_url: Annotated[str | None, typer.Option(help="POST every alert here (JSON; HMAC-SHA256 of the body in "
+                                                         "X-Anya-Signature, the secret from "
+                                                         "ANYA_FL_WEBHOOK_SECRET).")] = None,
+    cooldown: Annotated[float, typer.Option(help="Seconds a resolved condition stays quiet.")] = 3600.0,
+    once: Annotated[bool, typer.Option(help="Poll once, print the telemetry and findings, and exit.")] = False,
+    bitcoind_pid: Annotated[int | None, typer.Option(help="bitcoind's PID: its memory joins the telemetry.")] = None,
+    datadir: Annotated[Path | None, typer.Option(help="Core's data directory: its disk's free space joins the "
+                                                      "telemetry (default: --state-dir's disk).")] = None,
+) -> None:
+    """Watch this node's P2P side: eclipse risk, partition and stale tip, forks, inbound floods, addr spam,
+    a full mempool, disk and CPU; alerts to the console, a JSONL file and a signed webhook.
+
+    Credentials: --rpc-cookie, or --rpc-user with the password in ANYA_FL_RPC_PASSWORD. Ctrl-C stops.
+    """
+    from core.alerts import AlertEngine, JsonlSink, LogSink, WebhookSink
+    from core.bitcoin.network.watch import NetworkWatch
+    from core.bitcoin.rpc import BitcoinRPC, operator_rpc_config
+    from core.errors import ConfigError
+
+    if not rpc_url:
+        raise ConfigError("rpc-url", "missing: Bitcoin Core's JSON-RPC URL, e.g. http://127.0.0.1:8332")
+    if not interval > 0:
+        raise ConfigError("interval", f"{interval} must be > 0 seconds")
+    rpc = BitcoinRPC(operator_rpc_config(rpc_url, rpc_cookie, rpc_user))
+    state_dir.mkdir(parents=True, exist_ok=True)
+    sinks: list[Any] = [LogSink(), _ConsoleSink()]
+    if jsonl is not None:
+        sinks.append(JsonlSink(jsonl))
+    webhook = None
+    if webhook_url:
+        secret = os.environ.get(WEBHOOK_SECRET_ENV)
+        if not secret:
+            raise ConfigError("webhook-url", f"the HMAC secret comes from {WEBHOOK_SECRET_ENV}, which is not set")
+        webhook = WebhookSink(webhook_url, secret.encode(), outbox_dir=state_dir / "outbox")
+        sinks.append(webhook)
+    engine = AlertEngine(state_dir / "alerts.json", sinks, cooldown_s=cooldown)
+    disk = datadir or state_dir
+    watcher = NetworkWatch(rpc, engine, state_path=state_dir / "detectors.json",
+                           resources=lambda: node_resources(bitcoind_pid, disk))
+    if once:
+        res = watcher.poll_once()
+        rows = [[k, f"{v:g}"] for k, v in res.sample.as_dict().items()]
+        console.print(table("telemetry", ["feature", "value"], rows))
+        console.print(table("findings", ["detector", "key", "state", "message"],
+                            [[f.detector, f.key, f.severity.name if f.active else "ok", f.message]
+                             for f in res.findings]))
+        for p in res.sample.problems:
+            err_console.print(f"[yellow]{escape(p)}[/yellow]", soft_wrap=True)
+        if webhook is not None:
+            webhook.flush()
+        return
+    stop = threading.Event()
+    console.print(f"watching {rpc_url} every {interval:g} s; alerts in {state_dir} (Ctrl-C stops)")
+    while not stop.is_set():
+        watcher.poll_once()
+        if webhook is not None:
+            webhook.flush()
+        stop.wait(interval)
+
+
+def node_resources(pid: int | None, disk: Path) -> dict[str, float]:
+    """The machine's CPU use, bitcoind's memory (when its PID is given) and the free space of Core's disk."""
+    import psutil
+
+    out = {"cpu_percent": psutil.cpu_percent(None), "disk_free_gb": psutil.disk_usage(str(disk)).free / 2**30}
+    if pid:
+        try:
+            out["memory_rss_mb"] = psutil.Process(pid).memory_info().rss / 2**20
+        except psutil.Error:
+            pass  # bitcoind gone or not ours to read: memory stays unknown (0)
+    return out
+
+
+class _ConsoleSink:
+    """Alerts on the terminal, coloured by severity."""
+
+    def deliver(self, alert: Any) -> None:
+        colour = {"INFO": "cyan", "WARNING": "yellow", "CRITICAL": "red"}[alert.severity.name]
+        console.print(f"[{colour}]{alert.severity.name}[/{colour}] {escape(alert.detector)}/{escape(alert.key)}: "
+                      f"{escape(alert.title)} — {escape(alert.message)}", soft_wrap=True, highlight=False)
+
+
+@alerts_app.command("show")
+def alerts_show(
+    state_dir: StateDir = DEFAULT_STATE,
+    last: Annotated[int, typer.Option(help="How many recent alerts.")] = 20,
+) -> None:
+    """The most recent alerts of the watch whose state is in --state-dir."""
+    from datetime import UTC, datetime
+
+    from core.alerts import AlertEngine
+    from core.errors import ConfigError
+
+    if not (state_dir / "alerts.json").is_file():
+        raise ConfigError("state-dir", f"{state_dir} holds no alert state (run `anya-fl watch` first)")
+    engine = AlertEngine(state_dir / "alerts.json", [])
+    rows = [[datetime.fromtimestamp(a.time, UTC).isoformat(timespec="seconds"), a.severity.name, a.detector,
+             a.key, a.title, a.message] for a in engine.recent(last)]
+    console.print(table("alerts", ["time (UTC)", "severity", "detector", "key", "title", "message"], rows))
+
+
+@alerts_app.command("rules")
+def alerts_rules(
+    out: Annotated[Path | None, typer.Option(help="Write the rules here (else print them).")] = None,
+) -> None:
+    """Prometheus alerting rules for Alertmanager, one per detector (on `anya_fl_alert_active`)."""
+    from core.alerts import alertmanager_rules
+    from core.bitcoin.network.detectors import DETECTOR_RULES
+    from core.storage import atomic_write_bytes
+
+    text = alertmanager_rules(DETECTOR_RULES)
+    if out is None:
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
+    else:
+        atomic_write_bytes(out, text.encode())
+        console.print(f"wrote {len(DETECTOR_RULES)} rules to {out}")

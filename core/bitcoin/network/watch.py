@@ -1,0 +1,95 @@
+"""The network watch loop: Bitcoin Core's RPC -> a telemetry sample -> the rule detectors -> the alert engine.
+
+One ``poll_once`` reads getpeerinfo, getnetworkinfo, getchaintips, getmempoolinfo and getblockchaininfo; a
+reply that fails (the node unreachable, an RPC error, a malformed reply) is passed on as missing, so the
+telemetry of the others is still computed and the failure is one of the sample's problems. With a reply
+missing the detectors do not run (they would read its features as zeros: "no connections"); the ``rpc``
+condition says what failed instead, and every other condition stays as it was. The detectors'
+memory is saved beside the engine's state (atomically), so a restarted watcher keeps counting how long a
+condition has held.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.alerts import Alert, AlertEngine, Finding, Severity
+from core.bitcoin.network.detectors import NetworkDetectors
+from core.bitcoin.network.telemetry import TelemetrySample, telemetry_sample
+from core.bitcoin.rpc import BitcoinRPC, RPCError
+from core.storage import atomic_write_json
+
+_CALLS = {"peers": "getpeerinfo", "network": "getnetworkinfo", "chaintips": "getchaintips",
+          "mempool": "getmempoolinfo", "blockchain": "getblockchaininfo"}
+
+
+def node_time(peers: Any) -> float:
+    """The node's clock as its getpeerinfo shows it (newest lastsend/lastrecv), else this machine's."""
+    times = [float(p[k]) for p in peers or [] if isinstance(p, Mapping) for k in ("lastsend", "lastrecv")
+             if isinstance(p.get(k), int | float) and not isinstance(p.get(k), bool)] if isinstance(peers, list) else []
+    return max(times) if times else time.time()
+
+
+@dataclass
+class WatchResult:
+    """One poll: the sample, every finding, and the alerts the engine sent."""
+
+    sample: TelemetrySample
+    findings: list[Finding]
+    alerts: list[Alert]
+
+
+class NetworkWatch:
+    """Polls one node and feeds the alert engine.
+
+    ``now`` is the clock of the samples (UNIX seconds). By default it is the node's own: the newest
+    ``lastsend``/``lastrecv`` among its peers (Core pings every peer every 2 minutes, so that is within
+    seconds of the node's clock, and a skewed clock on the watcher's machine does not age the tip), else
+    this machine's clock."""
+
+    def __init__(self, rpc: BitcoinRPC, engine: AlertEngine, *, state_path: Path | None = None,
+                 now: Callable[[], float] | None = None,
+                 resources: Callable[[], Mapping[str, Any]] | None = None) -> None:
+        self.rpc, self.engine, self.now, self.resources = rpc, engine, now, resources
+        self.state_path = Path(state_path) if state_path is not None else None
+        self.detectors = NetworkDetectors()
+        if self.state_path is not None and self.state_path.is_file():
+            try:
+                self.detectors = NetworkDetectors.from_dict(json.loads(self.state_path.read_text()))
+            except (OSError, ValueError, AttributeError):
+                self.detectors = NetworkDetectors()  # memory only: conditions start counting again
+        self.previous: TelemetrySample | None = None
+
+    def poll_once(self) -> WatchResult:
+        replies: dict[str, Any] = {}
+        failures: list[str] = []
+        for name, method in _CALLS.items():
+            try:
+                replies[name] = self.rpc.call(method)
+            except RPCError as exc:
+                replies[name] = None
+                failures.append(f"{method}: {exc}")
+        now = self.now() if self.now is not None else node_time(replies["peers"])
+        if self.previous is not None and now <= self.previous.time:
+            now = self.previous.time + 1e-3  # never backwards: rates need elapsed time
+        sample = telemetry_sample(**replies, now=now, previous=self.previous,
+                                  resources=self.resources() if self.resources else None)
+        sample.problems[:0] = failures
+        if failures:  # the detectors would read missing replies as zeros: their conditions stay as they were
+            severity = Severity.CRITICAL if len(failures) == len(_CALLS) else Severity.WARNING
+            findings = [Finding("rpc", "replies", severity, "Bitcoin Core does not answer"
+                                if severity == Severity.CRITICAL else "Bitcoin Core answers only in part",
+                                "; ".join(failures)[:500], float(len(failures)))]
+        else:
+            findings = [Finding("rpc", "replies", Severity.INFO, "Bitcoin Core answers", "", 0.0, active=False),
+                        *self.detectors.evaluate(sample, rates_known=self.previous is not None)]
+        alerts = self.engine.submit(findings)
+        if self.state_path is not None:
+            atomic_write_json(self.state_path, self.detectors.to_dict())
+        self.previous = sample
+        return WatchResult(sample, findings, alerts)

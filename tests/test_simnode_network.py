@@ -1,0 +1,296 @@
+"""P2P-side scenarios of the simulated node (anya_fl.simnode.network_scenarios) through the product's RPC client."""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+
+import pytest
+
+from anya_fl.simnode import GENESIS_EPOCH, SimNode, SimNodeConfig
+from anya_fl.simnode.network_scenarios import MAX_INBOUND
+from core.bitcoin.rpc import BitcoinRPC, RPCConfig, RPCReplyError
+from core.data.chain import START_HEIGHT
+from core.errors import ConfigError
+
+USER, PASSWORD = "alice", "s3cret"
+T0 = 9300.0  # an integer simulated time just after the node's start (start_block 20: t_start is about 9232)
+
+
+def make_node(**kw) -> SimNode:
+    settings = {"seed": 3, "transactions": 5_000, "speed": 0.0, "rpcuser": USER, "rpcpassword": PASSWORD,
+                "block_weight_limit": 400_000, "start_block": 20} | kw
+    node = SimNode(SimNodeConfig(**settings))
+    node.clock.set(T0)
+    return node
+
+
+def client(node: SimNode) -> BitcoinRPC:
+    return BitcoinRPC(RPCConfig(url=node.url, user=USER, password=PASSWORD, timeout_s=10.0, retries=0))
+
+
+@pytest.fixture
+def fresh():
+    """Started nodes of their own (stopped afterwards), their clocks at T0."""
+    made: list[SimNode] = []
+
+    def build(**kw) -> SimNode:
+        n = make_node(**kw).start()
+        made.append(n)
+        return n
+
+    yield build
+    for n in made:
+        n.stop()
+
+
+def outbound(peers: list[dict]) -> list[dict]:
+    return [p for p in peers if not p["inbound"]]
+
+
+def test_no_scenario_keeps_ten_outbound_peers(fresh) -> None:
+    node = fresh()
+    rpc = client(node)
+    peers = rpc.call("getpeerinfo")
+    assert [p["id"] for p in peers] == list(range(10)) and not any(p["inbound"] for p in peers)
+    assert all("addrv2" not in p["bytesrecv_per_msg"] and p["addr_rate_limited"] == 0 for p in peers)
+    assert rpc.call("getconnectioncount") == 10 and node.truth.network_events() == []
+
+
+def test_eclipse_replaces_every_outbound_peer_with_one_slash16(fresh) -> None:
+    node = fresh()
+    rpc = client(node)
+    before = rpc.call("getpeerinfo")
+    at = T0 + 60
+    node.inject_eclipse(at)
+    node.advance(59)
+    assert [(p["id"], p["addr"]) for p in rpc.call("getpeerinfo")] == [(p["id"], p["addr"]) for p in before]
+    node.advance(1)
+    after = rpc.call("getpeerinfo")
+    assert len(after) == 10 and not {p["id"] for p in after} & {p["id"] for p in before}
+    assert [p["id"] for p in after] == list(range(10, 20))
+    nets = {ipaddress.ip_network(p["addr"].rsplit(":", 1)[0] + "/16", strict=False) for p in after}
+    assert nets == {ipaddress.ip_network("198.51.0.0/16")}
+    assert len({p["addr"] for p in after}) == 10
+    assert all(p["network"] == "ipv4" and p["conntime"] == GENESIS_EPOCH + int(at) for p in after)
+    assert len({p["mapped_as"] for p in after}) == 1
+    assert sorted(p["connection_type"] for p in after) == sorted(p["connection_type"] for p in before)
+    net = rpc.getnetworkinfo()
+    assert net["connections"] == net["connections_out"] == 10 and net["connections_in"] == 0
+    node.advance(3600)  # open-ended
+    assert [p["id"] for p in rpc.call("getpeerinfo")] == list(range(10, 20))
+    twin = make_node()
+    twin.inject_eclipse(at)
+    twin.clock.set(node.now())
+    assert twin.rpc.call("getpeerinfo") == rpc.call("getpeerinfo")  # determined by the seed
+    assert node.truth.network_events() == [{"kind": "eclipse", "start": at, "end": None}]
+    assert node.truth.network_events(detail=True)[0]["peers"] == list(range(10, 20))
+
+
+def test_inbound_flood_fills_the_inbound_slots(fresh) -> None:
+    node = fresh()
+    rpc = client(node)
+    at, per_min, duration = T0 + 30, 40.0, 1800.0
+    node.inject_inbound_flood(at, per_min=per_min, duration_s=duration)
+    assert rpc.getnetworkinfo()["connections_in"] == 0
+    node.advance(30 + 60)
+    peers = rpc.call("getpeerinfo")
+    inbound = [p for p in peers if p["inbound"]]
+    assert len(inbound) == int(60 * per_min / 60) == 40 and len(outbound(peers)) == 10
+    node.advance(540)  # 10 simulated minutes into the flood
+    expected = min(int(10 * per_min), 125 - 10)
+    assert (expected, MAX_INBOUND) == (115, 115)
+    peers = rpc.call("getpeerinfo")
+    inbound = [p for p in peers if p["inbound"]]
+    assert len(inbound) == expected
+    net = rpc.getnetworkinfo()
+    assert (net["connections_in"], net["connections_out"], net["connections"]) == (expected, 10, expected + 10)
+    assert rpc.call("getconnectioncount") == expected + 10
+    v4, v6 = ipaddress.ip_network("203.0.113.0/24"), ipaddress.ip_network("2001:db8::/32")
+    for p in inbound:
+        assert p["connection_type"] == "inbound" and p["inbound"] is True
+        host = ipaddress.ip_address(p["addr"].rsplit(":", 1)[0].strip("[]"))
+        assert host in (v4 if p["network"] == "ipv4" else v6)
+        assert GENESIS_EPOCH + at < p["conntime"] <= GENESIS_EPOCH + at + 600
+        assert sum(p["bytesrecv_per_msg"].values()) == p["bytesrecv"]
+    assert sorted(p["id"] for p in inbound) == list(range(10, 10 + expected))
+    node.advance(duration)  # after the window they stay
+    assert rpc.getnetworkinfo()["connections_in"] == expected
+    assert node.truth.network_events() == [{"kind": "inbound_flood", "start": at, "end": at + duration}]
+
+
+def test_slow_flood_stops_at_its_window(fresh) -> None:
+    node = fresh()
+    node.inject_inbound_flood(T0, per_min=3.0, duration_s=600.0)
+    rpc = client(node)
+    node.advance(300)
+    assert rpc.getnetworkinfo()["connections_in"] == 15
+    node.advance(3000)
+    assert rpc.getnetworkinfo()["connections_in"] == 30
+
+
+def addr_model(per_s: float, elapsed: float) -> tuple[int, int]:
+    """(processed, rate limited) of Core's 0.1/s token bucket of 1,000 against ``per_s`` addresses a second."""
+    arrivals = math.floor(per_s * elapsed)
+    processed = min(arrivals, math.floor(1000 + 0.1 * elapsed))
+    return processed, arrivals - processed
+
+
+def test_addr_spam_rate_limits_one_full_relay_peer(fresh) -> None:
+    node = fresh()
+    rpc = client(node)
+    at, per_s = T0 + 10, 50.0
+    base = {p["id"]: p for p in rpc.call("getpeerinfo")}
+    node.inject_addr_spam(at, per_s=per_s, duration_s=1800)
+    target = node.truth.network_events(detail=True)[0]["peer"]
+    assert base[target]["connection_type"] == "outbound-full-relay"
+
+    def counters() -> tuple[int, int, int]:
+        p = next(p for p in rpc.call("getpeerinfo") if p["id"] == target)
+        assert sum(p["bytesrecv_per_msg"].values()) == p["bytesrecv"]
+        return p["addr_processed"], p["addr_rate_limited"], p["bytesrecv_per_msg"].get("addrv2", 0)
+
+    def normal(t: float) -> int:
+        return int(max(t - node.peers[target].conntime, 1.0) / 60)  # the peer's own addr traffic
+
+    node.advance(10 + 10)  # 10 s in: 500 addresses, all within the bucket
+    assert counters() == (normal(node.now()) + 500, 0, 30 * 500)
+    node.advance(90)  # 100 s in: the bucket is used up
+    p1, r1, b1 = counters()
+    node.advance(60)
+    p2, r2, b2 = counters()
+    m1, m2 = addr_model(per_s, 100), addr_model(per_s, 160)
+    assert r1 == m1[1] == 3990 and r2 - r1 == m2[1] - m1[1] == round((per_s - 0.1) * 60) == 2994
+    assert p2 - p1 == (m2[0] - m1[0]) + normal(node.now()) - normal(node.now() - 60)
+    assert b2 - b1 == 30 * 50 * 60
+    others = [p for p in rpc.call("getpeerinfo") if p["id"] != target]
+    assert all(p["addr_rate_limited"] == 0 and "addrv2" not in p["bytesrecv_per_msg"] for p in others)
+    node.advance(1800)  # after the window the counters stop growing
+    end = counters()
+    node.advance(600)
+    assert counters()[1:] == end[1:] == (addr_model(per_s, 1800)[1], 30 * 50 * 1800)
+
+
+def test_partition_freezes_the_chain_then_catches_up(fresh) -> None:
+    node = fresh()
+    reference = make_node()  # the same chain, never partitioned
+    rpc = client(node)
+    at, duration = T0 + 10, 5400.0
+    node.inject_partition(at, duration_s=duration)
+    node.advance(10)
+    frozen = rpc.getblockcount()
+    frozen_hash = rpc.call("getbestblockhash")
+    assert frozen == node.true_tip(at)
+    seen_ahead = 0
+    for _ in range(int(duration // 300) - 1):
+        node.advance(300)
+        true_tip = node.true_tip(node.now())
+        assert rpc.getblockcount() == frozen and rpc.call("getbestblockhash") == frozen_hash
+        info = rpc.getblockchaininfo()
+        assert info["blocks"] == info["headers"] == frozen and info["bestblockhash"] == frozen_hash
+        assert rpc.call("getchaintips") == [{"height": frozen, "hash": frozen_hash, "branchlen": 0,
+                                             "status": "active"}]
+        assert rpc.getblockhash(frozen) == frozen_hash
+        assert "nextblockhash" not in rpc.call("getblockheader", frozen_hash)
+        peers = rpc.call("getpeerinfo")
+        assert {(p["synced_headers"], p["synced_blocks"]) for p in peers} == {(true_tip, true_tip)}
+        if true_tip > frozen:
+            seen_ahead += 1
+            with pytest.raises(RPCReplyError) as err:
+                rpc.getblockhash(frozen + 1)
+            assert (err.value.code, err.value.rpc_message) == (-8, "Block height out of range")
+            unseen = node.blocks.hash(frozen + 1)
+            for method in ("getblockheader", "getblock"):
+                with pytest.raises(RPCReplyError) as err:
+                    rpc.call(method, unseen)
+                assert (err.value.code, err.value.rpc_message) == (-5, "Block not found")
+    assert seen_ahead and node.true_tip(node.now()) > frozen + 2
+    node.advance(at + duration - node.now())  # the window is over: the node has the true chain again
+    reference.clock.set(node.now())
+    tip = rpc.getblockcount()
+    assert tip == node.true_tip(node.now()) == reference.rpc.call("getblockcount") > frozen
+    assert [rpc.getblockhash(h) for h in range(frozen, tip + 1)] == \
+        [reference.rpc.call("getblockhash", [h]) for h in range(frozen, tip + 1)]
+    assert rpc.getblockchaininfo() == reference.rpc.call("getblockchaininfo")
+    assert rpc.call("getblockheader", frozen_hash)["nextblockhash"] == rpc.getblockhash(frozen + 1)
+    assert node.truth.network_events() == [{"kind": "partition", "start": at, "end": at + duration}]
+    assert node.truth.network_events(detail=True)[0]["height"] == frozen
+
+
+def test_stale_fork_is_a_valid_fork_tip(fresh) -> None:
+    node = fresh()
+    rpc = client(node)
+    at = T0 + 5
+    node.inject_stale_fork(at, branchlen=2)
+    assert len(rpc.call("getchaintips")) == 1
+    node.advance(5)
+    tip = rpc.getblockcount()
+    tips = rpc.call("getchaintips")
+    fork_hash = node.truth.network_events(detail=True)[0]["hash"]
+    assert tips == [{"height": tip, "hash": rpc.call("getbestblockhash"), "branchlen": 0, "status": "active"},
+                    {"height": tip, "hash": fork_hash, "branchlen": 2, "status": "valid-fork"}]
+    assert fork_hash != rpc.getblockhash(tip)
+    header = rpc.call("getblockheader", fork_hash)
+    assert header["confirmations"] == -1 and header["height"] == tip
+    parent = rpc.call("getblockheader", header["previousblockhash"])
+    assert parent["confirmations"] == -1 and parent["previousblockhash"] == rpc.getblockhash(tip - 2)
+    node.advance(7200)
+    later = rpc.call("getchaintips")
+    assert later[0]["status"] == "active" and later[0]["height"] > tip
+    assert {"height": tip, "hash": fork_hash, "branchlen": 2, "status": "valid-fork"} in later
+    twin = make_node()
+    twin.inject_stale_fork(at, branchlen=2)
+    assert twin.truth.network_events(detail=True)[0]["hash"] == fork_hash
+    assert make_node(seed=4).blocks.hash(tip, 1_000_000) != fork_hash
+
+
+def test_network_events_list_every_scenario(fresh) -> None:
+    node = fresh()
+    node.inject_partition(T0 + 400, duration_s=600)
+    node.inject_eclipse(T0 + 100)
+    node.inject_addr_spam(T0 + 10, per_s=5.0, duration_s=60)
+    node.inject_inbound_flood(T0 + 200)
+    node.inject_stale_fork(T0 + 200, branchlen=1)
+    assert node.truth.network_events() == [
+        {"kind": "addr_spam", "start": T0 + 10, "end": T0 + 70},
+        {"kind": "eclipse", "start": T0 + 100, "end": None},
+        {"kind": "inbound_flood", "start": T0 + 200, "end": T0 + 2000},
+        {"kind": "stale_fork", "start": T0 + 200, "end": None},
+        {"kind": "partition", "start": T0 + 400, "end": T0 + 1000},
+    ]
+    node.advance(1000)
+    rpc = client(node)
+    peers = rpc.call("getpeerinfo")
+    assert len(outbound(peers)) == 10 and all(p["addr"].startswith("198.51.") for p in outbound(peers))
+    assert len(peers) == 10 + MAX_INBOUND
+
+
+@pytest.mark.parametrize(("method", "kwargs", "setting"), [
+    ("inject_eclipse", {"at_s": math.nan}, "at_s"),
+    ("inject_eclipse", {"at_s": 0.0}, "at_s"),
+    ("inject_eclipse", {"at_s": True}, "at_s"),
+    ("inject_inbound_flood", {"at_s": T0, "per_min": 0}, "per_min"),
+    ("inject_inbound_flood", {"at_s": T0, "duration_s": math.inf}, "duration_s"),
+    ("inject_addr_spam", {"at_s": T0, "per_s": -1.0}, "per_s"),
+    ("inject_addr_spam", {"at_s": "soon"}, "at_s"),
+    ("inject_partition", {"at_s": T0, "duration_s": 0}, "duration_s"),
+    ("inject_stale_fork", {"at_s": T0, "branchlen": 0}, "branchlen"),
+    ("inject_stale_fork", {"at_s": T0, "branchlen": 1.0}, "branchlen"),
+    ("inject_stale_fork", {"at_s": T0, "branchlen": 10_000}, "branchlen"),
+])
+def test_bad_arguments_are_config_errors(method, kwargs, setting) -> None:
+    node = make_node()
+    with pytest.raises(ConfigError) as err:
+        getattr(node, method)(**kwargs)
+    assert err.value.setting == setting
+    assert node.truth.network_events() == []
+
+
+def test_overlapping_partitions_are_refused() -> None:
+    node = make_node()
+    node.inject_partition(T0 + 100, duration_s=600)
+    with pytest.raises(ConfigError):
+        node.inject_partition(T0 + 600, duration_s=600)
+    node.inject_partition(T0 + 700, duration_s=600)  # back to back is fine
+    assert [e["start"] for e in node.truth.network_events()] == [T0 + 100, T0 + 700]
+    assert node.true_tip(T0) >= START_HEIGHT
