@@ -133,6 +133,7 @@ def test_simnodes_to_collectors_to_a_tls_federation(tmp_path) -> None:
         assert n["rows"] > 200 and n["labels"] > 10 and n["ks"] >= 3 and n["blocks"] >= 10, n
         print(f"store {d.parent.name}: {n}")
         assert not (d / "manifest.json").exists()
+        assert (d / "watch" / "detectors.json").is_file()  # the node ran its network watch beside the collector
     data = [load_node_data(d) for d in data_dirs]
     assert [x.source for x in data] == ["collector"] * 3
     assert "fraud" in data[0] and all("fraud" not in x for x in data[1:])

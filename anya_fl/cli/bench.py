@@ -36,6 +36,9 @@ def bench(
     `anya-fl bench robustness` runs the robustness evidence table instead (every strategy against every
     attack and malicious share; writes OUT/robustness.json and OUT/robustness.png).
 
+    `anya-fl bench network` runs the network watch against the simulated node's P2P scenarios and a clean
+    simulated week (`network.<scenario>.detected`, `.minutes_to_detect`, `network.clean_week.false_alarms`).
+
     `anya-fl bench fee` runs the fee-estimator benchmark: per seed a DP federation of the fee model, scored
     with the Core-style and mempool.space-style estimators on the same replay (`--json` writes its figures).
     """
@@ -45,13 +48,17 @@ def bench(
     if names == ["fee"]:
         _fee(seeds, transactions, nodes, rounds, epsilon, json_out)
         return
+    if names == ["network"]:
+        _network(json_out)
+        return
     from anya_fl.bench import BENCHMARKS, run_benchmarks
 
     if list_only:
         console.print(table("benchmarks", ["name", "unit", "seed project's figure", "target"],
                             [[b.name, b.unit, b.reference, b.target] for b in BENCHMARKS.values()]))
         console.print("tables: `anya-fl bench robustness` (strategies x attacks), `anya-fl bench fee` (the federated "
-                      "fee model vs Core-style vs mempool.space-style, per seed)")
+                      "fee model vs Core-style vs mempool.space-style, per seed), `anya-fl bench network` (the "
+                      "network watch against attack scenarios and a clean week)")
         return
     results = run_benchmarks(names or [])
     rows = []
@@ -116,4 +123,33 @@ def _fee(seeds: str, transactions: int | None, nodes: int | None, rounds: int | 
         from core.storage import atomic_write_json
 
         atomic_write_json(json_out, result["metrics"])
+        console.print(f"wrote {json_out}")
+
+
+def _network(json_out: Path | None) -> None:
+    from anya_fl.experiments import network_bench as nb
+
+    scenarios: dict = {}
+    with progress() as prog:
+        bar = prog.add_task("network scenarios", total=len(nb.SCENARIOS))
+        for name in nb.SCENARIOS:
+            prog.update(bar, description=f"scenario {name}")
+            scenarios[name] = nb.run_scenario(name)
+            prog.update(bar, advance=1)
+        week_bar = prog.add_task("a clean simulated week", total=1.0)
+        week = nb.run_clean_week(step=lambda f: prog.update(week_bar, completed=f))
+    rows = [[name, nb.SCENARIOS[name][0], "yes" if r["detected"] else "no",
+             None if r["minutes_to_detect"] is None else round(r["minutes_to_detect"], 1),
+             f"{r['stated_minutes']:g} min after {r['stated_from']}", "yes" if r["within_stated"] else "no"]
+            for name, r in scenarios.items()]
+    console.print(table("network watch: scenarios on the simulated node (a poll per simulated minute)",
+                        ["scenario", "detector", "detected", "minutes from start", "stated time", "within"], rows))
+    console.print(table("a clean simulated week (a poll per 10 simulated minutes)",
+                        ["days", "alerts above INFO", "INFO alerts", "which"],
+                        [[round(week["simulated_days"], 2), week["false_alarms"], week["info"],
+                          ", ".join(week["by_detector"]) or "-"]]))
+    if json_out:
+        from core.storage import atomic_write_json
+
+        atomic_write_json(json_out, nb.bench_metrics(scenarios, week))
         console.print(f"wrote {json_out}")

@@ -44,6 +44,9 @@ def node(
     block_max_weight: BlockMaxWeight = 4_000_000,
     labels: Annotated[Path | None, typer.Option(help="With --rpc-url: the operator's fraud labels (as `anya-fl "
                                                      "collect --labels`), read into the store at start.")] = None,
+    watch: Annotated[bool, typer.Option(help="With --rpc-url: run the network watch (as `anya-fl watch`; state "
+                                             "and alerts in <data-dir>/watch/).")] = True,
+    watch_interval: Annotated[float, typer.Option(help="Seconds between network-watch polls.")] = 10.0,
 ) -> None:
     """Join a federation: run a Flower SuperNode that trains on this node's data (it never leaves).
 
@@ -87,9 +90,19 @@ def node(
             collector.stop()
         health.close()
         raise
+    watcher = None
     loop = probe_loop(health, probe_interval).start()
     server = None
     try:
+        if rpc_url and watch:
+            from anya_fl.cli.watch import build_watch
+            from core.bitcoin.rpc import operator_rpc_config
+
+            if not watch_interval > 0:
+                raise ConfigError("watch-interval", f"{watch_interval} must be > 0 seconds")
+            net_watch, _ = build_watch(operator_rpc_config(rpc_url, rpc_cookie, rpc_user), data_dir / "watch",
+                                       jsonl=data_dir / "watch" / "alerts.jsonl")
+            watcher = _BackgroundWatch(net_watch, watch_interval).start()
         if health_port:
             server = BackgroundServer(health_app(health), health_host, health_port).start()
             console.print(f"health endpoint: http://{health_host}:{server.port}/readyz (/healthz, /metrics)")
@@ -100,6 +113,8 @@ def node(
             server.stop()
         if collector is not None:
             collector.stop()
+        if watcher is not None:
+            watcher.stop()
         loop.stop()
         health.close()
         stop_process(proc)
@@ -143,6 +158,33 @@ def check(
             err_console.print(f"[red]{escape(why)}[/red]", soft_wrap=True)
     if not ok:
         raise typer.Exit(1)
+
+
+class _BackgroundWatch:
+    """The network watch (``anya-fl watch``) polling in a thread beside the SuperNode."""
+
+    def __init__(self, net_watch, interval: float) -> None:
+        import threading
+
+        self.net_watch, self.interval = net_watch, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="network-watch", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.net_watch.poll_once()
+            except Exception as exc:  # noqa: BLE001 - the node keeps serving; the watch tries again
+                err_console.print(f"[red]network watch: {escape(str(exc))}[/red]", soft_wrap=True)
+            self._stop.wait(self.interval)
+
+    def start(self) -> _BackgroundWatch:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
 
 
 class _BackgroundCollector:

@@ -43,31 +43,16 @@ def watch(
 
     Credentials: --rpc-cookie, or --rpc-user with the password in ANYA_FL_RPC_PASSWORD. Ctrl-C stops.
     """
-    from core.alerts import AlertEngine, JsonlSink, LogSink, WebhookSink
-    from core.bitcoin.network.watch import NetworkWatch
-    from core.bitcoin.rpc import BitcoinRPC, operator_rpc_config
+    from core.bitcoin.rpc import operator_rpc_config
     from core.errors import ConfigError
 
     if not rpc_url:
         raise ConfigError("rpc-url", "missing: Bitcoin Core's JSON-RPC URL, e.g. http://127.0.0.1:8332")
     if not interval > 0:
         raise ConfigError("interval", f"{interval} must be > 0 seconds")
-    rpc = BitcoinRPC(operator_rpc_config(rpc_url, rpc_cookie, rpc_user))
-    state_dir.mkdir(parents=True, exist_ok=True)
-    sinks: list[Any] = [LogSink(), _ConsoleSink()]
-    if jsonl is not None:
-        sinks.append(JsonlSink(jsonl))
-    webhook = None
-    if webhook_url:
-        secret = os.environ.get(WEBHOOK_SECRET_ENV)
-        if not secret:
-            raise ConfigError("webhook-url", f"the HMAC secret comes from {WEBHOOK_SECRET_ENV}, which is not set")
-        webhook = WebhookSink(webhook_url, secret.encode(), outbox_dir=state_dir / "outbox")
-        sinks.append(webhook)
-    engine = AlertEngine(state_dir / "alerts.json", sinks, cooldown_s=cooldown)
-    disk = datadir or state_dir
-    watcher = NetworkWatch(rpc, engine, state_path=state_dir / "detectors.json",
-                           resources=lambda: node_resources(bitcoind_pid, disk))
+    watcher, webhook = build_watch(operator_rpc_config(rpc_url, rpc_cookie, rpc_user), state_dir, jsonl=jsonl,
+                                   webhook_url=webhook_url, cooldown=cooldown, bitcoind_pid=bitcoind_pid,
+                                   datadir=datadir)
     if once:
         res = watcher.poll_once()
         rows = [[k, f"{v:g}"] for k, v in res.sample.as_dict().items()]
@@ -87,6 +72,33 @@ def watch(
         if webhook is not None:
             webhook.flush()
         stop.wait(interval)
+
+
+def build_watch(rpc_config: Any, state_dir: Path, *, jsonl: Path | None = None, webhook_url: str | None = None,
+                cooldown: float = 3600.0, bitcoind_pid: int | None = None, datadir: Path | None = None) -> Any:
+    """The network watch with its alert engine and sinks (console, log, and the optional JSONL file and
+    signed webhook); returns (watch, webhook sink or None). Used by `anya-fl watch` and `anya-fl node`."""
+    from core.alerts import AlertEngine, JsonlSink, LogSink, WebhookSink
+    from core.bitcoin.network.watch import NetworkWatch
+    from core.bitcoin.rpc import BitcoinRPC
+    from core.errors import ConfigError
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    sinks: list[Any] = [LogSink(), _ConsoleSink()]
+    if jsonl is not None:
+        sinks.append(JsonlSink(jsonl))
+    webhook = None
+    if webhook_url:
+        secret = os.environ.get(WEBHOOK_SECRET_ENV)
+        if not secret:
+            raise ConfigError("webhook-url", f"the HMAC secret comes from {WEBHOOK_SECRET_ENV}, which is not set")
+        webhook = WebhookSink(webhook_url, secret.encode(), outbox_dir=state_dir / "outbox")
+        sinks.append(webhook)
+    engine = AlertEngine(state_dir / "alerts.json", sinks, cooldown_s=cooldown)
+    disk = datadir or state_dir
+    watcher = NetworkWatch(BitcoinRPC(rpc_config), engine, state_path=state_dir / "detectors.json",
+                           resources=lambda: node_resources(bitcoind_pid, disk))
+    return watcher, webhook
 
 
 def node_resources(pid: int | None, disk: Path) -> dict[str, float]:
