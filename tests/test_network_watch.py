@@ -200,3 +200,35 @@ def test_watch_command_alerts_to_a_signed_webhook_and_alerts_show(node, tmp_path
                                        "--state-dir", str(tmp_path / "x"), "--webhook-url", "http://127.0.0.1:1/"],
                                  env={"ANYA_FL_WEBHOOK_SECRET": ""})
     assert missing.exit_code != 0 and "ANYA_FL_WEBHOOK_SECRET" in str(missing.exception)
+
+
+def test_simnode_scenario_option() -> None:
+    from anya_fl.cli.simnode import _scenarios
+    from core.errors import ConfigError
+
+    assert _scenarios(["eclipse@900", "partition@0"]) == [("eclipse", 900.0), ("partition", 0.0)]
+    for bad in ("eclipse", "eclipse@-1", "eclipse@soon", "sybil@60", "eclipse@nan"):
+        with pytest.raises(ConfigError, match="scenario: .*KIND@SECONDS"):
+            _scenarios([bad])
+
+
+def test_a_watched_payment_double_spent_is_one_critical_alert(node, tmp_path) -> None:
+    """`anya-fl watch add TXID`, then the payment is replaced by a conflicting transaction: the watch raises
+    one CRITICAL double-spend alert naming the conflict (the node's truth), not one per poll."""
+    from typer.testing import CliRunner
+
+    from anya_fl.cli import app
+    from core.bitcoin.network.watchlist import WatchList
+
+    node.advance(600)
+    rpc = BitcoinRPC(RPCConfig(url=node.url, user="u", password="p", retries=0))
+    txid = rpc.call("getrawmempool")[0]
+    res = CliRunner().invoke(app, ["watch", "add", txid, "--state-dir", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    watch = _watch(node, tmp_path)
+    watch.watchlist = WatchList(tmp_path / "watchlist.json")
+    assert not [a for a in _run(node, watch, 2 * STEP_S) if a.detector == "double-spend" and a.severity > Severity.INFO]
+    conflict = node.inject_double_spend(txid, node.now() + 1)
+    alerts = [a for a in _run(node, watch, 5 * STEP_S) if a.detector == "double-spend" and not a.resolved]
+    assert [(a.severity, a.key) for a in alerts] == [(Severity.CRITICAL, f"watch:{txid}")]
+    assert conflict in alerts[0].message

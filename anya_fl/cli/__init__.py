@@ -28,7 +28,7 @@ app.command()(quality.baseline)
 app.command()(quality.data)
 app.command()(bench.bench)
 app.add_typer(collect.collect_app, name="collect")
-app.command()(watch.watch)
+app.add_typer(watch.watch_app, name="watch")
 app.add_typer(watch.alerts_app, name="alerts")
 
 __all__ = ["app", "main"]

@@ -52,6 +52,9 @@ def simnode(
     outage_at: Annotated[float | None, typer.Option(help="Simulated seconds after start when the RPC goes "
                                                          "down.")] = None,
     outage_for: Annotated[float, typer.Option(help="Simulated seconds the outage lasts.")] = 600.0,
+    scenario: Annotated[list[str] | None, typer.Option(help="A P2P scenario KIND@SECONDS after start (repeatable): "
+                                                            "eclipse, inbound-flood, addr-spam, partition (90 min), "
+                                                            "stale-fork; for `anya-fl watch`.")] = None,
 ) -> None:
     """Serve a simulated Bitcoin Core node's JSON-RPC on 127.0.0.1, its chain unfolding in accelerated time.
 
@@ -95,6 +98,8 @@ def simnode(
     if labels is not None:
         count = node.write_labels(labels, labels_share, seed)
         console.print(f"operator labels: {count:,} transactions in {escape(str(labels))}")
+    for kind, at in _scenarios(scenario or []):
+        getattr(node, SCENARIOS[kind])(node.t_start + at)
     node.start(port)
     stop = threading.Event()
     previous = None
@@ -134,6 +139,30 @@ def simnode(
     if not console.is_terminal:
         console.print()  # the live line's final render ends without a newline off a terminal
     console.print("simnode stopped")
+
+
+SCENARIOS = {"eclipse": "inject_eclipse", "inbound-flood": "inject_inbound_flood", "addr-spam": "inject_addr_spam",
+             "partition": "inject_partition", "stale-fork": "inject_stale_fork"}
+
+
+def _scenarios(specs: list[str]) -> list[tuple[str, float]]:
+    """``KIND@SECONDS`` -> (kind, simulated seconds after start); ConfigError("scenario", ...) otherwise."""
+    import math
+
+    from core.errors import ConfigError
+
+    out = []
+    for spec in specs:
+        kind, _, at = spec.partition("@")
+        try:
+            seconds = float(at)
+        except ValueError:
+            seconds = math.nan
+        if kind not in SCENARIOS or not math.isfinite(seconds) or seconds < 0:
+            raise ConfigError("scenario", f"{spec!r}: expected KIND@SECONDS with KIND one of {', '.join(SCENARIOS)} "
+                                          "and SECONDS >= 0 simulated seconds after start")
+        out.append((kind, seconds))
+    return out
 
 
 def _status(node: SimNode) -> Text:

@@ -20,9 +20,13 @@ DEFAULT_STATE = Path(".anya-fl/watch")
 
 alerts_app = typer.Typer(help="Alerts of the network watch: recent ones, and Prometheus alerting rules.",
                          no_args_is_help=True)
+watch_app = typer.Typer(invoke_without_command=True, no_args_is_help=False)
+WATCHLIST = "watchlist.json"
 
 
+@watch_app.callback()
 def watch(
+    ctx: typer.Context,
     rpc_url: RpcUrl = None,
     rpc_cookie: RpcCookie = None,
     rpc_user: RpcUser = None,
@@ -39,10 +43,13 @@ def watch(
                                                       "telemetry (default: --state-dir's disk).")] = None,
 ) -> None:
     """Watch this node's P2P side: eclipse risk, partition and stale tip, forks, inbound floods, addr spam,
-    a full mempool, disk and CPU; alerts to the console, a JSONL file and a signed webhook.
+    a full mempool, disk and CPU, and the payments on the watch list (`anya-fl watch add TXID`: replaced or
+    double-spent); alerts to the console, a JSONL file and a signed webhook.
 
     Credentials: --rpc-cookie, or --rpc-user with the password in ANYA_FL_RPC_PASSWORD. Ctrl-C stops.
     """
+    if ctx.invoked_subcommand is not None:
+        return
     from core.bitcoin.rpc import operator_rpc_config
     from core.errors import ConfigError
 
@@ -76,15 +83,16 @@ def watch(
 
 def build_watch(rpc_config: Any, state_dir: Path, *, jsonl: Path | None = None, webhook_url: str | None = None,
                 cooldown: float = 3600.0, bitcoind_pid: int | None = None, datadir: Path | None = None) -> Any:
-    """The network watch with its alert engine and sinks (console, log, and the optional JSONL file and
+    """The network watch with its alert engine and sinks (the console, and the optional JSONL file and
     signed webhook); returns (watch, webhook sink or None). Used by `anya-fl watch` and `anya-fl node`."""
-    from core.alerts import AlertEngine, JsonlSink, LogSink, WebhookSink
+    from core.alerts import AlertEngine, JsonlSink, WebhookSink
     from core.bitcoin.network.watch import NetworkWatch
+    from core.bitcoin.network.watchlist import WatchList
     from core.bitcoin.rpc import BitcoinRPC
     from core.errors import ConfigError
 
     state_dir.mkdir(parents=True, exist_ok=True)
-    sinks: list[Any] = [LogSink(), _ConsoleSink()]
+    sinks: list[Any] = [_ConsoleSink()]
     if jsonl is not None:
         sinks.append(JsonlSink(jsonl))
     webhook = None
@@ -97,7 +105,8 @@ def build_watch(rpc_config: Any, state_dir: Path, *, jsonl: Path | None = None, 
     engine = AlertEngine(state_dir / "alerts.json", sinks, cooldown_s=cooldown)
     disk = datadir or state_dir
     watcher = NetworkWatch(BitcoinRPC(rpc_config), engine, state_path=state_dir / "detectors.json",
-                           resources=lambda: node_resources(bitcoind_pid, disk))
+                           resources=lambda: node_resources(bitcoind_pid, disk),
+                           watchlist=WatchList(state_dir / WATCHLIST))
     return watcher, webhook
 
 
@@ -121,6 +130,42 @@ class _ConsoleSink:
         colour = {"INFO": "cyan", "WARNING": "yellow", "CRITICAL": "red"}[alert.severity.name]
         console.print(f"[{colour}]{alert.severity.name}[/{colour}] {escape(alert.detector)}/{escape(alert.key)}: "
                       f"{escape(alert.title)} — {escape(alert.message)}", soft_wrap=True, highlight=False)
+
+
+@watch_app.command("add")
+def watch_add(
+    item: Annotated[str, typer.Argument(help="A txid (64 hex) or an address to watch.")],
+    state_dir: StateDir = DEFAULT_STATE,
+) -> None:
+    """Watch a payment: an alert when it is replaced, double-spent or leaves the mempool unconfirmed."""
+    from core.bitcoin.network.watchlist import WatchList
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    added = WatchList(state_dir / WATCHLIST).add(item)
+    console.print(f"watching {escape(added)} (checked at every poll of `anya-fl watch --state-dir {state_dir}`)")
+
+
+@watch_app.command("remove")
+def watch_remove(
+    item: Annotated[str, typer.Argument(help="A txid or address on the watch list.")],
+    state_dir: StateDir = DEFAULT_STATE,
+) -> None:
+    """Stop watching a payment."""
+    from core.bitcoin.network.watchlist import WatchList
+    from core.errors import ConfigError
+
+    if not WatchList(state_dir / WATCHLIST).remove(item):
+        raise ConfigError("watch", f"{item!r} is not on the watch list in {state_dir}")
+    console.print(f"no longer watching {escape(item)}")
+
+
+@watch_app.command("list")
+def watch_list(state_dir: StateDir = DEFAULT_STATE) -> None:
+    """The watched payments."""
+    from core.bitcoin.network.watchlist import WatchList
+
+    wl = WatchList(state_dir / WATCHLIST)
+    console.print(table("watch list", ["item", "kind"], [[i, wl.kind(i)] for i in wl.items()]))
 
 
 @alerts_app.command("show")

@@ -2,7 +2,8 @@
 
 Per scenario a fresh simulated node (manual clock) is watched a poll per simulated minute: 10 minutes clean,
 then the scenario starts, and the watch runs until its detector raises (or two simulated hours pass). The
-node's own truth says when the scenario started, so the time to detect is measured, not assumed. A clean
+node's own truth says when the scenario started, so the time to detect is measured, not assumed. The
+double spend replaces a payment on the watch list (``anya-fl watch add``) with a conflicting transaction. A clean
 week: a simulated node whose chain spans a week, polled every 10 simulated minutes; every alert above INFO
 is a false alarm. Keys: ``network.<scenario>.detected`` (1/0), ``network.<scenario>.minutes_to_detect``,
 ``network.<scenario>.within_stated`` (1/0), ``network.clean_week.false_alarms``, ``network.clean_week.info``.
@@ -19,6 +20,7 @@ from anya_fl.simnode import GENESIS_EPOCH, SimNode, SimNodeConfig
 from core.alerts import AlertEngine, Severity
 from core.bitcoin.network.detectors import CHAIN_SYNC_TIMEOUT_S, SUSTAINED_S
 from core.bitcoin.network.watch import NetworkWatch
+from core.bitcoin.network.watchlist import WatchList
 from core.bitcoin.rpc import BitcoinRPC, RPCConfig
 
 POLL_S = 60.0
@@ -40,6 +42,8 @@ SCENARIOS: dict[str, tuple[str, Severity, Start, float, str]] = {
     "partition": ("partition", Severity.CRITICAL, lambda n, t: n.inject_partition(t, duration_s=5400.0),
                   CHAIN_SYNC_TIMEOUT_S + 2 * POLL_S, "the first block the node misses"),
     "stale_fork": ("fork", Severity.WARNING, lambda n, t: n.inject_stale_fork(t), POLL_S, "the start"),
+    # the watched payment (the mempool's first transaction, on the watch list) replaced by a conflicting one
+    "double_spend": ("double-spend", Severity.CRITICAL, lambda n, t: None, POLL_S, "the start"),
 }
 
 
@@ -68,7 +72,14 @@ def run_scenario(name: str, seed: int = 0) -> dict[str, Any]:
                 node.advance(POLL_S)
                 early += [a for a in watch.poll_once().alerts if a.severity > Severity.INFO]
             t0 = node.now() + 1.0
-            start(node, t0)
+            if name == "double_spend":
+                txid = watch.rpc.call("getrawmempool")[0]
+                watch.watchlist = WatchList(Path(d) / "watchlist.json")
+                watch.watchlist.add(txid)
+                watch.poll_once()  # seen pending first, as a merchant's payment would be
+                node.inject_double_spend(txid, t0)
+            else:
+                start(node, t0)
             first = None
             while first is None and node.now() < t0 + LIMIT_S:
                 node.advance(POLL_S)

@@ -16,6 +16,8 @@ and the scenarios injected, determined by the seed:
 * ``partition``: the node receives nothing during the window; its chain stays at the blocks it had at the start
   while peers report the true tip; at the end it catches up (see ``SimNode.inject_partition``).
 * ``stale_fork``: getchaintips lists a valid-fork tip of ``branchlen`` blocks off the active chain from then on.
+* ``double_spend``: a conflicting transaction replaces a mempool transaction from then on (open-ended; see
+  ``SimNode.inject_double_spend``); recorded here for ground truth only, it changes no connection.
 
 Peer ids follow connection order, as Core's: the ten original peers are 0..9, scenario peers (eclipse and
 inbound) are numbered from 10 by (conntime, scenario). A scenario injected before times already served can
@@ -38,7 +40,7 @@ ADDR_RATE_PER_S = 0.1  # Core's MAX_ADDR_RATE_PER_SECOND
 ADDR_BUCKET = 1000.0  # Core's MAX_ADDR_PROCESSING_TOKEN_BUCKET
 ADDR_BYTES = 30  # addrv2 bytes per address (rough)
 ECLIPSE_AS, FLOOD_AS_V4, FLOOD_AS_V6 = 64500, 64510, 64511  # documentation AS numbers
-KINDS = ("eclipse", "inbound_flood", "addr_spam", "partition", "stale_fork")
+KINDS = ("eclipse", "inbound_flood", "addr_spam", "partition", "stale_fork", "double_spend")
 _EPS = 1e-9
 
 
@@ -232,6 +234,8 @@ class Network:
             doc.update(per_s=e.rate, peer=None if peer is None else peer.id, addr=None if peer is None else peer.addr)
         elif e.kind == "partition":
             doc["height"] = e.height
+        elif e.kind == "double_spend":
+            doc.update(txid=e.extra["txid"], conflict=e.extra["conflict"], height=e.extra["height"])
         else:
             doc.update(height=e.height, branchlen=e.branchlen, hash=e.extra.get("hash"))
         return doc

@@ -2,9 +2,10 @@
 
 At simulated time T the node has the blocks with ``block_time <= T`` (tip = START_HEIGHT + their count) and a
 mempool of the transactions that arrived by T and are not yet in a block (plus scenario effects: phantoms,
-evictions, a reorg's dropped transactions). Everything is a function of T and the scenario events injected so
-far, so any simulated time can be answered without replaying requests. P2P-side scenarios (eclipse, inbound
-flood, addr spam, partition, stale fork) are in ``network_scenarios``; a partition freezes the node's chain.
+evictions, a reorg's dropped transactions, double spends). Everything is a function of T and the scenario events
+injected so far, so any simulated time can be answered without replaying requests. P2P-side scenarios (eclipse,
+inbound flood, addr spam, partition, stale fork) are in ``network_scenarios``; a partition freezes the node's chain.
+A double spend (``inject_double_spend``) is recorded with them for ground truth.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from typing import Any
 import numpy as np
 
 from anya_fl.simnode.blocks import Blocks, Reorg, View
-from anya_fl.simnode.config import MIN_RELAY_SAT_VB, SimNodeConfig
+from anya_fl.simnode.config import INCREMENTAL_SAT_VB, MIN_RELAY_SAT_VB, SimNodeConfig
 from anya_fl.simnode.encoding import hex_id
 from anya_fl.simnode.network_scenarios import Network, NetworkEvent, check_positive, check_time
 from anya_fl.simnode.peers import Peer, make_peers
-from anya_fl.simnode.render import TxRenderer
+from anya_fl.simnode.render import TxRenderer, btc
 from anya_fl.simnode.rpc import CoreRPC
 from anya_fl.simnode.server import RPCAuth, RPCServer
 from anya_fl.simnode.timeline import Timeline
@@ -231,20 +232,59 @@ class SimNode:
         return self.view().tip
 
     def locate(self, e: int, v: View) -> Any:
-        """Where entry ``e`` is in ``v``: "mempool", a block key (height, branch), or None."""
+        """Where entry ``e`` is in ``v``: "mempool", a block key (height, branch), or None.
+
+        A transaction replaced by a double spend is nowhere from the replacement on; the double spend holds its
+        place in the mempool and in the block that would have held it."""
         tl = self.timeline
-        if e < tl.n:
-            b = int(tl.confirm_block[e])
+        if tl.replaced(e, v.t):
+            return None
+        i = tl.slot_of(e)
+        if i is not None and (i == e or tl.e_enter[e] <= v.t):
+            b = int(tl.confirm_block[i])
             r = v.reorg
             if r is not None and b >= 0 and r.covers(self.blocks.first + b):
-                return "mempool" if r.dropped_mask[e] else (self.blocks.first + b, r.id)
+                return "mempool" if r.dropped_mask[i] else (self.blocks.first + b, r.id)
             if 0 <= b < v.nb:
                 return (self.blocks.first + b, 0)
         return "mempool" if tl.alive(e, v.t) else None
 
-    def in_block(self, e: int, key: tuple[int, int]) -> bool:
-        """Whether entry ``e`` is one of block ``key``'s transactions (active or not)."""
-        return e < self.timeline.n and bool(np.isin(e, self.blocks.members(key)))
+    def in_block(self, e: int, key: tuple[int, int], t: float | None = None) -> bool:
+        """Whether entry ``e`` is one of block ``key``'s transactions (active or not) at simulated time ``t``
+        (now by default): a double spend takes its target's place from its injection on."""
+        tl = self.timeline
+        t = self.now() if t is None else t
+        i = tl.slot_of(e)
+        if i is None or tl.replaced(e, t) or (i != e and t < tl.e_enter[e]):
+            return False
+        return bool(np.isin(i, self.blocks.members(key)))
+
+    def block_conflicts(self, key: tuple[int, int], t: float) -> list[tuple[int, int]]:
+        """(target, double spend entry) pairs whose double spend takes the target's place in block ``key`` at ``t``."""
+        tl = self.timeline
+        if not tl.conflicts:
+            return []
+        members = self.blocks.members(key)
+        return [(int(tl.e_tx[c]), c) for c in tl.conflicts
+                if tl.e_enter[c] <= t and bool(np.isin(tl.e_tx[c], members))]
+
+    def coinbase_doc(self, key: tuple[int, int], t: float) -> dict[str, Any]:
+        """Block ``key``'s coinbase; its reward includes the extra fees of the double spends it confirms."""
+        doc = self.blocks.coinbase(key)
+        extra = sum(self.txs.fee_sat(c) - self.txs.fee_sat(i) for i, c in self.block_conflicts(key, t))
+        if extra:
+            doc["vout"][0] = {**doc["vout"][0], "value": btc(round(doc["vout"][0]["value"] * 1e8) + extra)}
+        return doc
+
+    def spenders(self, i: int) -> list[int]:
+        """Entries spending chain transaction ``i``'s inputs: itself, its phantom, its double spend."""
+        tl = self.timeline
+        out = [i]
+        if tl.phantom_entry[i] >= 0:
+            out.append(int(tl.phantom_entry[i]))
+        if i in tl.conflict_entry:
+            out.append(tl.conflict_entry[i])
+        return out
 
     def coinbase_block(self, txid: str, v: View) -> tuple[int, int] | None:
         """The active block whose coinbase has ``txid``, or None."""
@@ -422,6 +462,51 @@ class SimNode:
                                         dropped_mask=np.zeros(0, dtype=bool)))
             self._add_event("stale_fork", start, None, branchlen=branchlen, height=v.tip, branch=branch,
                             extra={"hash": self.blocks.hash(v.tip, branch)})
+
+    # ---- double spends
+
+    def inject_double_spend(self, txid: str, at_s: float | None = None) -> str:
+        """From ``at_s`` (None: now) a conflicting transaction replaces mempool transaction ``txid``; returns its txid.
+
+        The conflict (a new txid determined by the seed, the target and the injection order) spends the target's
+        inputs, pays outputs of the same kinds to other scripts and a higher fee (BIP 125: the target's fee plus
+        max(20 %, 1 sat/vB), taken from the largest output). From ``at_s`` the target is gone (getmempoolentry and
+        getrawtransaction -5, its outpoints' spender is the conflict) and the conflict is in the mempool until the
+        block that would have held the target is mined; then it is confirmed in that block (getblock and
+        getrawtransaction show it, the coinbase collects its fee). Simplifications: getblockstats and the fee
+        estimator keep the target's fee; the mempool limit is not re-applied. Recorded in
+        ``truth.network_events()`` as kind "double_spend" (detail: ``txid``, ``conflict``, ``height``).
+        """
+        if not isinstance(txid, str) or len(txid) != 64 or any(c not in "0123456789abcdefABCDEF" for c in txid):
+            raise ConfigError("txid", f"{txid!r} must be a transaction id of 64 hex digits")
+        wanted = txid.lower()
+        with self.lock:
+            start = self._start(at_s)
+            tl = self.timeline
+            i = self.txs.index.get(wanted)
+            if i is None:
+                raise ConfigError("txid", f"{wanted} is not a transaction of the simulated chain (phantoms, double "
+                                          f"spends and coinbases cannot be double-spent)")
+            if i in tl.conflict_entry:
+                raise ConfigError("txid", f"{wanted} is already double-spent")
+            if not tl.alive(i, start):
+                when = (f"it is in the mempool during [{float(tl.e_enter[i])}, {float(tl.e_leave[i])})"
+                        if tl.e_accepted[i] else "the mempool never accepted it")
+                raise ConfigError("at_s", f"{wanted} is not in the mempool at {start}: {when}")
+            fee = int(self.chain.tx["fee_sat"][i])
+            bump = max(fee // 5, int(self.chain.tx["vsize"][i]) * round(INCREMENTAL_SAT_VB))
+            largest = max(self.txs.output_values(i))
+            if largest < bump:
+                raise ConfigError("txid", f"{wanted}'s largest output ({largest} sat) cannot pay a fee {bump} sat "
+                                          f"higher")
+            e = tl.add_conflict(i, start, fee + bump)
+            conflict = self.txs.add_conflict(i, fee + bump)
+            assert self.txs.entry_of(conflict) == e
+            b = int(tl.confirm_block[i])
+            height = self.blocks.first + b if b >= 0 else None
+            self._add_event("double_spend", start, None, height=height or 0,
+                            extra={"txid": wanted, "conflict": conflict, "height": height})
+            return conflict
 
     # ---- operator labels
 

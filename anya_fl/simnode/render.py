@@ -8,6 +8,11 @@ equals the simulator's ``input_age`` wherever that is possible (an input age abo
 written, as heights are >= 0; about 1 transaction in 20,000 has one: it parses with the age of height 0).
 Scripts, addresses (real bech32/bech32m/Base58Check encodings) and descriptors are derived from hashes of
 (seed, transaction, output); ``hex`` has the serialized size but is not a decodable transaction.
+
+Entries: chain transactions 0..n-1, RBF phantoms n..n+p-1 (the canonical inputs and outputs, a lower fee taken
+from the largest output), injected double spends n+p.. (``add_conflict``: the target's inputs, outputs of the
+same kinds and values paying other scripts, a higher fee taken from the largest output). Every input spends a
+fake outpoint ``(hex_id("anya-fl simnode prevout <seed> <i> <j>"), first byte % 4)`` (``prevout_of``).
 """
 
 from __future__ import annotations
@@ -95,6 +100,11 @@ class TxRenderer:
         self.phantom_txids = [hex_id(f"anya-fl simnode phantom {seed} {int(i)}") for i in phantom_of]
         self.index = {t: i for i, t in enumerate(self.txids)}
         self.phantom_index = {t: k for k, t in enumerate(self.phantom_txids)}
+        self.conflict_of: list[int] = []  # target chain index of each injected double spend
+        self.conflict_fee: list[int] = []
+        self.conflict_txids: list[str] = []
+        self.conflict_index: dict[str, int] = {}
+        self._prevouts: dict[str, tuple[int, int]] | None = None  # fake prevout txid -> (chain index, input)
         # serialized sizes: the simulator's weight = 4 x non-witness bytes + witness bytes
         n_out = np.diff(outs["offsets"])
         owner = np.repeat(np.arange(n), n_out)
@@ -110,17 +120,53 @@ class TxRenderer:
     # ---- identifiers
 
     def txid(self, e: int) -> str:
-        """Txid of entry ``e`` (a chain index, or n + k for phantom k)."""
-        n = self.chain.n_transactions
-        return self.txids[e] if e < n else self.phantom_txids[e - n]
+        """Txid of entry ``e`` (a chain index, n + k for phantom k, n + p + k for double spend k)."""
+        n, p = self.chain.n_transactions, len(self.phantom_txids)
+        if e < n:
+            return self.txids[e]
+        return self.phantom_txids[e - n] if e < n + p else self.conflict_txids[e - n - p]
 
     def entry_of(self, txid: str) -> int | None:
         """Entry id of a txid, or None."""
         i = self.index.get(txid)
         if i is not None:
             return i
+        n = self.chain.n_transactions
         k = self.phantom_index.get(txid)
-        return None if k is None else self.chain.n_transactions + k
+        if k is not None:
+            return n + k
+        k = self.conflict_index.get(txid)
+        return None if k is None else n + len(self.phantom_txids) + k
+
+    def add_conflict(self, i: int, fee: int) -> str:
+        """Register a double spend of chain transaction ``i`` paying ``fee`` sat; returns its txid (its entry id
+        is n + p + its order, as the timeline's)."""
+        k = len(self.conflict_txids)
+        txid = hex_id(f"anya-fl simnode double spend {self.seed} {int(i)} {k}")
+        self.conflict_of.append(int(i))
+        self.conflict_fee.append(int(fee))
+        self.conflict_txids.append(txid)
+        self.conflict_index[txid] = k
+        return txid
+
+    def prevout_of(self, i: int, j: int) -> tuple[str, int]:
+        """The fake outpoint (txid, vout) input ``j`` of chain transaction ``i`` spends."""
+        prev = hex_id(f"anya-fl simnode prevout {self.seed} {int(i)} {int(j)}")
+        return prev, int(prev[:2], 16) % 4
+
+    def spender_of(self, txid: str, vout: int) -> tuple[int, int] | None:
+        """(chain index, input) of the simulated input spending outpoint ``txid:vout``, or None."""
+        if self._prevouts is None:
+            n_in = self.chain.tx["n_inputs"].tolist()
+            self._prevouts = {hex_id(f"anya-fl simnode prevout {self.seed} {i} {j}"): (i, j)
+                              for i in range(self.chain.n_transactions) for j in range(n_in[i])}
+        hit = self._prevouts.get(txid)
+        return hit if hit is not None and int(txid[:2], 16) % 4 == vout else None
+
+    def prevout_output(self, i: int, j: int) -> tuple[float, dict[str, Any]]:
+        """(value in BTC, scriptPubKey) of the fake output input ``j`` of chain transaction ``i`` spends."""
+        value, kind, tag = self._static(i)["prevouts"][j]
+        return value, script_pubkey(kind, tag)
 
     def wtxid(self, e: int) -> str:
         i = self._canonical(e)
@@ -129,12 +175,16 @@ class TxRenderer:
         return hex_id(f"anya-fl simnode wtx {self.seed} {e}")
 
     def _canonical(self, e: int) -> int:
-        n = self.chain.n_transactions
-        return e if e < n else int(self.phantom_of[e - n])
+        n, p = self.chain.n_transactions, len(self.phantom_txids)
+        if e < n:
+            return e
+        return int(self.phantom_of[e - n]) if e < n + p else self.conflict_of[e - n - p]
 
     def fee_sat(self, e: int) -> int:
-        n = self.chain.n_transactions
-        return int(self.chain.tx["fee_sat"][e]) if e < n else int(self.phantom_fee[e - n])
+        n, p = self.chain.n_transactions, len(self.phantom_txids)
+        if e < n:
+            return int(self.chain.tx["fee_sat"][e])
+        return int(self.phantom_fee[e - n]) if e < n + p else self.conflict_fee[e - n - p]
 
     def output_values(self, i: int) -> list[int]:
         outs = self.chain.outputs
@@ -155,10 +205,12 @@ class TxRenderer:
         scripts = outs["script"][a:a + len(values)].tolist()
         fee = self.fee_sat(e)
         canonical_fee = int(tx["fee_sat"][i])
-        if fee != canonical_fee:  # a phantom pays less: its largest output gets the difference
+        if fee != canonical_fee:  # a phantom pays less (a double spend more): the largest output takes the difference
             big = int(np.argmax(values))
             values = list(values)
             values[big] += canonical_fee - fee
+        n_chain = self.chain.n_transactions
+        out_tag = f"out {seed} {i}" if e < n_chain + len(self.phantom_txids) else f"double spend {seed} {i}"
         n_in = int(tx["n_inputs"][i])
         total_in = sum(self.output_values(i)) + canonical_fee  # the same inputs as the canonical tx
         in_values = [total_in // n_in + (total_in % n_in if j == 0 else 0) for j in range(n_in)]
@@ -168,10 +220,10 @@ class TxRenderer:
         prevouts = []
         for j in range(n_in):
             tag = f"{seed} {i} {j}"
-            prev = hex_id("anya-fl simnode prevout " + tag)
+            prev, prev_vout = self.prevout_of(i, j)
             sig = (digest("sig " + tag) * 3)[:71].hex() + "01"
             pub = "02" + digest("pub " + tag).hex()
-            item: dict[str, Any] = {"txid": prev, "vout": int(prev[:2], 16) % 4}
+            item: dict[str, Any] = {"txid": prev, "vout": prev_vout}
             if kind == 0:  # p2pkh
                 item["scriptSig"] = {"asm": f"{sig[:-2]}[ALL] {pub}", "hex": f"48{sig}21{pub}"}
             elif kind == 1:  # p2sh-p2wpkh
@@ -191,7 +243,7 @@ class TxRenderer:
         for k, (v, s) in enumerate(zip(values, scripts, strict=True)):
             kind_name = OUT_TYPES[s] if s < OTHER_SCRIPT else ("nulldata" if v == 0 else "multisig")
             vout.append({"value": btc(v), "n": k,
-                         "scriptPubKey": script_pubkey(kind_name, f"out {seed} {i} {k}")})
+                         "scriptPubKey": script_pubkey(kind_name, f"{out_tag} {k}")})
         doc = {
             "txid": self.txid(e), "hash": self.wtxid(e), "version": 2, "size": int(self.size[i]),
             "vsize": int(tx["vsize"][i]), "weight": int(tx["weight"][i]), "locktime": int(tx["locktime"][i]),

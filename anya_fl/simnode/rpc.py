@@ -4,6 +4,12 @@ Errors: unknown method -32601 "Method not found"; a wrong number of parameters -
 a parameter of the wrong JSON type -3 "JSON value of type X is not of expected type Y"; an invalid value
 -8 (RPC_INVALID_PARAMETER); an unknown block or transaction -5 (RPC_INVALID_ADDRESS_OR_KEY); during warm-up
 -28 "Loading block index...". Named parameters (a params object) are accepted, as Core does.
+
+Outpoints: the simulator does not spend the outputs of its transactions, so ``gettxout`` shows them unspent
+while their transaction is confirmed (or in the mempool, with include_mempool); the fake outpoints its inputs
+spend (``TxRenderer.prevout_of``) are unspent until a transaction spending them (the canonical one, its RBF
+phantom or an injected double spend) is confirmed, or in the mempool with include_mempool; then null.
+``gettxspendingprevout`` names the mempool transaction spending such an outpoint.
 """
 
 from __future__ import annotations
@@ -57,8 +63,11 @@ SIGNATURES: dict[str, tuple[tuple[str, ...], int, str]] = {
     "getpeerinfo": ((), 0, "Returns data about each connected network peer as a json array of objects."),
     "getrawmempool": (("verbose", "mempool_sequence"), 0, "Returns all transaction ids in memory pool."),
     "getrawtransaction": (("txid", "verbosity|verbose", "blockhash"), 1, "Return the raw transaction data."),
+    "gettxout": (("txid", "n", "include_mempool"), 2, "Returns details about an unspent transaction output."),
     "gettxoutsetinfo": (("hash_type", "hash_or_height", "use_index"), 0,
                         "Returns statistics about the unspent transaction output set."),
+    "gettxspendingprevout": (("outputs",), 1,
+                             "Scans the mempool to find transactions spending any of the given outputs"),
     "uptime": ((), 0, "Returns the total uptime of the server."),
 }
 
@@ -209,7 +218,20 @@ class CoreRPC:
 
     def getblock(self, v: View, blockhash: Any, verbosity: Any = None) -> Any:
         level = _verbosity(verbosity, 1)
-        return self.node.blocks.block(self._block(v, blockhash), v, level)
+        key = self._block(v, blockhash)
+        doc = self.node.blocks.block(key, v, level)
+        swaps = self.node.block_conflicts(key, v.t)
+        if not swaps or level <= 0:  # verbosity 0: a double spend has its target's size, the hex is the same
+            return doc
+        txs = self.node.txs
+        by_txid = {txs.txid(i): c for i, c in swaps}
+        if level == 1:
+            doc["tx"] = [txs.txid(by_txid[t]) if t in by_txid else t for t in doc["tx"]]
+        else:
+            doc["tx"] = [txs.tx(by_txid[d["txid"]], min(level, 3), key[0]) if d["txid"] in by_txid else d
+                         for d in doc["tx"]]
+            doc["tx"][0] = self.node.coinbase_doc(key, v.t)
+        return doc
 
     def getblockstats(self, v: View, hash_or_height: Any, stats: Any = None) -> dict[str, Any]:
         b = self.node.blocks
@@ -258,7 +280,9 @@ class CoreRPC:
         out = list(zip(ids.tolist(), tl.e_enter[ids].tolist(), tl.e_height[ids].tolist(), strict=True))
         if v.reorg is not None:
             r = v.reorg
-            out += [(i, r.t_start, r.first_height - 1) for i in r.dropped.tolist()]
+            conflict = tl.conflict_entry
+            out += [(conflict[i] if tl.replaced(i, v.t) else i, r.t_start, r.first_height - 1)
+                    for i in r.dropped.tolist()]
         return out
 
     def _entry(self, e: int, entered: float, height: int) -> dict[str, Any]:
@@ -296,9 +320,10 @@ class CoreRPC:
         if e is None or self.node.locate(e, v) != "mempool":
             raise RPCFault(-5, "Transaction not in mempool")
         r = v.reorg
-        if r is not None and e < self.node.timeline.n and r.dropped_mask[e]:
-            return self._entry(e, r.t_start, r.first_height - 1)
         tl = self.node.timeline
+        slot = tl.slot_of(e)
+        if r is not None and slot is not None and r.dropped_mask[slot]:
+            return self._entry(e, r.t_start, r.first_height - 1)
         return self._entry(e, float(tl.e_enter[e]), int(tl.e_height[e]))
 
     def getmempoolinfo(self, v: View) -> dict[str, Any]:
@@ -325,7 +350,7 @@ class CoreRPC:
         e = node.txs.entry_of(wanted)
         where = node.locate(e, v) if e is not None else node.coinbase_block(wanted, v)
         if in_block is not None:
-            if where != in_block and not (e is not None and node.in_block(e, in_block)):
+            if where != in_block and not (e is not None and node.in_block(e, in_block, v.t)):
                 raise RPCFault(-5, "No such transaction found in the provided block. Use gettransaction for "
                                    "wallet transactions.")
             where = in_block
@@ -339,7 +364,7 @@ class CoreRPC:
             return node.txs.tx(e, detail, v.tip)
         height, _ = where
         if e is None:  # a coinbase
-            doc = node.blocks.coinbase(where)
+            doc = node.coinbase_doc(where, v.t)
             if level <= 0:
                 return doc["hex"]
         else:
@@ -391,6 +416,81 @@ class CoreRPC:
         out.update(transactions=TRANSACTIONS_AT_START + txs, disk_size=64 * txouts,
                    total_amount=btc(SUPPLY_AT_START_SAT + SUBSIDY_SAT * (v.tip - START_HEIGHT)))
         return out
+
+    def gettxout(self, v: View, txid: Any, n: Any, include_mempool: Any = None) -> dict[str, Any] | None:
+        node = self.node
+        wanted = _hash(txid, "txid")
+        k = _int(n)
+        if not 0 <= k <= 0xFFFFFFFF:
+            raise RPCFault(-1, "JSON integer out of range")
+        mempool = include_mempool is None or _bool(include_mempool)
+        best = node.blocks.hash(*node.blocks.tip(v))
+
+        def reply(confirmations: int, out: dict[str, Any], coinbase: bool) -> dict[str, Any]:
+            return {"bestblock": best, "confirmations": confirmations, "value": out["value"],
+                    "scriptPubKey": out["scriptPubKey"], "coinbase": coinbase}
+
+        e = node.txs.entry_of(wanted)
+        if e is not None:  # an output of a simulated transaction (never spent by the simulator)
+            where = node.locate(e, v)
+            if where is None or (where == "mempool" and not mempool):
+                return None
+            height = v.tip if where == "mempool" else where[0]
+            vout = node.txs.tx(e, 1, height)["vout"]
+            if k >= len(vout) or vout[k]["scriptPubKey"]["type"] == "nulldata":  # unspendable: not a UTXO
+                return None
+            return reply(0 if where == "mempool" else v.tip - height + 1, vout[k], False)
+        key = node.coinbase_block(wanted, v)
+        if key is not None:  # output 0: the reward; output 1: the witness commitment (unspendable)
+            if k != 0:
+                return None
+            return reply(v.tip - key[0] + 1, node.coinbase_doc(key, v.t)["vout"][0], True)
+        hit = node.txs.spender_of(wanted, k)
+        if hit is None:
+            return None
+        i, j = hit
+        for spender in node.spenders(i):
+            where = node.locate(spender, v)
+            if where is not None and (where != "mempool" or mempool):
+                return None
+        value, script = node.txs.prevout_output(i, j)
+        prev_height = max(0, v.tip - int(node.chain.tx["input_age"][i]))  # as the spender renders its prevout
+        return reply(v.tip - prev_height + 1, {"value": value, "scriptPubKey": script}, False)
+
+    def gettxspendingprevout(self, v: View, outputs: Any) -> list[dict[str, Any]]:
+        if not isinstance(outputs, list):
+            raise _type_error(outputs, "array")
+        if not outputs:
+            raise RPCFault(-8, "Invalid parameter, outputs are missing")
+        prevouts = []
+        for o in outputs:
+            if not isinstance(o, dict):
+                raise _type_error(o, "object")
+            for name, kind in (("txid", "string"), ("vout", "number")):  # RPCTypeCheckObj, strict
+                if o.get(name) is None:
+                    raise RPCFault(-3, f"Missing {name}")
+                if _jtype(o[name]) != kind:
+                    raise RPCFault(-3, f"JSON value of type {_jtype(o[name])} for field {name} is not of expected "
+                                       f"type {kind}")
+            for name in o:
+                if name not in ("txid", "vout"):
+                    raise RPCFault(-3, f"Unexpected key {name}")
+            txid = _hash(o["txid"], "txid")
+            vout = _int(o["vout"])
+            if vout < 0:
+                raise RPCFault(-8, "Invalid parameter, vout cannot be negative")
+            prevouts.append((txid, vout))
+        node = self.node
+        result = []
+        for txid, vout in prevouts:
+            item: dict[str, Any] = {"txid": txid, "vout": vout}
+            hit = node.txs.spender_of(txid, vout)
+            if hit is not None:
+                spender = next((e for e in node.spenders(hit[0]) if node.locate(e, v) == "mempool"), None)
+                if spender is not None:
+                    item["spendingtxid"] = node.txs.txid(spender)
+            result.append(item)
+        return result
 
     def getnetworkinfo(self, v: View) -> dict[str, Any]:
         return network_info(*self.node.network.counts(v.t))

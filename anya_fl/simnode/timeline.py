@@ -20,6 +20,13 @@ blocks are never altered.
   phantom is never refused for the minimum fee. Evicted transactions still confirm in their canonical block;
   the node just no longer has them in its mempool.
 
+* Double spends (``add_conflict``, ``SimNode.inject_double_spend``): from its time a conflicting entry that
+  spends the same inputs at a higher fee replaces a chain transaction (its *target*) in the mempool; the target
+  is never shown again (not in the mempool, not in its block), and the conflict holds the target's block slot:
+  it leaves the mempool when that block is mined (never, for a target that never confirms). The sorted views
+  and per-block snapshots are not rebuilt: ``mempool``, ``alive`` and ``sequence`` apply the conflicts on top
+  (the fee estimator's snapshots keep the targets, and the mempool limit is not re-swept).
+
 ``mempool_sequence`` follows Core: it starts at 1 and grows by one on every entry added and every entry
 removed, for any reason (Core also counts removals for block inclusion, src/txmempool.cpp removeUnchecked).
 """
@@ -92,6 +99,9 @@ class Timeline:
         self.bump_rate = np.zeros(0)
         self.trimmed_time = np.zeros(0)  # arrivals trimmed at once (a removal without an add, as in Core)
         self.evictions = 0
+        self.replaced_at = np.full(n + p, np.inf)  # when a double spend replaced entry e (inf: never)
+        self.conflicts: list[int] = []  # entry ids of injected conflicts (n + p + k)
+        self.conflict_entry: dict[int, int] = {}  # target chain index -> its conflict's entry id
         if self._peak_usage() > self.limit:
             self._sweep()
 
@@ -187,6 +197,54 @@ class Timeline:
         self.bump_rate = np.array(bumps_r)
         self.trimmed_time = np.array(trimmed)
 
+    # ---- double spends
+
+    def add_conflict(self, target: int, at: float, fee: int) -> int:
+        """A conflicting entry replacing chain transaction ``target`` from ``at`` (it must be in the mempool then),
+        paying ``fee`` sat with the target's size; it takes the target's block slot. Returns its entry id."""
+        if not 0 <= target < self.n:
+            raise ValueError(f"entry {target} is not a chain transaction")
+        if target in self.conflict_entry:
+            raise ValueError(f"transaction {target} already has a conflict")
+        if not self.alive(target, at):
+            raise ValueError(f"transaction {target} is not in the mempool at {at}")
+        e = len(self.e_tx)
+        b = int(self.confirm_block[target])
+        leave = float(self.block_time[b]) if b >= 0 else np.inf
+        vsize = self.e_vsize[target]
+
+        def grow(arr: np.ndarray, value: object) -> np.ndarray:
+            return np.concatenate((arr, np.array([value], dtype=arr.dtype)))
+
+        self.e_tx = grow(self.e_tx, target)
+        self.e_enter = grow(self.e_enter, at)
+        self.e_fee = grow(self.e_fee, fee)
+        self.e_vsize = grow(self.e_vsize, vsize)
+        self.e_rate = grow(self.e_rate, fee / vsize)
+        self.e_leave = grow(self.e_leave, leave)
+        self.e_reason = grow(self.e_reason, BLOCK if b >= 0 else 0)
+        self.e_accepted = grow(self.e_accepted, True)
+        self.e_height = grow(self.e_height, START_HEIGHT + int(np.searchsorted(self.block_time, at, side="right")))
+        self.replaced_at = grow(self.replaced_at, np.inf)
+        self.replaced_at[target] = at
+        self.conflicts.append(e)
+        self.conflict_entry[target] = e
+        return e
+
+    def is_conflict(self, e: int) -> bool:
+        """Whether entry ``e`` is an injected conflict."""
+        return e >= self.n + self.n_phantoms
+
+    def replaced(self, e: int, t: float) -> bool:
+        """Whether entry ``e`` was replaced by a double spend at or before ``t``."""
+        return bool(self.replaced_at[e] <= t)
+
+    def slot_of(self, e: int) -> int | None:
+        """The chain index whose block slot entry ``e`` has: itself, a conflict's target; None for a phantom."""
+        if e < self.n:
+            return e
+        return int(self.e_tx[e]) if self.is_conflict(e) else None
+
     # ---- queries
 
     def blocks_at(self, t: float) -> int:
@@ -206,17 +264,29 @@ class Timeline:
         else:
             lo = int(np.searchsorted(self.acc_enter, self.block_time[nb - 1], side="right"))
             cand = np.concatenate((self.snapshots[nb - 1], self.acc_order[lo:hi]))
-        return cand[self.e_leave[cand] > t]
+        ids = cand[self.e_leave[cand] > t]
+        if not self.conflicts:
+            return ids
+        ids = ids[self.replaced_at[ids] > t]
+        extra = [c for c in self.conflicts if self.alive(c, t)]
+        if not extra:
+            return ids
+        ids = np.concatenate((ids, np.array(extra, dtype=ids.dtype)))
+        return ids[np.argsort(self.e_enter[ids], kind="stable")]
 
     def alive(self, e: int, t: float) -> bool:
         """Whether entry ``e`` is in the mempool at ``t``."""
-        return bool(self.e_accepted[e] and self.e_enter[e] <= t < self.e_leave[e])
+        return bool(self.e_accepted[e] and self.e_enter[e] <= t < self.e_leave[e] and self.replaced_at[e] > t)
 
     def sequence(self, t: float) -> int:
         """Core's mempool sequence at ``t``: 1 + entries added + entries removed (a trimmed arrival: removed)."""
         adds = int(np.searchsorted(self.acc_enter, t, side="right"))
         removes = int(np.searchsorted(self.acc_leave, t, side="right"))
-        return 1 + adds + removes + int(np.searchsorted(self.trimmed_time, t, side="right"))
+        seq = 1 + adds + removes + int(np.searchsorted(self.trimmed_time, t, side="right"))
+        for c in self.conflicts:  # target removed and conflict added at its time; the conflict's own removal
+            target = int(self.e_tx[c])  # replaces the target's original one (counted in acc_leave)
+            seq += 2 * int(self.e_enter[c] <= t) - int(self.e_leave[target] <= t) + int(self.e_leave[c] <= t)
+        return seq
 
     def rolling_min_fee(self, t: float) -> float:
         """The mempool's rolling minimum fee rate at ``t`` in sat/vB (0 when none)."""

@@ -54,8 +54,8 @@ class Truth:
         return self._node.timeline.block_txs(b)
 
     def mempool_at(self, t: float) -> np.ndarray:
-        """Sorted chain indices in the node's mempool at simulated time ``t`` (evictions applied; no phantoms,
-        no reorg overlay)."""
+        """Sorted chain indices in the node's mempool at simulated time ``t`` (evictions and double spends' removals
+        applied; no phantoms, no double spends themselves, no reorg overlay)."""
         ids = self._node.timeline.mempool(t)
         return np.sort(ids[ids < self._node.timeline.n])
 
@@ -75,7 +75,9 @@ class Truth:
         """The injected P2P scenarios as ``{kind, start, end}`` (simulated seconds; end None: open-ended), by
         start then injection order. ``detail`` adds each one's settings and peers: eclipse ``peers`` (the new
         outbound ids), inbound_flood ``per_min`` and ``peers``, addr_spam ``per_s``, ``peer`` (id) and ``addr``,
-        partition ``height`` (the frozen tip), stale_fork ``height``, ``branchlen`` and ``hash``."""
+        partition ``height`` (the frozen tip), stale_fork ``height``, ``branchlen`` and ``hash``, double_spend
+        ``txid`` (the replaced transaction), ``conflict`` (the replacing one's txid) and ``height`` (the block that
+        confirms the conflict in the target's place, None if the target never confirms)."""
         net = self._node.network
         with self._node.lock:
             events = sorted(net.events, key=lambda e: (e.start, e.index))

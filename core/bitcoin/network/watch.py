@@ -21,6 +21,7 @@ from typing import Any
 from core.alerts import Alert, AlertEngine, Finding, Severity
 from core.bitcoin.network.detectors import NetworkDetectors
 from core.bitcoin.network.telemetry import TelemetrySample, telemetry_sample
+from core.bitcoin.network.watchlist import WatchList, check_watchlist
 from core.bitcoin.rpc import BitcoinRPC, RPCError
 from core.storage import atomic_write_json
 
@@ -54,8 +55,9 @@ class NetworkWatch:
 
     def __init__(self, rpc: BitcoinRPC, engine: AlertEngine, *, state_path: Path | None = None,
                  now: Callable[[], float] | None = None,
-                 resources: Callable[[], Mapping[str, Any]] | None = None) -> None:
+                 resources: Callable[[], Mapping[str, Any]] | None = None, watchlist: WatchList | None = None) -> None:
         self.rpc, self.engine, self.now, self.resources = rpc, engine, now, resources
+        self.watchlist = watchlist
         self.state_path = Path(state_path) if state_path is not None else None
         self.detectors = NetworkDetectors()
         if self.state_path is not None and self.state_path.is_file():
@@ -88,6 +90,8 @@ class NetworkWatch:
         else:
             findings = [Finding("rpc", "replies", Severity.INFO, "Bitcoin Core answers", "", 0.0, active=False),
                         *self.detectors.evaluate(sample, rates_known=self.previous is not None)]
+        if self.watchlist is not None:  # the operator's payments: replaced or double-spent (its own RPC errors)
+            findings += check_watchlist(self.rpc, self.watchlist)
         alerts = self.engine.submit(findings)
         if self.state_path is not None:
             atomic_write_json(self.state_path, self.detectors.to_dict())
