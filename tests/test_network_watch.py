@@ -232,3 +232,32 @@ def test_a_watched_payment_double_spent_is_one_critical_alert(node, tmp_path) ->
     alerts = [a for a in _run(node, watch, 5 * STEP_S) if a.detector == "double-spend" and not a.resolved]
     assert [(a.severity, a.key) for a in alerts] == [(Severity.CRITICAL, f"watch:{txid}")]
     assert conflict in alerts[0].message
+
+
+def test_watch_readiness_for_the_agent_checker(node, tmp_path) -> None:
+    from core.bitcoin.network.watch import watch_readiness
+
+    watch = _watch(node, tmp_path)
+    _run(node, watch, 3 * STEP_S)
+    assert watch_readiness(watch) == (1.0, "")
+    node.inject_eclipse(node.now() + 1)
+    _run(node, watch, 2 * STEP_S)
+    ready, why = watch_readiness(watch)
+    assert ready == 0.5 and why.startswith("eclipse/netgroups")
+
+
+def test_tuning_advice_is_info() -> None:
+    import numpy as np
+
+    from core.bitcoin.network.telemetry import TELEMETRY_SCHEMA, TelemetrySample
+
+    def tuning(**values: float) -> dict[str, tuple[bool, Severity]]:
+        v = np.zeros(TELEMETRY_SCHEMA.width, np.float32)
+        for k, x in {"network_active": 1, "connections": 10, "mempool_min_fee_sat_vb": 1.0, **values}.items():
+            v[TELEMETRY_SCHEMA.names.index(k)] = x
+        found = NetworkDetectors().evaluate(TelemetrySample(time=1e9, vector=v))
+        return {f.key: (f.active, f.severity) for f in found if f.detector == "tuning"}
+
+    assert tuning() == {"maxmempool": (False, Severity.INFO), "maxconnections": (False, Severity.INFO)}
+    assert tuning(mempool_min_fee_sat_vb=2.5)["maxmempool"] == (True, Severity.INFO)
+    assert tuning(peers_inbound=115)["maxconnections"] == (True, Severity.INFO)

@@ -102,7 +102,8 @@ def node(
                 raise ConfigError("watch-interval", f"{watch_interval} must be > 0 seconds")
             net_watch, _ = build_watch(operator_rpc_config(rpc_url, rpc_cookie, rpc_user), data_dir / "watch",
                                        jsonl=data_dir / "watch" / "alerts.jsonl")
-            watcher = _BackgroundWatch(net_watch, watch_interval).start()
+            health.checker.register("network", 1.0, readiness=1.0)  # the watch's conditions and forecasts
+            watcher = _BackgroundWatch(net_watch, watch_interval, health.checker).start()
         if health_port:
             server = BackgroundServer(health_app(health), health_host, health_port).start()
             console.print(f"health endpoint: http://{health_host}:{server.port}/readyz (/healthz, /metrics)")
@@ -163,10 +164,10 @@ def check(
 class _BackgroundWatch:
     """The network watch (``anya-fl watch``) polling in a thread beside the SuperNode."""
 
-    def __init__(self, net_watch, interval: float) -> None:
+    def __init__(self, net_watch, interval: float, checker=None) -> None:
         import threading
 
-        self.net_watch, self.interval = net_watch, interval
+        self.net_watch, self.interval, self.checker = net_watch, interval, checker
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="network-watch", daemon=True)
 
@@ -174,6 +175,10 @@ class _BackgroundWatch:
         while not self._stop.is_set():
             try:
                 self.net_watch.poll_once()
+                if self.checker is not None:  # predictive component management: /readyz drops before a failure
+                    from core.bitcoin.network.watch import watch_readiness
+
+                    self.checker.update("network", *watch_readiness(self.net_watch))
             except Exception as exc:  # noqa: BLE001 - the node keeps serving; the watch tries again
                 err_console.print(f"[red]network watch: {escape(str(exc))}[/red]", soft_wrap=True)
             self._stop.wait(self.interval)

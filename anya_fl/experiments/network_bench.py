@@ -19,13 +19,14 @@ from typing import Any
 from anya_fl.simnode import GENESIS_EPOCH, SimNode, SimNodeConfig
 from core.alerts import AlertEngine, Severity
 from core.bitcoin.network.detectors import CHAIN_SYNC_TIMEOUT_S, SUSTAINED_S
+from core.bitcoin.network.forecast import MIN_SPAN_S
 from core.bitcoin.network.watch import NetworkWatch
 from core.bitcoin.network.watchlist import WatchList
 from core.bitcoin.rpc import BitcoinRPC, RPCConfig
 
 POLL_S = 60.0
 WARMUP_S = 600.0
-LIMIT_S = 2 * 3600.0
+LIMIT_S = 3 * 3600.0
 WEEK_S = 7 * 24 * 3600.0
 WEEK_POLL_S = 600.0
 WEEK_TRANSACTIONS = 2_000_000  # about 18 simulated hours per 200,000 transactions: a week and some
@@ -44,7 +45,12 @@ SCENARIOS: dict[str, tuple[str, Severity, Start, float, str]] = {
     "stale_fork": ("fork", Severity.WARNING, lambda n, t: n.inject_stale_fork(t), POLL_S, "the start"),
     # the watched payment (the mempool's first transaction, on the watch list) replaced by a conflicting one
     "double_spend": ("double-spend", Severity.CRITICAL, lambda n, t: None, POLL_S, "the start"),
+    # the node's disk (the watch's resources) losing 5 GB an hour from 40 GB free: the forecast warns a day
+    # ahead once it has two hours of points (the watch started 10 minutes before the disk began to fill)
+    "disk_filling": ("forecast", Severity.WARNING, lambda n, t: None, MIN_SPAN_S - WARMUP_S + 2 * POLL_S,
+                     "the start"),
 }
+DISK_START_GB, DISK_FILL_GB_PER_S = 40.0, 5.0 / 3600
 
 
 def _watch(node: SimNode, state: Path) -> NetworkWatch:
@@ -66,12 +72,17 @@ def run_scenario(name: str, seed: int = 0) -> dict[str, Any]:
     try:
         with tempfile.TemporaryDirectory(prefix="anya-fl-network-") as d:
             watch = _watch(node, Path(d))
+            fill_from: list[float] = []
+            if name == "disk_filling":  # the resources the watch reads: a disk that starts filling at t0
+                watch.resources = lambda: {"disk_free_gb": DISK_START_GB - DISK_FILL_GB_PER_S * max(
+                    0.0, node.now() - fill_from[0]) if fill_from else DISK_START_GB}
             watch.poll_once()
             early = []
             for _ in range(int(WARMUP_S // POLL_S)):
                 node.advance(POLL_S)
                 early += [a for a in watch.poll_once().alerts if a.severity > Severity.INFO]
             t0 = node.now() + 1.0
+            fill_from.append(t0)
             if name == "double_spend":
                 txid = watch.rpc.call("getrawmempool")[0]
                 watch.watchlist = WatchList(Path(d) / "watchlist.json")

@@ -21,6 +21,8 @@ them, and from public observations otherwise; each is named below with its sourc
   saw about 40 per minute in a flood against a normal 3); address messages rate-limited faster than Core's own
   addr budget (``MAX_ADDR_RATE_PER_SECOND`` 0.1/s) for 10 minutes; the mempool above 90 % of ``maxmempool``;
   free disk under 5 GB (warning) or 1 GB (critical); CPU above 90 % for 10 minutes.
+* **tuning advice** (INFO): a mempool that evicts (``mempoolminfee`` above the default relay minimum) suggests
+  a larger ``-maxmempool``; inbound slots all taken suggests a larger ``-maxconnections``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ INBOUND_FLOOD_PER_MIN = 20.0  # between peer-observer's normal 3 and its observe
 SUSTAINED_S = 10 * 60.0  # how long a rate must hold before it is an alert (Core's stale-tip check interval)
 TIP_INFO_P, TIP_WARNING_P = 1e-3, 1e-6  # P(no block for the tip's age) under a Poisson block process
 # (detector, the severity its Prometheus rule carries, summary): what `anya-fl alerts rules` writes
+DEFAULT_MIN_RELAY_SAT_VB = 1.0  # Core's -minrelaytxfee default (0.00001 BTC/kvB)
+INBOUND_SLOTS = 125 - 10  # -maxconnections default minus the 8 full-relay and 2 block-relay-only outbound
 DETECTOR_RULES = (
     ("eclipse", "warning", "outbound peers concentrated in few netgroups, or replaced en masse"),
     ("partition", "critical", "stale tip or network partition (peers ahead of us, or no connections)"),
@@ -50,6 +54,9 @@ DETECTOR_RULES = (
     ("disk", "critical", "disk nearly full"),
     ("cpu", "warning", "CPU saturated for 10 minutes"),
     ("rpc", "critical", "Bitcoin Core does not answer the watch"),
+    ("double-spend", "critical", "a watched payment was replaced or double-spent"),
+    ("forecast", "warning", "a component will cross its threshold within a day at the current trend"),
+    ("tuning", "info", "a node setting the telemetry suggests changing"),
 )
 DETECTORS = tuple(d for d, _, _ in DETECTOR_RULES)
 
@@ -127,6 +134,16 @@ class NetworkDetectors:
                    f"{limited:.2f} addresses/s over Core's rate limit for {held / 60:.0f} min", limited)
 
         usage = v["mempool_usage_ratio"]
+        # tuning advice (INFO): what the telemetry says about the node's own settings
+        evicting = v["mempool_min_fee_sat_vb"] > DEFAULT_MIN_RELAY_SAT_VB
+        report("tuning", "maxmempool", Severity.INFO if evicting else None, "consider a larger -maxmempool",
+               f"the mempool evicts: mempoolminfee {v['mempool_min_fee_sat_vb']:.2f} sat/vB is above the default "
+               f"relay minimum; a larger -maxmempool (default 300 MB) keeps more of the fee market in view", usage)
+        full = v["peers_inbound"] >= INBOUND_SLOTS
+        report("tuning", "maxconnections", Severity.INFO if full else None, "inbound slots full",
+               f"{int(v['peers_inbound'])} inbound peers fill the default {INBOUND_SLOTS} slots (-maxconnections 125 "
+               "minus outbound); raise -maxconnections if memory and bandwidth allow", v["peers_inbound"])
+
         report("mempool-full", "mempool", Severity.WARNING if usage > 0.9 else None, "mempool near maxmempool",
                f"mempool at {100 * usage:.0f} % of maxmempool, minimum fee {v['mempool_min_fee_sat_vb']:.2f} sat/vB",
                usage)

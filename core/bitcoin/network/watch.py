@@ -4,7 +4,8 @@ One ``poll_once`` reads getpeerinfo, getnetworkinfo, getchaintips, getmempoolinf
 reply that fails (the node unreachable, an RPC error, a malformed reply) is passed on as missing, so the
 telemetry of the others is still computed and the failure is one of the sample's problems. With a reply
 missing the detectors do not run (they would read its features as zeros: "no connections"); the ``rpc``
-condition says what failed instead, and every other condition stays as it was. The detectors'
+condition says what failed instead, and every other condition stays as it was. Each complete poll also
+feeds the trend forecasts (``forecast``: when the disk or the mempool will cross its threshold). The detectors'
 memory is saved beside the engine's state (atomically), so a restarted watcher keeps counting how long a
 condition has held.
 """
@@ -20,6 +21,7 @@ from typing import Any
 
 from core.alerts import Alert, AlertEngine, Finding, Severity
 from core.bitcoin.network.detectors import NetworkDetectors
+from core.bitcoin.network.forecast import Forecast, TrendForecaster
 from core.bitcoin.network.telemetry import TelemetrySample, telemetry_sample
 from core.bitcoin.network.watchlist import WatchList, check_watchlist
 from core.bitcoin.rpc import BitcoinRPC, RPCError
@@ -60,11 +62,16 @@ class NetworkWatch:
         self.watchlist = watchlist
         self.state_path = Path(state_path) if state_path is not None else None
         self.detectors = NetworkDetectors()
+        self.forecaster = TrendForecaster()
+        self.forecasts: list[Forecast] = []
         if self.state_path is not None and self.state_path.is_file():
             try:
-                self.detectors = NetworkDetectors.from_dict(json.loads(self.state_path.read_text()))
-            except (OSError, ValueError, AttributeError):
-                self.detectors = NetworkDetectors()  # memory only: conditions start counting again
+                state = json.loads(self.state_path.read_text())
+                self.detectors = NetworkDetectors.from_dict(state.get("detectors", {}))
+                self.forecaster = TrendForecaster.from_dict(state.get("forecast", {}))
+            except (OSError, ValueError, AttributeError, TypeError):
+                # memory only: conditions start counting again, trends start again
+                self.detectors, self.forecaster = NetworkDetectors(), TrendForecaster()
         self.previous: TelemetrySample | None = None
 
     def poll_once(self) -> WatchResult:
@@ -90,10 +97,28 @@ class NetworkWatch:
         else:
             findings = [Finding("rpc", "replies", Severity.INFO, "Bitcoin Core answers", "", 0.0, active=False),
                         *self.detectors.evaluate(sample, rates_known=self.previous is not None)]
+            self.forecasts = self.forecaster.observe(sample)
+            findings += self.forecaster.findings(self.forecasts)
         if self.watchlist is not None:  # the operator's payments: replaced or double-spent (its own RPC errors)
             findings += check_watchlist(self.rpc, self.watchlist)
         alerts = self.engine.submit(findings)
         if self.state_path is not None:
-            atomic_write_json(self.state_path, self.detectors.to_dict())
+            atomic_write_json(self.state_path, {"detectors": self.detectors.to_dict(),
+                                                "forecast": self.forecaster.to_dict()})
         self.previous = sample
         return WatchResult(sample, findings, alerts)
+
+
+def watch_readiness(watch: NetworkWatch) -> tuple[float, str]:
+    """The network watch as one AgentChecker component: 0 with a CRITICAL condition active, 0.5 with a
+    WARNING one (or a component forecast to fail within 24 h), 1 otherwise; with the reason."""
+    from core.bitcoin.network.forecast import readiness
+
+    active = [c for c in watch.engine.conditions() if c.alerted and c.severity >= Severity.WARNING]
+    worst = max(active, key=lambda c: c.severity, default=None)
+    ready, why = readiness(watch.forecasts)
+    if worst is not None:
+        level = 0.0 if worst.severity >= Severity.CRITICAL else 0.5
+        if level <= ready:
+            ready, why = level, f"{worst.detector}/{worst.key}: {worst.title}"
+    return ready, why
