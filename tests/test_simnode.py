@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from anya_fl.simnode import GENESIS_EPOCH, SimNode, SimNodeConfig
+from anya_fl.simnode import GENESIS_EPOCH, SimNode
 from anya_fl.simnode.timeline import REASONS
 from core.bitcoin.features import TX_SCHEMA
 from core.bitcoin.parsing import parse_block, parse_mempool, parse_transaction
@@ -21,20 +21,13 @@ from core.bitcoin.rpc import BitcoinRPC, RPCConfig, RPCConnectionError, RPCReply
 from core.data.chain import START_HEIGHT
 from core.data.replay import bucket_estimates
 from core.errors import ConfigError
+from tests.simnode_fixtures import PASSWORD, USER, client, make_node, started_nodes
 
-USER, PASSWORD = "alice", "s3cret"
 AGE = TX_SCHEMA.index("input_age_blocks")
 
 
-def make_node(**kw) -> SimNode:
-    settings = {"seed": 3, "transactions": 5_000, "speed": 0.0, "rpcuser": USER, "rpcpassword": PASSWORD,
-                "block_weight_limit": 400_000, "start_block": 20} | kw
-    return SimNode(SimNodeConfig(**settings))
 
 
-def client(node: SimNode, **kw) -> BitcoinRPC:
-    settings = {"user": USER, "password": PASSWORD, "timeout_s": 10.0, "retries": 0} | kw
-    return BitcoinRPC(RPCConfig(url=node.url, **settings))
 
 
 @pytest.fixture(scope="module")
@@ -49,16 +42,7 @@ def node():
 @pytest.fixture
 def fresh():
     """A node of its own for tests that inject scenarios (stopped afterwards)."""
-    made: list[SimNode] = []
-
-    def build(**kw) -> SimNode:
-        n = make_node(**kw).start()
-        made.append(n)
-        return n
-
-    yield build
-    for n in made:
-        n.stop()
+    yield from started_nodes(make_node)
 
 
 def at_block(node: SimNode, b: int, after: float = 1.0) -> float:

@@ -7,41 +7,22 @@ import math
 
 import pytest
 
-from anya_fl.simnode import GENESIS_EPOCH, SimNode, SimNodeConfig
+from anya_fl.simnode import GENESIS_EPOCH, SimNode
 from anya_fl.simnode.network_scenarios import MAX_INBOUND
-from core.bitcoin.rpc import BitcoinRPC, RPCConfig, RPCReplyError
+from core.bitcoin.rpc import RPCReplyError
 from core.data.chain import START_HEIGHT
 from core.errors import ConfigError
-
-USER, PASSWORD = "alice", "s3cret"
-T0 = 9300.0  # an integer simulated time just after the node's start (start_block 20: t_start is about 9232)
+from tests.simnode_fixtures import T0, client, started_nodes
+from tests.simnode_fixtures import make_node as _make_node
 
 
 def make_node(**kw) -> SimNode:
-    settings = {"seed": 3, "transactions": 5_000, "speed": 0.0, "rpcuser": USER, "rpcpassword": PASSWORD,
-                "block_weight_limit": 400_000, "start_block": 20} | kw
-    node = SimNode(SimNodeConfig(**settings))
-    node.clock.set(T0)
-    return node
-
-
-def client(node: SimNode) -> BitcoinRPC:
-    return BitcoinRPC(RPCConfig(url=node.url, user=USER, password=PASSWORD, timeout_s=10.0, retries=0))
-
+    return _make_node(T0, **kw)  # every node here starts with its clock at T0
 
 @pytest.fixture
 def fresh():
     """Started nodes of their own (stopped afterwards), their clocks at T0."""
-    made: list[SimNode] = []
-
-    def build(**kw) -> SimNode:
-        n = make_node(**kw).start()
-        made.append(n)
-        return n
-
-    yield build
-    for n in made:
-        n.stop()
+    yield from started_nodes(make_node)
 
 
 def outbound(peers: list[dict]) -> list[dict]:

@@ -9,43 +9,30 @@ import socket
 import numpy as np
 import pytest
 
-from anya_fl.simnode import SimNode, SimNodeConfig
+from anya_fl.simnode import SimNode
 from anya_fl.simnode.render import SUBSIDY_SAT
 from core.alerts import AlertEngine, Severity
 from core.bitcoin.network.watchlist import DETECTOR, RETIRE_CHECKS, WatchList, check_watchlist, parse_watch_item
 from core.bitcoin.rpc import BitcoinRPC, RPCConfig, RPCReplyError
 from core.errors import ConfigError
+from tests.simnode_fixtures import PASSWORD, T0, USER, client, started_nodes
+from tests.simnode_fixtures import make_node as _make_node
 
-USER, PASSWORD = "alice", "s3cret"
-T0 = 9300.0  # just after the node's start (start_block 20)
 TXOUT_KEYS = {"bestblock", "confirmations", "value", "scriptPubKey", "coinbase"}
 
 
 def make_node(**kw) -> SimNode:
-    settings = {"seed": 3, "transactions": 5_000, "speed": 0.0, "rpcuser": USER, "rpcpassword": PASSWORD,
-                "block_weight_limit": 400_000, "start_block": 20} | kw
-    node = SimNode(SimNodeConfig(**settings))
-    node.clock.set(T0)
-    return node
+    return _make_node(T0, **kw)  # every node here starts with its clock at T0
 
 
-def client(node: SimNode) -> BitcoinRPC:
-    return BitcoinRPC(RPCConfig(url=node.url, user=USER, password=PASSWORD, timeout_s=10.0, retries=0))
+
+
 
 
 @pytest.fixture
 def fresh():
     """Started nodes of their own (stopped afterwards), their clocks at T0."""
-    made: list[SimNode] = []
-
-    def build(**kw) -> SimNode:
-        n = make_node(**kw).start()
-        made.append(n)
-        return n
-
-    yield build
-    for n in made:
-        n.stop()
+    yield from started_nodes(make_node)
 
 
 def pending(node: SimNode, rbf: bool | None = None, skip: int = 0) -> int:
