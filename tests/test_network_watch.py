@@ -261,3 +261,28 @@ def test_tuning_advice_is_info() -> None:
     assert tuning() == {"maxmempool": (False, Severity.INFO), "maxconnections": (False, Severity.INFO)}
     assert tuning(mempool_min_fee_sat_vb=2.5)["maxmempool"] == (True, Severity.INFO)
     assert tuning(peers_inbound=115)["maxconnections"] == (True, Severity.INFO)
+
+
+def test_detector_metrics_on_the_nodes_one_metrics_endpoint(node, tmp_path) -> None:
+    """The watch's counters join the node's /metrics registry (one registry, a real HTTP server), and the
+    eclipse condition reads 1 there while its alert is out."""
+    import httpx
+
+    from core.alerts import AlertCollector
+    from core.health.http import BackgroundServer, health_app
+    from core.health.node_health import HealthSettings, NodeHealth
+
+    watch = _watch(node, tmp_path)
+    _run(node, watch, 2 * STEP_S)
+    node.inject_eclipse(node.now() + 1)
+    _run(node, watch, 2 * STEP_S)
+    health = NodeHealth(HealthSettings(state_dir=tmp_path / "health"))
+    server = BackgroundServer(health_app(health, collectors=[AlertCollector(watch.engine)])).start()
+    try:
+        text = httpx.get(f"http://127.0.0.1:{server.port}/metrics", timeout=30).text
+    finally:
+        server.stop()
+        health.close()
+    assert 'anya_fl_alert_active{detector="eclipse",key="netgroups"} 1.0' in text
+    assert 'anya_fl_alerts_raised_total{detector="eclipse"} 2.0' in text  # concentration and churn
+    assert "# TYPE anya_fl_stage gauge" in text  # the health metrics, in the same registry

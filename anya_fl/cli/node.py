@@ -105,7 +105,10 @@ def node(
             health.checker.register("network", 1.0, readiness=1.0)  # the watch's conditions and forecasts
             watcher = _BackgroundWatch(net_watch, watch_interval, health.checker).start()
         if health_port:
-            server = BackgroundServer(health_app(health), health_host, health_port).start()
+            from core.alerts import AlertCollector
+
+            extra = [AlertCollector(watcher.net_watch.engine)] if watcher is not None else []
+            server = BackgroundServer(health_app(health, collectors=extra), health_host, health_port).start()
             console.print(f"health endpoint: http://{health_host}:{server.port}/readyz (/healthz, /metrics)")
         console.print(f"SuperNode running (pid {proc.pid}, log {home / 'supernode.log'}); Ctrl-C stops it")
         proc.wait()

@@ -3,6 +3,7 @@ signed webhook with a durable outbox), Prometheus text for its counters and Prom
 
 from core.alerts.engine import Alert, AlertEngine, Condition, DetectorCounters, Finding, Severity, Sink, alert_id
 from core.alerts.sinks import (
+    AlertCollector,
     JsonlSink,
     LogSink,
     OutboxEntry,
@@ -14,7 +15,7 @@ from core.alerts.sinks import (
 )
 
 __all__ = [
-    "Alert", "AlertEngine", "Condition", "DetectorCounters", "Finding", "JsonlSink", "LogSink", "OutboxEntry",
+    "Alert", "AlertCollector", "AlertEngine", "Condition", "DetectorCounters", "Finding", "JsonlSink", "LogSink", "OutboxEntry",
     "Severity", "Sink", "WebhookSink", "alert_id", "alertmanager_rules", "prometheus_text", "sign",
     "verify_signature",
 ]

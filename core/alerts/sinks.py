@@ -15,17 +15,16 @@ import hmac
 import http.client
 import json
 import logging
-import math
 import os
 import re
 import ssl
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from core.alerts.engine import Alert, Severity
@@ -306,43 +305,46 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def _number(v: float) -> str:
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    return repr(float(v))
+class AlertCollector:
+    """The engine's counters as a prometheus_client collector, for the project's one metrics registry (the
+    node's ``/metrics`` registers it beside the health collector): raised and suppressed alerts per detector,
+    whether each condition's alert is out, and each detector's latest value."""
+
+    def __init__(self, engine: AlertEngine) -> None:
+        self.engine = engine
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        counters = self.engine.counters()
+        tracked = self.engine.tracked()
+        active = {(c.detector, c.key) for c in self.engine.conditions() if c.alerted}
+        raised = CounterMetricFamily("anya_fl_alerts_raised", "Alerts raised (new and escalated), per detector.",
+                                     labels=["detector"])
+        suppressed = CounterMetricFamily("anya_fl_alerts_suppressed", "Re-activations suppressed by the cooldown, "
+                                         "per detector.", labels=["detector"])
+        for d, c in counters.items():
+            raised.add_metric([d], c.raised)
+            suppressed.add_metric([d], c.suppressed)
+        out = GaugeMetricFamily("anya_fl_alert_active", "1 while an alert for this condition is out and not resolved.",
+                                labels=["detector", "key"])
+        value = GaugeMetricFamily("anya_fl_detector_value", "Latest value a detector reported for a condition.",
+                                  labels=["detector", "key"])
+        for d, k in sorted(tracked):
+            out.add_metric([d, k], 1.0 if (d, k) in active else 0.0)
+            v = tracked[(d, k)]
+            if v is not None:
+                value.add_metric([d, k], float(v))
+        yield from (raised, suppressed, out, value)
 
 
 def prometheus_text(engine: AlertEngine) -> str:
-    """The engine's counters in the Prometheus text exposition format (version 0.0.4)."""
-    counters = engine.counters()
-    tracked = engine.tracked()
-    active = {(c.detector, c.key) for c in engine.conditions() if c.alerted}
-    lines = [
-        "# HELP anya_fl_alerts_raised_total Alerts raised (new and escalated), per detector.",
-        "# TYPE anya_fl_alerts_raised_total counter",
-    ]
-    lines += [f'anya_fl_alerts_raised_total{{detector="{_label(d)}"}} {c.raised}' for d, c in counters.items()]
-    lines += [
-        "# HELP anya_fl_alerts_suppressed_total Re-activations suppressed by the cooldown, per detector.",
-        "# TYPE anya_fl_alerts_suppressed_total counter",
-    ]
-    lines += [f'anya_fl_alerts_suppressed_total{{detector="{_label(d)}"}} {c.suppressed}' for d, c in counters.items()]
-    lines += [
-        "# HELP anya_fl_alert_active 1 while an alert for this condition is out and not resolved.",
-        "# TYPE anya_fl_alert_active gauge",
-    ]
-    keys = sorted(tracked)
-    lines += [f'anya_fl_alert_active{{detector="{_label(d)}",key="{_label(k)}"}} {1 if (d, k) in active else 0}'
-              for d, k in keys]
-    lines += [
-        "# HELP anya_fl_detector_value Latest value a detector reported for a condition.",
-        "# TYPE anya_fl_detector_value gauge",
-    ]
-    lines += [f'anya_fl_detector_value{{detector="{_label(d)}",key="{_label(k)}"}} {_number(v)}'
-              for (d, k) in keys if (v := tracked[(d, k)]) is not None]
-    return "\n".join(lines) + "\n"
+    """The engine's counters in the Prometheus text exposition format (through prometheus_client)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(AlertCollector(engine))
+    return generate_latest(registry).decode()
 
 
 # ---- Prometheus alerting rules ---------------------------------------------------------------------

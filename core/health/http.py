@@ -11,7 +11,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import uvicorn
@@ -74,12 +74,16 @@ class HealthCollector:
         yield from (lat, count)
 
 
-def health_router(health: NodeHealth, *, refresh: Callable[[], Any] | None = None) -> APIRouter:
+def health_router(health: NodeHealth, *, refresh: Callable[[], Any] | None = None,
+                  collectors: Iterable[Any] = ()) -> APIRouter:
     """``/healthz`` (alive), ``/readyz`` (200 at or above the minimum stage, else 503 naming the failing
-    components) and ``/metrics``. ``refresh`` (optional) re-probes before answering ``/readyz``."""
+    components) and ``/metrics``. ``refresh`` (optional) re-probes before answering ``/readyz``;
+    ``collectors`` join the one registry (the network watch's ``core.alerts.AlertCollector``)."""
     router = APIRouter(tags=["health"])
     registry = CollectorRegistry(auto_describe=False)
     registry.register(HealthCollector(health))
+    for collector in collectors:
+        registry.register(collector)
 
     @router.get("/healthz", summary="Liveness: the process answers")
     def healthz() -> dict[str, str]:
@@ -105,10 +109,11 @@ def health_router(health: NodeHealth, *, refresh: Callable[[], Any] | None = Non
     return router
 
 
-def health_app(health: NodeHealth, *, refresh: Callable[[], Any] | None = None) -> FastAPI:
+def health_app(health: NodeHealth, *, refresh: Callable[[], Any] | None = None,
+               collectors: Iterable[Any] = ()) -> FastAPI:
     """The node's standalone health endpoint."""
     app = FastAPI(title="anya-fl node health", version="1")
-    app.include_router(health_router(health, refresh=refresh))
+    app.include_router(health_router(health, refresh=refresh, collectors=collectors))
     return app
 
 
