@@ -286,3 +286,43 @@ def test_detector_metrics_on_the_nodes_one_metrics_endpoint(node, tmp_path) -> N
     assert 'anya_fl_alert_active{detector="eclipse",key="netgroups"} 1.0' in text
     assert 'anya_fl_alerts_raised_total{detector="eclipse"} 2.0' in text  # concentration and churn
     assert "# TYPE anya_fl_stage gauge" in text  # the health metrics, in the same registry
+
+
+def test_inv_flood_and_ping_growth_against_the_nodes_own_baseline() -> None:
+    """Far above this node's usual level (learned from its own samples) for 10 minutes: a WARNING; the level is
+    not dragged up by the flood itself; a restart keeps it."""
+    import numpy as np
+
+    from core.bitcoin.network.telemetry import TELEMETRY_SCHEMA, TelemetrySample
+
+    def sample(t: float, **values: float) -> TelemetrySample:
+        v = np.zeros(TELEMETRY_SCHEMA.width, np.float32)
+        for k, x in {"network_active": 1, "connections": 10, "mempool_min_fee_sat_vb": 1.0, **values}.items():
+            v[TELEMETRY_SCHEMA.names.index(k)] = x
+        return TelemetrySample(time=t, vector=v)
+
+    def state(d: NetworkDetectors, t: float, **values: float) -> dict[str, Severity | None]:
+        found = d.evaluate(sample(t, **values))
+        return {f.detector: (f.severity if f.active else None) for f in found if f.detector in ("inv-flood", "ping")}
+
+    d = NetworkDetectors()
+    t = 1e9
+    for _ in range(120):  # two hours of a normal node: 300 B/s of inv, p90 ping 200 ms
+        t += 60
+        assert state(d, t, bytes_recv_per_s_inv=300, ping_p90_ms=200) == {"inv-flood": None, "ping": None}
+    base = dict(d.baseline)
+    seen = []
+    for _ in range(12):  # 100 kB/s of inv and 3 s pings
+        t += 60
+        seen.append(state(d, t, bytes_recv_per_s_inv=100_000, ping_p90_ms=3000))
+    assert seen[8] == {"inv-flood": None, "ping": None}  # not yet 10 minutes
+    assert seen[-1] == {"inv-flood": Severity.WARNING, "ping": Severity.WARNING}
+    assert d.baseline == base  # the flood did not become the norm
+    again = NetworkDetectors.from_dict(d.to_dict())
+    assert again.baseline == d.baseline and again.since == d.since
+    assert NetworkDetectors.from_dict({"addr": 5.0}).since == {"addr": 5.0}  # the first state format
+    # busy but under the floors: 10x of a tiny baseline is not a flood
+    quiet = NetworkDetectors()
+    for i in range(30):
+        found = state(quiet, 1e9 + 60 * i, bytes_recv_per_s_inv=10 if i < 5 else 5_000, ping_p90_ms=20 if i < 5 else 500)
+    assert found == {"inv-flood": None, "ping": None}

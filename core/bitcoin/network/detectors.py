@@ -21,6 +21,9 @@ them, and from public observations otherwise; each is named below with its sourc
   saw about 40 per minute in a flood against a normal 3); address messages rate-limited faster than Core's own
   addr budget (``MAX_ADDR_RATE_PER_SECOND`` 0.1/s) for 10 minutes; the mempool above 90 % of ``maxmempool``;
   free disk under 5 GB (warning) or 1 GB (critical); CPU above 90 % for 10 minutes.
+* **inv flooding and ping growth**: inv bytes per second above 10x this node's own usual level (a slow
+  exponential average, half-life 6 h, that an attack does not feed) and above 50 kB/s, or the 90th-percentile
+  ping above 5x its usual level and above 1 s, each for 10 minutes, is a WARNING.
 * **tuning advice** (INFO): a mempool that evicts (``mempoolminfee`` above the default relay minimum) suggests
   a larger ``-maxmempool``; inbound slots all taken suggests a larger ``-maxconnections``.
 """
@@ -30,6 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from core.alerts import Finding, Severity
 from core.bitcoin.network.telemetry import TelemetrySample
@@ -42,6 +46,10 @@ INBOUND_FLOOD_PER_MIN = 20.0  # between peer-observer's normal 3 and its observe
 SUSTAINED_S = 10 * 60.0  # how long a rate must hold before it is an alert (Core's stale-tip check interval)
 TIP_INFO_P, TIP_WARNING_P = 1e-3, 1e-6  # P(no block for the tip's age) under a Poisson block process
 # (detector, the severity its Prometheus rule carries, summary): what `anya-fl alerts rules` writes
+BASELINE_HALFLIFE_S = 6 * 3600.0  # how fast "usual" follows the node: hours, not minutes
+POLL_WEIGHT_S = 60.0  # each evaluation moves the baseline as one minute would (polls are 10 s to 10 min apart)
+INV_FLOOD_FACTOR, INV_FLOOD_FLOOR_BPS = 10.0, 50_000.0  # 10x the usual inv bytes, and over 50 kB/s
+PING_GROWTH_FACTOR, PING_FLOOR_MS = 5.0, 1000.0  # 5x the usual p90 ping, and over a second (peer-observer: 5 s waits)
 DEFAULT_MIN_RELAY_SAT_VB = 1.0  # Core's -minrelaytxfee default (0.00001 BTC/kvB)
 INBOUND_SLOTS = 125 - 10  # -maxconnections default minus the 8 full-relay and 2 block-relay-only outbound
 DETECTOR_RULES = (
@@ -55,6 +63,8 @@ DETECTOR_RULES = (
     ("cpu", "warning", "CPU saturated for 10 minutes"),
     ("rpc", "critical", "Bitcoin Core does not answer the watch"),
     ("double-spend", "critical", "a watched payment was replaced or double-spent"),
+    ("inv-flood", "warning", "inv messages far above this node's usual rate for 10 minutes"),
+    ("ping", "warning", "peer pings far above their usual level for 10 minutes"),
     ("forecast", "warning", "a component will cross its threshold within a day at the current trend"),
     ("tuning", "info", "a node setting the telemetry suggests changing"),
 )
@@ -71,6 +81,18 @@ class NetworkDetectors:
     """The rule detectors with the little memory they need (since when a rate or a peer-ahead state holds)."""
 
     since: dict[str, float] = field(default_factory=dict)
+    baseline: dict[str, float] = field(default_factory=dict)  # the node's own normal levels (slow EMAs)
+
+    def _against_baseline(self, name: str, value: float, now: float, factor: float, floor: float) -> tuple[bool, float]:
+        """Whether ``value`` is above ``factor`` x this node's usual level and above ``floor``, and that level.
+        The level is an exponential average with a half-life of ``BASELINE_HALFLIFE_S``, fed only by values
+        that are not above it, so an attack does not become the norm."""
+        base = self.baseline.get(name)
+        high = base is not None and value > factor * base and value > floor
+        if not high:
+            w = 1.0 if base is None else min(1.0, math.log(2) * POLL_WEIGHT_S / BASELINE_HALFLIFE_S)
+            self.baseline[name] = value if base is None else base + w * (value - base)
+        return high, self.baseline[name]
 
     def _held(self, name: str, now: float, condition: bool) -> float:
         """Seconds ``condition`` has held (0 when it does not hold now)."""
@@ -133,6 +155,19 @@ class NetworkDetectors:
             report("addr-spam", "addr", Severity.WARNING if held >= SUSTAINED_S else None, "address message spam",
                    f"{limited:.2f} addresses/s over Core's rate limit for {held / 60:.0f} min", limited)
 
+        if rates_known:  # inv flooding: announcements far above this node's own usual rate, for 10 minutes
+            inv = v["bytes_recv_per_s_inv"]
+            high, base = self._against_baseline("inv", inv, now, INV_FLOOD_FACTOR, INV_FLOOD_FLOOR_BPS)
+            held = self._held("inv", now, high)
+            report("inv-flood", "inv", Severity.WARNING if held >= SUSTAINED_S else None, "inv message flood",
+                   f"{inv / 1000:.1f} kB/s of inv messages against a usual {base / 1000:.1f} kB/s, for "
+                   f"{held / 60:.0f} min", inv)
+        ping = v["ping_p90_ms"]
+        high, base = self._against_baseline("ping", ping, now, PING_GROWTH_FACTOR, PING_FLOOR_MS)
+        held = self._held("ping", now, high)
+        report("ping", "p90", Severity.WARNING if held >= SUSTAINED_S else None, "peer pings growing",
+               f"90th percentile ping {ping:.0f} ms against a usual {base:.0f} ms, for {held / 60:.0f} min", ping)
+
         usage = v["mempool_usage_ratio"]
         # tuning advice (INFO): what the telemetry says about the node's own settings
         evicting = v["mempool_min_fee_sat_vb"] > DEFAULT_MIN_RELAY_SAT_VB
@@ -157,10 +192,16 @@ class NetworkDetectors:
                f"CPU {cpu:.0f} % for {held / 60:.0f} min", cpu)
         return out
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, dict[str, float]]:
         """The detectors' memory (for a watcher's state file)."""
-        return dict(self.since)
+        return {"since": dict(self.since), "baseline": dict(self.baseline)}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, float]) -> NetworkDetectors:
-        return cls(since={str(k): float(t) for k, t in d.items() if isinstance(t, int | float)})
+    def from_dict(cls, d: Mapping[str, Any]) -> NetworkDetectors:
+        def floats(m: Any) -> dict[str, float]:
+            return {str(k): float(t) for k, t in m.items() if isinstance(t, int | float)} if isinstance(m, Mapping) \
+                else {}
+
+        if "since" not in d and "baseline" not in d:  # the first format: the timers alone
+            return cls(since=floats(d))
+        return cls(since=floats(d.get("since")), baseline=floats(d.get("baseline")))
