@@ -81,6 +81,7 @@ def test_simnodes_to_collectors_to_a_tls_federation(tmp_path) -> None:
 
         for i, spec in enumerate(SPECS):
             sim = SimNode(SimNodeConfig(**COMMON, **spec)).start(port=0)
+            sim.clock.freeze()  # held until its collector is up: a loaded machine starts a node in seconds
             simnodes.append(sim)
             node_home = tmp_path / f"node-{i}" / "flwr-home"
             extra: list[str] = []
@@ -97,6 +98,11 @@ def test_simnodes_to_collectors_to_a_tls_federation(tmp_path) -> None:
                     env=_env(node_home), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
             started.append(p)
             nodes_procs.append(p)
+        # each collector has read the chain so far; then the chains run (from the same point on every machine)
+        _wait(lambda: all(_store_tip(d) == s.tip_height() for d, s in zip(data_dirs, simnodes, strict=True)),
+              "the collectors to start", 120, nodes_procs, logs)
+        for s in simnodes:
+            s.clock.run()
         # the chains run past their last busy block; then their clocks stop and each collector catches up
         def target(s: SimNode) -> int:
             heights = range(START_HEIGHT + 1, START_HEIGHT + s.chain.n_blocks + 1)
@@ -128,9 +134,10 @@ def test_simnodes_to_collectors_to_a_tls_federation(tmp_path) -> None:
     # the stores: exactly the simulator's transaction rows and fee labels, and nothing but the store to train on
     for d, s in zip(data_dirs, simnodes, strict=True):
         n = truth_checks(s, d)
-        # (a poll sees the mempool every ~120 simulated s: two blocks between polls leave the first one's
-        # threshold unknown, and the labels that span it out)
-        assert n["rows"] > 200 and n["labels"] > 10 and n["ks"] >= 3 and n["blocks"] >= 10, n
+        # truth_checks compared every row and label exactly; these floors only say the run was not vacuous.
+        # (A poll sees the mempool every ~120 simulated s, slower on a loaded machine: two blocks between polls
+        # leave the first one's threshold unknown, and the labels that span it out, so the count varies.)
+        assert n["rows"] > 200 and n["labels"] >= 5 and n["ks"] >= 2 and n["blocks"] >= 10, n
         print(f"store {d.parent.name}: {n}")
         assert not (d / "manifest.json").exists()
         assert (d / "watch" / "detectors.json").is_file()  # the node ran its network watch beside the collector
