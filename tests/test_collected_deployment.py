@@ -48,8 +48,11 @@ def _store_tip(data_dir: Path) -> int | None:
     path = store_path(data_dir)
     if not path.is_file():
         return None
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
-        row = db.execute("SELECT max(height) FROM blocks WHERE connected = 1").fetchone()
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
+            row = db.execute("SELECT max(height) FROM blocks WHERE connected = 1").fetchone()
+    except sqlite3.OperationalError:  # created, its tables not yet
+        return None
     return row[0]
 
 
