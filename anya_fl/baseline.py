@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from core import scoring
-from core.bitcoin.features import TASK_SCHEMAS, TASKS
+from core.bitcoin.features import CHAIN_TASKS, TASK_SCHEMAS
 from core.data.chain import ChainConfig, simulate_chain
 from core.data.datasets import FEE_TARGETS, TaskSplits, task_arrays
 from core.data.replay import BLOCK_MEDIAN, CORE, MEMPOOL_SPACE, bucket_estimates, projected_block_estimates
@@ -43,7 +43,7 @@ class BaselineConfig:
     epsilons: tuple[float, ...] = (1.0, 3.0, 8.0)
     delta: float = 1e-5
     max_grad_norm: float = 1.0
-    tasks: tuple[str, ...] = TASKS
+    tasks: tuple[str, ...] = CHAIN_TASKS
     device: str = "auto"
     accountant: str = REPORT_ACCOUNTANT  # a one-off centralized report: the tightest accountant (PRV)
 

@@ -194,7 +194,10 @@ def _fixture() -> dict:
         v = reg.publish(task, export_onnx(task, build_model(task, seed=0), {"version": 1}), run="bench", round=0,
                         metrics={})
         reg.promote(v.ref, "production")
-    arrays = task_arrays(simulate_chain(ChainConfig(n_transactions=60_000, seed=3)))
+    from anya_fl.experiments.network_data import sample_network_splits
+
+    arrays = {**task_arrays(simulate_chain(ChainConfig(n_transactions=60_000, seed=3))),
+              "network": sample_network_splits(3)}
     rows = {t: np.ascontiguousarray(np.concatenate([s.x[k] for k in ("train", "val", "test")]), np.float32)
             for t, s in arrays.items()}
     _CACHE["fixture"] = {"root": root, "registry": root / "registry", "pub": root / "keys" / "k.pub", "rows": rows}

@@ -31,7 +31,7 @@ from core.data.datasets import load_dataset
 from core.errors import DatasetError
 from core.fedconfig import FederationConfig
 
-PRIMARY = {"fraud": ["pr_auc"], "fee": ["pinball_loss", "hit_rate", "median_overpay_sat_vb"], "anomaly": ["roc_auc"]}
+PRIMARY = {"fraud": ["pr_auc"], "fee": ["pinball_loss", "hit_rate", "median_overpay_sat_vb"], "anomaly": ["roc_auc"], "network": ["pr_auc"]}
 
 
 def _fit(task: str, train_dir: str, held_out_dir: str, run_config: dict[str, Any], seed: int) -> dict[str, float]:

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -62,9 +63,12 @@ def flower_env(run_dir: Path) -> dict[str, str]:
     return env
 
 
-def prepare_run(cfg: FederationConfig, run_dir: Path,
-                resources: SimulationResources | None = None) -> FederationConfig:
-    """Create the run directory with its config and data; return the config bound to it."""
+def prepare_run(cfg: FederationConfig, run_dir: Path, resources: SimulationResources | None = None,
+                on_network_episode: Callable[[], None] | None = None) -> FederationConfig:
+    """Create the run directory with its config and data; return the config bound to it.
+
+    With the network task, each node's telemetry comes from simulated nodes watched under attack
+    (``anya_fl.experiments.network_data``); ``on_network_episode`` is called after each watched episode."""
     if (run_dir / RUN_FILE).exists():
         raise ConfigError("run-dir", f"{run_dir} already holds a run; use --resume {run_dir} or another directory")
     data_dir = run_dir / "data"
@@ -73,6 +77,10 @@ def prepare_run(cfg: FederationConfig, run_dir: Path,
                   registry_dir=str((run_dir / "registry").resolve()), signing_key=str(key.resolve()),
                   audit_log=str((run_dir / "audit.jsonl").resolve()), promote=True).validate()
     profiles = write_federation_data(data_dir, cfg.transactions, cfg.seed, cfg.nodes, cfg.task_list)
+    if "network" in cfg.task_list:
+        from anya_fl.experiments.network_data import add_network_data
+
+        add_network_data(data_dir, cfg.seed, cfg.nodes, on_network_episode)
     if not key.exists():
         generate_signing_key(key, key.with_suffix(".pub"))
     atomic_write_json(run_dir / RUN_FILE, {"config": cfg.to_run_config(), "profiles": profiles,

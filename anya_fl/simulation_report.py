@@ -30,6 +30,7 @@ COMPARISON_METRICS: dict[str, list[str]] = {
     "fraud": ["pr_auc"],
     "fee": ["pinball_loss", "hit_rate", "median_overpay_sat_vb"],
     "anomaly": ["roc_auc"],
+    "network": ["pr_auc"],
 }
 COMPARISON_COLUMNS = [
     "task",

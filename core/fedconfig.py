@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from core.bitcoin.features import TASKS
+from core.bitcoin.features import CHAIN_TASKS, TASKS
 from core.errors import ConfigError
 from core.health.agent_checker import SystemStage
 
@@ -52,7 +52,7 @@ class FederationConfig:
     server_lr: float = 0.01  # fedadam: eta (server step) and eta_l
     round_timeout: float = 600.0  # seconds the server waits for replies; late nodes are dropped
     seed: int = 0
-    tasks: str = ",".join(TASKS)
+    tasks: str = ",".join(CHAIN_TASKS)  # network: opt in (its data is telemetry, not the chain)
     run_name: str = "run"
     run_dir: str = ""  # checkpoints, metrics and reports (the coordinator's)
     data_dir: str = ""  # simulation: node-<i> datasets and the coordinator's held-out set

@@ -20,7 +20,7 @@ import numpy as np
 ArrayLike = Any  # anything np.asarray accepts
 
 # The main metric of each task: the one per-round tables and plots lead with.
-PRIMARY_METRIC = {"fraud": "pr_auc", "fee": "hit_rate", "anomaly": "roc_auc"}
+PRIMARY_METRIC = {"fraud": "pr_auc", "fee": "hit_rate", "anomaly": "roc_auc", "network": "pr_auc"}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.serverapp import Grid, ServerApp
 
 from core.data.datasets import load_dataset, write_federation_data
-from core.errors import AnyaError, ConfigError
+from core.errors import AnyaError, ConfigError, DatasetError
 from core.fedconfig import FederationConfig
 from core.security.audit import NODE_EXCLUDED, AuditLog
 from core.storage import atomic_write_json
@@ -200,6 +200,10 @@ def run_federation(grid: Grid, cfg: FederationConfig) -> list[RoundRecord]:
         write_federation_data(cfg.data_dir, cfg.transactions, cfg.seed, cfg.nodes, cfg.task_list)
     held_out, _ = load_dataset(Path(cfg.data_dir) / "coordinator")
     tasks = cfg.task_list
+    if missing := [t for t in tasks if t not in held_out]:
+        raise DatasetError(f"data-dir: the coordinator's held-out set ({Path(cfg.data_dir) / 'coordinator'}) has no "
+                           f"{', '.join(missing)} rows; the network task's come from `anya-fl simulate --tasks "
+                           "...,network` (telemetry of simulated nodes under attack)")
     models = {t: build_model(t, seed=cfg.seed) for t in tasks}
     strategy = build_strategy(cfg)
     ckpt = load_checkpoint(run_dir)

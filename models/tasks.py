@@ -1,4 +1,4 @@
-"""The three tasks: fraud classifier, fee-rate estimator, anomaly autoencoder.
+"""The four tasks: fraud classifier, fee-rate estimator, anomaly autoencoder, network-attack classifier.
 
 Each model starts with a ``Normalizer`` built from its schema's *typical ranges* (public knowledge,
 no node data), so the module - and the ONNX graph exported from it - takes raw feature rows. That is
@@ -143,6 +143,26 @@ class AnomalyAE(nn.Module):
         return self.forward(x).pow(2).mean(dim=-1)
 
 
+class NetworkNet(nn.Module):
+    """One node telemetry vector (``TELEMETRY_SCHEMA``) -> logit of P(the node is under a network attack).
+
+    Supervised: a node learns from the minutes its operator (or, in simulation, the simulated node's truth)
+    marks as under attack, so the federation learns attacks that some nodes saw and others did not.
+    """
+
+    def __init__(self, hidden: tuple[int, ...] = (32, 16)) -> None:
+        super().__init__()
+        schema = TASK_SCHEMAS["network"]
+        self.norm = Normalizer(schema)
+        self.body = _mlp([schema.width, *hidden, 1])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(self.norm(x)).squeeze(-1)
+
+    def infer(self, x: Tensor) -> Tensor:
+        return torch.sigmoid(self.forward(x))
+
+
 def fraud_loss(out: Tensor, y: Tensor) -> Tensor:
     return nn.functional.binary_cross_entropy_with_logits(out, y)
 
@@ -178,6 +198,7 @@ TASK_SPECS: dict[str, TaskSpec] = {
     "fraud": TaskSpec("fraud", FraudNet, fraud_loss, "fraud_probability", 10, 512, 2e-3),
     "fee": TaskSpec("fee", FeeNet, fee_loss, "fee_rate_sat_vb", 30, 256, 3e-3),
     "anomaly": TaskSpec("anomaly", AnomalyAE, anomaly_loss, "anomaly_score", 10, 512, 2e-3),
+    "network": TaskSpec("network", NetworkNet, fraud_loss, "attack_probability", 20, 64, 3e-3),
 }
 
 
@@ -209,7 +230,7 @@ def infer(model: nn.Module, x: np.ndarray, batch_size: int = 65_536) -> np.ndarr
 
 def evaluate_outputs(task: str, output: np.ndarray, x: np.ndarray, y: np.ndarray, threshold: float | None = None) -> dict[str, float]:
     """Task metrics for model outputs (or any baseline's outputs in the same units)."""
-    if task == "fraud":
+    if task in ("fraud", "network"):  # both classifiers: PR-AUC, ROC-AUC, F1, recall at 1 % FPR
         thr = 0.5 if threshold is None else threshold
         return scoring.fraud_metrics(y, output, thr)
     if task == "anomaly":
@@ -229,7 +250,7 @@ def evaluate_held_out(task: str, model: nn.Module, split: TaskSplits) -> dict[st
     carries them.
     """
     threshold = None
-    if task == "fraud":
+    if task in ("fraud", "network"):
         threshold = scoring.best_f1_threshold(split.y["val"], infer(model, split.x["val"]))
     if task == "fee":
         calibrate_fee_model(model, split.x["val"], split.y["val"])

@@ -1,6 +1,6 @@
 """Host side of ``scripts/riscv-check``, and the models, rows and tolerances that ``tests/test_riscv.py`` shares.
 
-``prepare DIR [--rows N]``: trains the three task models for a few steps, exports them to ONNX, writes N
+``prepare DIR [--rows N]``: trains the four task models for a few steps, exports them to ONNX, writes N
 rows per task and onnxruntime's outputs for them (float32, and int8 from ``quantize_dynamic``) into DIR.
 ``compare DIR``: checks the outputs that ``core/serving/inference/riscv.py`` wrote (``<task>.<mode>.out.npy`` for
 the modes in ``MODES``) against those references, prints a table and PASS/FAIL (exit code 0/1).
@@ -45,7 +45,7 @@ FEE_CALIB_OFFSETS = (0.35, 0.2, 0.1, -0.15, -0.5)  # log-space; nonzero and dist
 MODES = {"float32": [], "int8": ["--int8"], "int8-tensor": ["--int8", "--activations", "tensor"]}
 FLOAT_MAX_ERROR = 1e-5
 INT8_VS_ORT_MAX_ERROR = 1e-4
-INT8_MAX_ERROR = {"fraud": 0.03, "fee": 1e-2, "anomaly": 1e-2}
+INT8_MAX_ERROR = {"fraud": 0.03, "fee": 1e-2, "anomaly": 1e-2, "network": 0.03}
 DECISION_AGREEMENT = 0.995
 FEE_BUCKET_RATIO = 1.1
 
@@ -62,11 +62,13 @@ def decision(task: str, out: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """What a node does with each row's output; thresholds come from the float32 ``reference`` outputs.
 
     fraud: flag the riskiest 1 % (probability >= the reference's 99th percentile: a fixed 0.5 would flag
-    almost nothing for a rare class). anomaly: alert on the top 1 % of scores. fee: the fee-rate bucket a
+    almost nothing for a rare class). network: flag an attack at probability 0.5. anomaly: alert on the top 1 % of scores. fee: the fee-rate bucket a
     wallet picks, ``floor(log(rate) / log(1.1))`` (10 % steps, two of Bitcoin Core's 5 % fee buckets: at
     5 % steps, int8 moves 0.4-6 % of rows to a neighbouring bucket, because many rows sit near a boundary).
     """
     out = np.asarray(out, dtype=np.float64)
+    if task == "network":  # the attack flag
+        return out >= 0.5
     if task == "fee":
         return np.floor(np.log(np.maximum(out, 1e-9)) / np.log(FEE_BUCKET_RATIO))
     return out >= np.quantile(np.asarray(reference, dtype=np.float64), 0.99)
@@ -76,12 +78,20 @@ def agreement(task: str, got: np.ndarray, want: np.ndarray) -> float:
     return float(np.mean(decision(task, got, want) == decision(task, want, want))) if len(want) else 1.0
 
 
-def task_rows(task: str, n: int = ROWS, seed: int = 0) -> np.ndarray:
-    """``n`` realistic rows of ``task`` from the simulated chain (all splits), resampled up to ``n``."""
+def _arrays() -> dict:
+    """Every task's rows: the simulated chain's, and telemetry of simulated nodes under attack (network)."""
+    from anya_fl.experiments.network_data import sample_network_splits
     from core.data.chain import ChainConfig, simulate_chain
-    from core.data.datasets import SPLITS, task_arrays
+    from core.data.datasets import task_arrays
 
-    arrays = _cached("arrays", lambda: task_arrays(simulate_chain(ChainConfig(**CHAIN))))
+    return {**task_arrays(simulate_chain(ChainConfig(**CHAIN))), "network": sample_network_splits(CHAIN["seed"])}
+
+
+def task_rows(task: str, n: int = ROWS, seed: int = 0) -> np.ndarray:
+    """``n`` realistic rows of ``task`` (all splits), resampled up to ``n``."""
+    from core.data.datasets import SPLITS
+
+    arrays = _cached("arrays", _arrays)
     x = np.concatenate([arrays[task].x[s] for s in SPLITS])
     rng = np.random.default_rng(seed)
     if len(x) >= n:
@@ -102,11 +112,9 @@ def trained_model(task: str, steps: int = TRAIN_STEPS, seed: int = MODEL_SEED):
     the fee model also gets nonzero calibration offsets."""
     import torch
 
-    from core.data.chain import ChainConfig, simulate_chain
-    from core.data.datasets import task_arrays
     from models.tasks import build_model, targets, task_spec
 
-    arrays = _cached("arrays", lambda: task_arrays(simulate_chain(ChainConfig(**CHAIN))))
+    arrays = _cached("arrays", _arrays)
     spec, split = task_spec(task), arrays[task]
     x = torch.from_numpy(split.x["train"])
     y = torch.from_numpy(np.ascontiguousarray(targets(task, split, "train"), dtype=np.float32))

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from core.bitcoin.features import MEMPOOL_SCHEMA, TASKS, TX_SCHEMA
+from core.bitcoin.features import CHAIN_TASKS, MEMPOOL_SCHEMA, TX_SCHEMA
 from core.bitcoin.parsing import parse_transaction
 from core.data.chain import ChainConfig, core_transaction_json, simulate_chain
 from core.data.datasets import (
@@ -190,7 +190,7 @@ def test_a_quick_trial_chain_is_refused_with_the_smallest_size_that_works(tmp_pa
     assert held_out_shortfall(held_out) == ""
     for i in range(3):
         node, _ = load_dataset(tmp_path / "trial" / f"node-{i}")
-        assert all(node[t].size("train") > 0 for t in TASKS)
+        assert all(node[t].size("train") > 0 for t in CHAIN_TASKS)
 
 
 def test_a_split_without_one_class_is_named() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.bitcoin.features import TASKS
+from core.bitcoin.features import CHAIN_TASKS
 from core.errors import ConfigError, DatasetError
 from core.fedconfig import FederationConfig
 from fl_client.node_data import load_node_data, node_data_dir
@@ -84,7 +84,7 @@ def test_kill_after_round_two_then_resume(tmp_path, env) -> None:
     from core.serving.registry import ModelRegistry
 
     reg = ModelRegistry(run / "registry", trusted_keys=[load_public_key(run / "keys" / "model-signing.pub")])
-    for task in TASKS:
+    for task in CHAIN_TASKS:  # the run's tasks (the default)
         version, data = reg.load(f"{task}@production")
         assert version.round == 4 and version.epsilon is not None and version.epsilon <= 8.0 + 1e-6
         assert metrics["published"][task]["version"] == version.ref and (run / "models" / f"{task}.onnx").is_file()

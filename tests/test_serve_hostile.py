@@ -50,7 +50,10 @@ def world(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("hostile")
     generate_signing_key(root / "coord.key", root / "coord.pub")
     chain = simulate_chain(ChainConfig(n_transactions=3000, seed=11))
-    rows = {t: np.concatenate([s.x[k] for k in ("train", "val", "test")])[:200] for t, s in task_arrays(chain).items()}
+    from anya_fl.experiments.network_data import sample_network_splits
+
+    arrays = {**task_arrays(chain), "network": sample_network_splits(11)}
+    rows = {t: np.concatenate([s.x[k] for k in ("train", "val", "test")])[:200] for t, s in arrays.items()}
     onnx_bytes = {t: export_onnx(t, build_model(t, seed=0), {"version": 1, "run": "hostile"}) for t in TASKS}
     return {"root": root, "chain": chain, "rows": rows, "onnx": onnx_bytes}
 
@@ -250,7 +253,8 @@ def hostile_request(draw) -> tuple[str, bytes, str, int]:
         mempool = b'{"entries": {"t": {"vsize": ' + t[5] + b', "fees": {"base": ' + t[3] + b"}}}}"
         inner = {"fraud": b'"transactions": [' + tx + b"]",
                  "anomaly": b'"transactions": [' + tx + b'], "mempool": ' + mempool,
-                 "fee": b'"mempool": ' + mempool + b', "conf_targets": [' + t[2] + b"]"}[task]
+                 "fee": b'"mempool": ' + mempool + b', "conf_targets": [' + t[2] + b"]",
+                 "network": b'"transactions": [' + tx + b"]"}[task]  # network takes rows only: a 422
         body = b"{" + inner + b"}"
     else:
         cells = [_typical_row(task) for _ in range(n)]

@@ -22,11 +22,11 @@ from anya_fl.simulation_report import (
     summarize,
     write_html_report,
 )
-from core.bitcoin.features import TASKS
+from core.bitcoin.features import CHAIN_TASKS, TASKS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EVIL = "<script>alert('x')</script> & budget spent"
-ALL_TASKS = TASKS
+ALL_TASKS = CHAIN_TASKS
 
 
 def _global(task: str, rnd: int) -> dict[str, float]:
@@ -263,7 +263,7 @@ def test_summarize(full) -> None:
     # Round 3: node 2 spends 0.5 * 3 + 0.2.
     assert s["max_epsilon"] == {t: pytest.approx(1.7) for t in ALL_TASKS}
     assert s["max_epsilon_transactions"] == pytest.approx(3.4)
-    assert set(PRIMARY) == set(ALL_TASKS)
+    assert set(PRIMARY) == set(TASKS)
 
 
 def test_history_out_of_order_and_nan(tmp_path) -> None:

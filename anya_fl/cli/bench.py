@@ -17,13 +17,17 @@ def bench(
     list_only: Annotated[bool, typer.Option("--list", help="List benchmarks and exit.")] = False,
     out: Annotated[Path, typer.Option(help="robustness: output directory.")] = Path("runs/robustness"),
     tasks: Annotated[str, typer.Option(help="robustness: tasks (comma-separated).")] = "fraud",
-    rounds: Annotated[int | None, typer.Option(help="robustness, fee: rounds per federation (default: 5; fee: "
-                                                f"the simulation's {_FED.rounds}).")] = None,
+    rounds: Annotated[int | None, typer.Option(help="robustness, fee, network: rounds per federation (default: 5; "
+                                                f"fee: the simulation's {_FED.rounds}).")] = None,
     local_epochs: Annotated[int, typer.Option(help="robustness: local epochs per round.")] = 5,
     strategies: Annotated[str | None, typer.Option(help="robustness: strategies (default: all).")] = None,
     attacks: Annotated[str | None, typer.Option(help="robustness: attacks (default: all).")] = None,
     fractions: Annotated[str, typer.Option(help="robustness: malicious shares.")] = "0.1,0.2,0.3",
-    dp: Annotated[bool, typer.Option(help="robustness: DP-SGD on the nodes.")] = False,
+    dp: Annotated[bool | None, typer.Option("--dp/--no-dp", help="robustness (default off), network (default on): "
+                                                               "DP-SGD on the nodes.")] = None,
+    model: Annotated[bool, typer.Option("--model/--no-model", help="network: also federate the network-attack "
+                                                                   "model and compare it with local-only models "
+                                                                   "(about 3 minutes).")] = True,
     seeds: Annotated[str, typer.Option(help="fee: RNG seeds, one federation each (comma-separated).")] = "0,1,2",
     transactions: Annotated[int | None, typer.Option(help="fee: simulated chain size (default: the simulation's "
                                                           f"{_FED.transactions:,}).")] = None,
@@ -37,19 +41,22 @@ def bench(
     attack and malicious share; writes OUT/robustness.json and OUT/robustness.png).
 
     `anya-fl bench network` runs the network watch against the simulated node's P2P scenarios and a clean
-    simulated week (`network.<scenario>.detected`, `.minutes_to_detect`, `network.clean_week.false_alarms`).
+    simulated week (`network.<scenario>.detected`, `.minutes_to_detect`, `network.clean_week.false_alarms`),
+    then federates the network-attack model (5 nodes, each seeing 2 of 5 scenarios) and scores it against each
+    node's local-only model on the scenarios that node never saw (`network.model.<federated|local>.*`).
 
     `anya-fl bench fee` runs the fee-estimator benchmark: per seed a DP federation of the fee model, scored
     with the Core-style and mempool.space-style estimators on the same replay (`--json` writes its figures).
     """
     if names == ["robustness"]:
-        _robustness(out, tasks, 5 if rounds is None else rounds, local_epochs, strategies, attacks, fractions, dp)
+        _robustness(out, tasks, 5 if rounds is None else rounds, local_epochs, strategies, attacks, fractions,
+                    bool(dp))
         return
     if names == ["fee"]:
         _fee(seeds, transactions, nodes, rounds, epsilon, json_out)
         return
     if names == ["network"]:
-        _network(json_out)
+        _network(json_out, model, 5 if rounds is None else rounds, True if dp is None else dp)
         return
     from anya_fl.bench import BENCHMARKS, run_benchmarks
 
@@ -74,6 +81,30 @@ def bench(
 
         atomic_write_json(json_out, results)
         console.print(f"wrote {json_out}")
+
+
+def _network_model_tables(result: dict, scenarios: dict) -> None:
+    c = result["config"]
+    how = (f"{c['nodes']} nodes x {c['rounds']} rounds x {c['local_epochs']} local epochs, {c['strategy']}, "
+           + (f"DP eps {c['epsilon']:g}" if c["dp"] else "no DP"))
+    metrics = ["unseen_recall", "unseen_episodes", "false_alarm_rate", "pr_auc"]
+    rows = [[r["node"], ", ".join(r["own"]), ", ".join(r["unseen"]),
+             *[f"{r['federated'][m]:.3f} / {r['local'][m]:.3f}" for m in metrics]] for r in result["per_node"]]
+    rows.append(["mean", "", "", *[f"{result['mean']['federated'][m]:.3f} / {result['mean']['local'][m]:.3f}"
+                                   for m in metrics]])
+    console.print(table(f"network-attack model on scenarios a node never saw: federated / local-only ({how})",
+                        ["node", "own scenarios", "never saw", *metrics], rows))
+    krows = []
+    for kind, k in result["by_kind"].items():
+        rule = scenarios.get(kind)
+        krows.append([kind, "-" if rule is None else ("yes" if rule["detected"] else "no"),
+                      "-" if rule is None or rule["minutes_to_detect"] is None else round(rule["minutes_to_detect"], 1),
+                      "-" if k["recall"] is None else f"{k['recall']:.2f}",
+                      "-" if k["minutes_to_detect"] is None else round(k["minutes_to_detect"], 1),
+                      "-" if k["false_alarm_rate"] is None else f"{k['false_alarm_rate']:.3f}"])
+    console.print(table("rules and the federated model per scenario (held-out episodes, model at p >= 0.5)",
+                        ["scenario", "rules detected", "rules minutes", "model: attack minutes flagged",
+                         "model minutes", "model: clean minutes flagged"], krows))
 
 
 def _robustness(out: Path, tasks: str, rounds: int, local_epochs: int, strategies: str | None, attacks: str | None,
@@ -126,7 +157,7 @@ def _fee(seeds: str, transactions: int | None, nodes: int | None, rounds: int | 
         console.print(f"wrote {json_out}")
 
 
-def _network(json_out: Path | None) -> None:
+def _network(json_out: Path | None, model: bool, rounds: int, dp: bool) -> None:
     from anya_fl.experiments import network_bench as nb
 
     scenarios: dict = {}
@@ -148,8 +179,16 @@ def _network(json_out: Path | None) -> None:
                         ["days", "alerts above INFO", "INFO alerts", "which"],
                         [[round(week["simulated_days"], 2), week["false_alarms"], week["info"],
                           ", ".join(week["by_detector"]) or "-"]]))
+    figures = nb.bench_metrics(scenarios, week)
+    if model:
+        from anya_fl.experiments import network_model as nm
+
+        with console.status("network-attack model") as status:
+            result = nm.run_network_model(rounds=rounds, dp=dp, on_step=lambda m: status.update(m))
+        _network_model_tables(result, scenarios)
+        figures.update(nm.model_metrics(result))
     if json_out:
         from core.storage import atomic_write_json
 
-        atomic_write_json(json_out, nb.bench_metrics(scenarios, week))
+        atomic_write_json(json_out, figures)
         console.print(f"wrote {json_out}")

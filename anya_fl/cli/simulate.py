@@ -15,6 +15,9 @@ from core.fedconfig import FederationConfig
 def simulate(
     nodes: Annotated[int, typer.Option(help="Simulated nodes (Flower SuperNodes).")] = _FED.nodes,
     rounds: Annotated[int, typer.Option(help="Federated rounds.")] = _FED.rounds,
+    tasks: Annotated[str, typer.Option(help="Tasks (comma-separated): fraud, fee, anomaly, network. network learns "
+                                            "attacks from node telemetry watched on simulated nodes (about 1.3 s "
+                                            "per watched episode, 10 per node).")] = _FED.tasks,
     strategy: Annotated[str, typer.Option(help="fedavg, fedprox, fedadam, krum, multikrum, bulyan, median, trimmed-mean "
                                                "(default median, with --screening: chosen by `anya-fl bench "
                                                "robustness`).")] = _FED.strategy,
@@ -63,15 +66,24 @@ def simulate(
         console.print(f"resuming {target} ({cfg.strategy}, {cfg.nodes} nodes, {cfg.rounds} rounds)")
     else:
         cfg = FederationConfig(
-            nodes=nodes, rounds=rounds, strategy=strategy, epsilon=epsilon, dp=dp, seed=seed, transactions=transactions,
+            nodes=nodes, rounds=rounds, tasks=tasks, strategy=strategy, epsilon=epsilon, dp=dp, seed=seed, transactions=transactions,
             local_epochs=local_epochs, min_nodes=min_nodes, fraction_train=fraction_train, byzantine=byzantine,
             attack=attack, malicious=malicious, screening=screening, central_dp=central_dp, central_noise=central_noise,
             central_clip=central_clip, lifetime_epsilon=lifetime_epsilon, fraction_evaluate=fraction_evaluate,
         ).validate()
         resources = SimulationResources(ray_address=ray_address, node_cpus=node_cpus, node_gpus=node_gpus).validate()
         target = run_dir or Path("runs") / _time.strftime("sim-%Y%m%d-%H%M%S")
-        with console.status(f"simulating a {transactions:,}-transaction chain and dealing it to {nodes} nodes"):
-            cfg = prepare_run(cfg, target, resources)
+        what = f"simulating a {transactions:,}-transaction chain and dealing it to {nodes} nodes"
+        if "network" in cfg.task_list:
+            from anya_fl.experiments.network_data import episodes_total
+
+            with progress() as prog:
+                bar = prog.add_task(what + ", then watching simulated nodes under attack (network task)",
+                                    total=episodes_total(cfg.nodes))
+                cfg = prepare_run(cfg, target, resources, on_network_episode=lambda: prog.advance(bar))
+        else:
+            with console.status(what):
+                cfg = prepare_run(cfg, target, resources)
     t0 = _time.perf_counter()
     with progress() as prog:
         rc = run_flower(target, _round_display(prog, "starting Flower (Ray)", cfg.rounds))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.bitcoin.features import SCHEMA_VERSION, TASK_SCHEMAS, TASKS, anomaly_rows, fee_rows
+from core.bitcoin.features import CHAIN_TASKS, SCHEMA_VERSION, TASK_SCHEMAS, anomaly_rows, fee_rows
 from core.data.categories import PROFILE_ORDER, affinity_matrix
 from core.data.chain import Chain, ChainConfig, simulate_chain
 from core.errors import ConfigError, DatasetError
@@ -168,10 +168,10 @@ def load_dataset(directory: str | Path) -> tuple[dict[str, TaskSplits], dict]:
     return out, manifest
 
 
-CLASS_NAMES = {"fraud": ("licit", "illicit"), "anomaly": ("normal", "anomalous")}
+CLASS_NAMES = {"fraud": ("licit", "illicit"), "anomaly": ("normal", "anomalous"), "network": ("normal", "attack")}
 
 
-def held_out_shortfall(held_out: dict[str, TaskSplits], tasks: tuple[str, ...] = TASKS) -> str:
+def held_out_shortfall(held_out: dict[str, TaskSplits], tasks: tuple[str, ...] = CHAIN_TASKS) -> str:
     """Why ``held_out`` cannot score ``tasks`` ('' when it can).
 
     Each task needs :data:`MIN_SPLIT_ROWS` rows in every split, and fraud and anomaly need both
@@ -193,10 +193,10 @@ def held_out_shortfall(held_out: dict[str, TaskSplits], tasks: tuple[str, ...] =
 def _chain_shortfall(transactions: int, seed: int, tasks: tuple[str, ...]) -> tuple[str, Chain, dict[str, TaskSplits]]:
     chain = simulate_chain(ChainConfig(n_transactions=transactions, seed=seed))
     held_out = task_arrays(chain)
-    return held_out_shortfall(held_out, tasks), chain, held_out
+    return held_out_shortfall(held_out, tuple(t for t in tasks if t in CHAIN_TASKS)), chain, held_out
 
 
-def smallest_usable_chain(above: int, seed: int, tasks: tuple[str, ...] = TASKS, step: int = CHAIN_SIZE_STEP,
+def smallest_usable_chain(above: int, seed: int, tasks: tuple[str, ...] = CHAIN_TASKS, step: int = CHAIN_SIZE_STEP,
                           tries: int = CHAIN_SIZE_TRIES) -> int | None:
     """The smallest multiple of ``step`` above ``above`` whose chain (for ``seed``) gives every task rows in
     every split; None when none of the next ``tries`` sizes does.
@@ -214,7 +214,7 @@ def smallest_usable_chain(above: int, seed: int, tasks: tuple[str, ...] = TASKS,
 
 
 def write_federation_data(data_dir: str | Path, transactions: int, seed: int, nodes: int,
-                          tasks: tuple[str, ...] = TASKS) -> list[str]:
+                          tasks: tuple[str, ...] = CHAIN_TASKS) -> list[str]:
     """Simulate a chain and write ``coordinator`` (held-out set) and ``node-<i>`` datasets; return profiles.
 
     Refuses, before writing anything, a chain too short to give every task rows in every split, and

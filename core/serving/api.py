@@ -6,6 +6,7 @@
 - anomaly: ``{"rows": [[34 numbers], ...]}`` or ``{"transactions": [...], "mempool": {"entries":
   getrawmempool-true, "info": getmempoolinfo}}`` (transaction features joined with the mempool's)
 - fee: ``{"rows": [[13 numbers], ...]}`` or ``{"mempool": {...}, "conf_targets": [1, 3, 6]}``
+- network: ``{"rows": [[42 numbers], ...]}`` (``TELEMETRY_SCHEMA`` vectors, as ``anya-fl watch`` computes them)
 
 One input rule for both forms, enforced by the feature schema (:meth:`core.bitcoin.features.Schema.validate`):
 a cell must be a JSON number (strings, booleans and nulls are refused, never converted), and a value
@@ -55,7 +56,9 @@ DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 # about 8 deep; Python's JSON parser recurses once per level and fails near 1,000, so the limit is checked first.
 MAX_JSON_DEPTH = 32
 # The fields each task takes besides "rows" (its Bitcoin Core JSON form).
-CORE_FIELDS = {"fraud": ("transactions",), "anomaly": ("transactions", "mempool"), "fee": ("mempool", "conf_targets")}
+# network: rows only (a telemetry vector is made by the node's own watch, from several calls a minute apart)
+CORE_FIELDS = {"fraud": ("transactions",), "anomaly": ("transactions", "mempool"), "fee": ("mempool", "conf_targets"),
+               "network": ()}
 
 
 class APIError(Exception):
@@ -188,8 +191,8 @@ def rows_from_body(task: str, body: Any, limits: ServeLimits) -> np.ndarray:
     core = CORE_FIELDS[task]
     unknown = sorted(set(body) - {"rows", *core})
     if unknown:
-        raise APIError(422, f"body: unknown field(s) {', '.join(map(repr, unknown))} for {task}; give 'rows', or "
-                            f"{' and '.join(map(repr, core))} (Bitcoin Core JSON)")
+        raise APIError(422, f"body: unknown field(s) {', '.join(map(repr, unknown))} for {task}; give 'rows'"
+                            + (f", or {' and '.join(map(repr, core))} (Bitcoin Core JSON)" if core else ""))
     n = max((len(v) for k in ("rows", "transactions", "conf_targets") if isinstance(v := body.get(k), list)),
             default=0)
     if n > limits.max_rows:
@@ -198,6 +201,8 @@ def rows_from_body(task: str, body: Any, limits: ServeLimits) -> np.ndarray:
         if len(body) > 1:
             raise APIError(422, "body: give either 'rows' or Bitcoin Core JSON, not both")
         return _number_rows(body["rows"], schema, "rows")
+    if not core:
+        raise APIError(422, f"rows: missing; {task} takes only 'rows' ({schema.width} numbers each)")
     try:
         if task == "fee":
             targets = body.get("conf_targets")
@@ -337,7 +342,7 @@ def build_app(engine: InferenceEngine, health: NodeHealth, *, registry: Any = No
         return 200, json.dumps(answer).encode()
 
     @app.post("/v1/{task}/predict", openapi_extra={"requestBody": PREDICT_BODY},
-              summary="Predict: fraud_probability, fee_rate_sat_vb or anomaly_score per row")
+              summary="Predict: fraud_probability, fee_rate_sat_vb, anomaly_score or attack_probability per row")
     async def predict(task: str, request: Request) -> Response:
         try:
             raw = await request.body()

@@ -1,0 +1,102 @@
+"""The network task: telemetry episodes labelled by the simulated node's truth, and what a node sends.
+
+The must-show comparison (the federated model against local-only ones on scenarios a node never saw) is a
+benchmark (``anya-fl bench network``), not a test: it trains a federation of five nodes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.common.serde import message_to_proto
+
+from anya_fl.experiments.network_data import MODEL_KINDS, episode_seed, node_network_data, own_kinds, run_episode
+from core.bitcoin.network.telemetry import TELEMETRY_SCHEMA
+from core.bitcoin.rpc import BitcoinRPC, RPCConfig
+from core.data.datasets import SPLITS, TaskSplits, save_dataset
+from core.fedconfig import FederationConfig
+
+
+def test_episode_labels_follow_the_simulated_nodes_truth_and_repeat_with_the_seed() -> None:
+    a = run_episode("eclipse", seed=3, clean_polls=5, attack_polls=6)
+    assert a.x.shape == (11, TELEMETRY_SCHEMA.width) and a.x.dtype == np.float32
+    assert a.y.tolist() == [0.0] * 5 + [1.0] * 6  # the eclipse starts a second after the fifth poll
+    assert TELEMETRY_SCHEMA.check(a.x) == []  # every vector within its valid ranges
+    # the eclipse shows in the features the rules read too: one netgroup holds the outbound peers
+    share = a.x[:, TELEMETRY_SCHEMA.index("outbound_top_netgroup_share")]
+    assert share[5:].min() == 1.0 > share[:5].max()
+    b = run_episode("eclipse", seed=3, clean_polls=5, attack_polls=6)
+    np.testing.assert_array_equal(a.x, b.x)
+    clean = run_episode("clean", seed=3, clean_polls=5)
+    assert clean.y.sum() == 0 and len(clean.y) == 5
+    with pytest.raises(ValueError, match="kind 'meteor'"):
+        run_episode("meteor", seed=3)
+
+
+def test_every_scenario_is_seen_by_some_node_and_missed_by_others() -> None:
+    seen = [set(own_kinds(i, 5)) for i in range(5)]
+    assert set().union(*seen) == set(MODEL_KINDS)
+    assert all(len(s) == 2 and len(set(MODEL_KINDS) - s) == 3 for s in seen)
+    assert episode_seed(0, 1, "train", "eclipse", 2) != episode_seed(0, 2, "train", "eclipse", 2)
+
+
+def _addresses(url: str) -> set[str]:
+    rpc = BitcoinRPC(RPCConfig(url=url, user="sim", password="sim", retries=0, timeout_s=30))
+    return {p["addr"] for p in rpc.call("getpeerinfo")}
+
+
+def _needles(addr: str) -> list[bytes]:
+    """What would betray ``addr`` in a serialized message: its text, its host, and its packed bytes."""
+    host = addr.rsplit(":", 1)[0].strip("[]")
+    out = [addr.encode(), host.encode()]
+    try:
+        ip = ipaddress.ip_address(host)
+        out.append(ip.packed)
+        out.append(str(ip.exploded).encode())
+    except ValueError:  # onion, i2p: their names are the text
+        pass
+    return out
+
+
+@pytest.mark.slow
+def test_no_peer_address_leaves_the_node_in_any_reply(tmp_path) -> None:
+    """A node's train and evaluate replies (its whole outgoing traffic in a round, serialized as Flower sends
+    it) hold none of the peer addresses its Bitcoin Core reported while the telemetry was taken."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fl_client.app import app
+    from models.params import pack
+    from models.tasks import build_model
+
+    seen: set[str] = set()
+    splits = node_network_data(0, 5, seed=11, on_poll=lambda url: seen.update(_addresses(url)))
+    assert len(seen) > 20 and any(a.endswith(".onion:8333") for a in seen) and any(a.startswith("[") for a in seen)
+    save_dataset(tmp_path / "node-0", {"network": splits})
+    cfg = FederationConfig(rounds=1, local_epochs=1, tasks="network", run_name="leak", data_dir=str(tmp_path))
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 5, 1
+    ctx = Context(run_id=1, node_id=5, node_config={"data-dir": str(tmp_path / "node-0")}, state=RecordDict(),
+                  run_config=cfg.to_run_config())
+    replies = []
+    for kind in ("train", "evaluate"):
+        msg = Message(RecordDict({"arrays": ArrayRecord(pack({"network": build_model("network", 0)})),
+                                  "config": ConfigRecord({"server-round": 1})}), dst_node_id=5, message_type=kind)
+        reply = app(msg, ctx)
+        assert not reply.has_error(), reply.error.reason
+        replies.append(message_to_proto(reply).SerializeToString())
+    assert replies[0] and b"network.epsilon" in replies[0]  # the inspection reads the real payload
+    for wire in replies:
+        for addr in seen:
+            for needle in _needles(addr):
+                assert needle not in wire, f"{addr} ({needle!r}) in a reply"
+
+
+def test_a_node_with_only_clean_minutes_is_told_apart_from_one_with_attacks() -> None:
+    """Splits keep every episode's rows together, and each split of a node holds both classes."""
+    data = node_network_data(1, 5, seed=2, kinds=("partition",))
+    assert isinstance(data, TaskSplits)
+    for s in SPLITS:
+        y = data.y[s]
+        assert 0 < y.sum() < len(y), s
