@@ -7,7 +7,9 @@ Two sources, chosen by what the node's data directory holds:
 * the collector's store (``collector/store.sqlite``, written by ``anya-fl collect`` or by ``anya-fl node
   --rpc-url``): the node's own Bitcoin Core, split by time at every round, so a long-running node trains
   on fresh data. A task the store cannot supply (fraud without operator labels) is listed in
-  :attr:`NodeData.unavailable` with the reason; the node trains the others.
+  :attr:`NodeData.unavailable` with the reason; the node trains the others. The network task comes from the
+  watch's telemetry history (``<data-dir>/watch/telemetry.sqlite``) labelled by the operator's incidents
+  (``anya-fl watch incident add``).
 """
 
 from __future__ import annotations
@@ -58,16 +60,23 @@ def _load(path: str, mtime: float) -> NodeData:
 
 @functools.lru_cache(maxsize=4)
 def _from_store(path: str, version: tuple[int, ...]) -> NodeData:
+    from core.bitcoin.network.telemetry_store import network_splits, node_telemetry_path
     from core.collector.datasets import task_splits_from_store
 
     splits, summary = task_splits_from_store(path)
-    return NodeData(splits, dict(summary.get("unavailable", {})), source="collector")
+    unavailable = dict(summary.get("unavailable", {}))
+    network, why = network_splits(node_telemetry_path(path))
+    if network is not None:
+        splits["network"] = network
+    else:
+        unavailable["network"] = why
+    return NodeData(splits, unavailable, source="collector")
 
 
-def _store_version(store: Path) -> tuple[int, ...]:
-    """Changes whenever the collector writes (the database or its write-ahead log)."""
+def _store_version(store: Path, *more: Path) -> tuple[int, ...]:
+    """Changes whenever the collector or the watch writes (the databases or their write-ahead logs)."""
     out: list[int] = []
-    for p in (store, store.with_name(store.name + "-wal")):
+    for p in (x for s in (store, *more) for x in (s, s.with_name(s.name + "-wal"))):
         st = p.stat() if p.is_file() else None
         out += [st.st_mtime_ns, st.st_size] if st else [0, 0]
     return tuple(out)
@@ -80,7 +89,9 @@ def load_node_data(directory: Path) -> NodeData:
         return _load(str(directory), manifest.stat().st_mtime)
     store = store_path(directory)
     if store.is_file():
-        data = _from_store(str(directory), _store_version(store))
+        from core.bitcoin.network.telemetry_store import node_telemetry_path
+
+        data = _from_store(str(directory), _store_version(store, node_telemetry_path(directory)))
         if not data.splits:
             raise DatasetError(f"data-dir: the collector store in {directory} has no training data yet "
                                f"({'; '.join(sorted(set(data.unavailable.values()))) or 'empty'})")

@@ -100,8 +100,10 @@ def node(
 
             if not watch_interval > 0:
                 raise ConfigError("watch-interval", f"{watch_interval} must be > 0 seconds")
-            net_watch, _ = build_watch(operator_rpc_config(rpc_url, rpc_cookie, rpc_user), data_dir / "watch",
-                                       jsonl=data_dir / "watch" / "alerts.jsonl")
+            from core.bitcoin.network.telemetry_store import WATCH_DIR
+
+            net_watch, _ = build_watch(operator_rpc_config(rpc_url, rpc_cookie, rpc_user), data_dir / WATCH_DIR,
+                                       jsonl=data_dir / WATCH_DIR / "alerts.jsonl")
             health.checker.register("network", 1.0, readiness=1.0)  # the watch's conditions and forecasts
             watcher = _BackgroundWatch(net_watch, watch_interval, health.checker).start()
         if health_port:

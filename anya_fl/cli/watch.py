@@ -84,8 +84,10 @@ def watch(
 def build_watch(rpc_config: Any, state_dir: Path, *, jsonl: Path | None = None, webhook_url: str | None = None,
                 cooldown: float = 3600.0, bitcoind_pid: int | None = None, datadir: Path | None = None) -> Any:
     """The network watch with its alert engine and sinks (the console, and the optional JSONL file and
-    signed webhook); returns (watch, webhook sink or None). Used by `anya-fl watch` and `anya-fl node`."""
+    signed webhook) and its telemetry history (``<state_dir>/telemetry.sqlite``: the network task's rows);
+    returns (watch, webhook sink or None). Used by `anya-fl watch` and `anya-fl node`."""
     from core.alerts import AlertEngine, JsonlSink, WebhookSink
+    from core.bitcoin.network.telemetry_store import TelemetryStore, telemetry_store_path
     from core.bitcoin.network.watch import NetworkWatch
     from core.bitcoin.network.watchlist import WatchList
     from core.bitcoin.rpc import BitcoinRPC
@@ -106,7 +108,8 @@ def build_watch(rpc_config: Any, state_dir: Path, *, jsonl: Path | None = None, 
     disk = datadir or state_dir
     watcher = NetworkWatch(BitcoinRPC(rpc_config), engine, state_path=state_dir / "detectors.json",
                            resources=lambda: node_resources(bitcoind_pid, disk),
-                           watchlist=WatchList(state_dir / WATCHLIST))
+                           watchlist=WatchList(state_dir / WATCHLIST),
+                           telemetry=TelemetryStore(telemetry_store_path(state_dir)))
     return watcher, webhook
 
 
@@ -166,6 +169,77 @@ def watch_list(state_dir: StateDir = DEFAULT_STATE) -> None:
 
     wl = WatchList(state_dir / WATCHLIST)
     console.print(table("watch list", ["item", "kind"], [[i, wl.kind(i)] for i in wl.items()]))
+
+
+incident_app = typer.Typer(help="Incidents the operator marks as attacks: the network task's labels on this node "
+                                "(minutes outside them count as normal).", no_args_is_help=True)
+watch_app.add_typer(incident_app, name="incident")
+
+
+def parse_time(text: str, field: str) -> float:
+    """UNIX seconds, or ISO 8601 with a UTC offset (2026-12-03T08:00:00Z); else ConfigError naming ``field``."""
+    from datetime import datetime
+
+    from core.errors import ConfigError
+
+    if text.replace(".", "", 1).isdigit():
+        return float(text)
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(field, f"{text!r} is neither UNIX seconds nor an ISO 8601 time with an offset "
+                                 "(e.g. 2026-12-03T08:00:00Z)") from None
+    if when.tzinfo is None:
+        raise ConfigError(field, f"{text} has no UTC offset; add Z or +HH:MM")
+    return when.timestamp()
+
+
+@incident_app.command("add")
+def incident_add(
+    start: Annotated[str, typer.Option(help="When it began: ISO 8601 with an offset, or UNIX seconds.")],
+    end: Annotated[str, typer.Option(help="When it ended (after --start).")],
+    kind: Annotated[str, typer.Option(help="What it was, e.g. eclipse, inbound-flood, partition.")],
+    note: Annotated[str, typer.Option(help="Free text kept with it.")] = "",
+    state_dir: StateDir = DEFAULT_STATE,
+) -> None:
+    """Mark a span as under attack (`anya-fl node`: --state-dir DATA_DIR/watch); the network task trains on
+    the watch's telemetry with these labels, and a node with none declines that task."""
+    from core.bitcoin.network.telemetry_store import TelemetryStore, telemetry_store_path
+
+    with TelemetryStore(telemetry_store_path(state_dir)) as st:
+        n = st.add_incident(parse_time(start, "start"), parse_time(end, "end"), kind, note)
+    console.print(f"incident {n} marked ({escape(kind)}); it labels the telemetry in {state_dir}")
+
+
+@incident_app.command("list")
+def incident_list(state_dir: StateDir = DEFAULT_STATE) -> None:
+    """The marked incidents, and how many recorded minutes each labels."""
+    from datetime import UTC, datetime
+
+    from core.bitcoin.network.telemetry_store import TelemetryStore, telemetry_store_path
+
+    with TelemetryStore(telemetry_store_path(state_dir), readonly=True) as st:
+        t, _ = st.rows()
+        rows = [[i["id"], datetime.fromtimestamp(i["start"], UTC).isoformat(timespec="seconds"),
+                 datetime.fromtimestamp(i["end"], UTC).isoformat(timespec="seconds"), i["kind"],
+                 int(((t >= i["start"]) & (t < i["end"])).sum()), i["note"]] for i in st.incidents()]
+    console.print(table(f"incidents ({len(t)} recorded telemetry rows)",
+                        ["id", "start (UTC)", "end (UTC)", "kind", "rows", "note"], rows))
+
+
+@incident_app.command("remove")
+def incident_remove(
+    incident_id: Annotated[int, typer.Argument(help="The id `anya-fl watch incident list` shows.")],
+    state_dir: StateDir = DEFAULT_STATE,
+) -> None:
+    """Unmark an incident."""
+    from core.bitcoin.network.telemetry_store import TelemetryStore, telemetry_store_path
+    from core.errors import ConfigError
+
+    with TelemetryStore(telemetry_store_path(state_dir)) as st:
+        if not st.remove_incident(incident_id):
+            raise ConfigError("incident", f"no incident {incident_id} in {state_dir}")
+    console.print(f"incident {incident_id} removed")
 
 
 @alerts_app.command("show")

@@ -86,6 +86,14 @@ def _store_readiness(d: Path) -> tuple[float, str, dict[str, float]]:
         return 0.0, f"collector store in {d} is unreadable ({exc})", {}
     figures = {f"collector_{k}": float(v) for k, v in counts.items()}
     if not counts["transactions"] and not counts["fee_labels"]:
+        from core.bitcoin.network.telemetry_store import network_splits, node_telemetry_path
+
+        try:  # the watch's telemetry with the operator's incidents: the network task alone
+            network, _ = network_splits(node_telemetry_path(d))
+        except (AnyaError, OSError, sqlite3.Error):
+            network = None
+        if network is not None:
+            return 1.0, "only the network task: the collector store has no transactions yet", figures
         return 0.0, "the collector store has no training data yet", figures
     reason = "" if counts["operator_labels"] else "fraud: no operator labels (the node trains fee and anomaly)"
     return 1.0, reason, figures

@@ -13,6 +13,7 @@ condition has held.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from core.alerts import Alert, AlertEngine, Finding, Severity
 from core.bitcoin.network.detectors import NetworkDetectors
 from core.bitcoin.network.forecast import Forecast, TrendForecaster
 from core.bitcoin.network.telemetry import TelemetrySample, telemetry_sample
+from core.bitcoin.network.telemetry_store import TelemetryStore
 from core.bitcoin.network.watchlist import WatchList, check_watchlist
 from core.bitcoin.rpc import BitcoinRPC, RPCError
 from core.storage import atomic_write_json
@@ -57,8 +59,10 @@ class NetworkWatch:
 
     def __init__(self, rpc: BitcoinRPC, engine: AlertEngine, *, state_path: Path | None = None,
                  now: Callable[[], float] | None = None,
-                 resources: Callable[[], Mapping[str, Any]] | None = None, watchlist: WatchList | None = None) -> None:
+                 resources: Callable[[], Mapping[str, Any]] | None = None, watchlist: WatchList | None = None,
+                 telemetry: TelemetryStore | None = None) -> None:
         self.rpc, self.engine, self.now, self.resources = rpc, engine, now, resources
+        self.telemetry = telemetry  # where complete samples are kept (the network task's rows on this node)
         self.watchlist = watchlist
         self.state_path = Path(state_path) if state_path is not None else None
         self.detectors = NetworkDetectors()
@@ -99,6 +103,12 @@ class NetworkWatch:
                         *self.detectors.evaluate(sample, rates_known=self.previous is not None)]
             self.forecasts = self.forecaster.observe(sample)
             findings += self.forecaster.findings(self.forecasts)
+            if self.telemetry is not None and self.previous is not None:  # rates known: a complete row
+                try:
+                    self.telemetry.append(sample.time, sample.vector)
+                except sqlite3.Error as exc:  # a full or locked disk must not stop the watch
+                    findings.append(Finding("rpc", "telemetry-store", Severity.WARNING, "telemetry not recorded",
+                                            str(exc)[:300], 1.0))
         if self.watchlist is not None:  # the operator's payments: replaced or double-spent (its own RPC errors)
             findings += check_watchlist(self.rpc, self.watchlist)
         alerts = self.engine.submit(findings)
