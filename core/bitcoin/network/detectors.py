@@ -65,6 +65,7 @@ DETECTOR_RULES = (
     ("double-spend", "critical", "a watched payment was replaced or double-spent"),
     ("inv-flood", "warning", "inv messages far above this node's usual rate for 10 minutes"),
     ("ping", "warning", "peer pings far above their usual level for 10 minutes"),
+    ("propagation", "warning", "blocks arrive long after peers announce them (core.bitcoin.network.propagation)"),
     ("forecast", "warning", "a component will cross its threshold within a day at the current trend"),
     ("tuning", "info", "a node setting the telemetry suggests changing"),
 )

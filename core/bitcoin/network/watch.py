@@ -16,13 +16,14 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from core.alerts import Alert, AlertEngine, Finding, Severity
 from core.bitcoin.network.detectors import NetworkDetectors
 from core.bitcoin.network.forecast import Forecast, TrendForecaster
+from core.bitcoin.network.propagation import BlockArrival, PropagationTracker
 from core.bitcoin.network.telemetry import TelemetrySample, telemetry_sample
 from core.bitcoin.network.telemetry_store import TelemetryStore
 from core.bitcoin.network.watchlist import WatchList, check_watchlist
@@ -47,6 +48,7 @@ class WatchResult:
     sample: TelemetrySample
     findings: list[Finding]
     alerts: list[Alert]
+    arrivals: list[BlockArrival] = field(default_factory=list)  # blocks timed from announcement to arrival
 
 
 class NetworkWatch:
@@ -68,14 +70,17 @@ class NetworkWatch:
         self.detectors = NetworkDetectors()
         self.forecaster = TrendForecaster()
         self.forecasts: list[Forecast] = []
+        self.propagation = PropagationTracker()
         if self.state_path is not None and self.state_path.is_file():
             try:
                 state = json.loads(self.state_path.read_text())
                 self.detectors = NetworkDetectors.from_dict(state.get("detectors", {}))
                 self.forecaster = TrendForecaster.from_dict(state.get("forecast", {}))
+                self.propagation = PropagationTracker.from_dict(state.get("propagation", {}))
             except (OSError, ValueError, AttributeError, TypeError):
                 # memory only: conditions start counting again, trends start again
                 self.detectors, self.forecaster = NetworkDetectors(), TrendForecaster()
+                self.propagation = PropagationTracker()
         self.previous: TelemetrySample | None = None
 
     def poll_once(self) -> WatchResult:
@@ -93,6 +98,7 @@ class NetworkWatch:
         sample = telemetry_sample(**replies, now=now, previous=self.previous,
                                   resources=self.resources() if self.resources else None)
         sample.problems[:0] = failures
+        arrivals = self.propagation.observe(now, replies["peers"], replies["blockchain"])
         if failures:  # the detectors would read missing replies as zeros: their conditions stay as they were
             severity = Severity.CRITICAL if len(failures) == len(_CALLS) else Severity.WARNING
             findings = [Finding("rpc", "replies", severity, "Bitcoin Core does not answer"
@@ -103,6 +109,7 @@ class NetworkWatch:
                         *self.detectors.evaluate(sample, rates_known=self.previous is not None)]
             self.forecasts = self.forecaster.observe(sample)
             findings += self.forecaster.findings(self.forecasts)
+            findings += self.propagation.findings()
             if self.telemetry is not None and self.previous is not None:  # rates known: a complete row
                 try:
                     self.telemetry.append(sample.time, sample.vector)
@@ -114,9 +121,10 @@ class NetworkWatch:
         alerts = self.engine.submit(findings)
         if self.state_path is not None:
             atomic_write_json(self.state_path, {"detectors": self.detectors.to_dict(),
-                                                "forecast": self.forecaster.to_dict()})
+                                                "forecast": self.forecaster.to_dict(),
+                                                "propagation": self.propagation.to_dict()})
         self.previous = sample
-        return WatchResult(sample, findings, alerts)
+        return WatchResult(sample, findings, alerts, arrivals)
 
 
 def watch_readiness(watch: NetworkWatch) -> tuple[float, str]:

@@ -1,0 +1,114 @@
+"""Block propagation as one node sees it: per block, from its first announcement among our peers to its arrival.
+
+What a node can observe over RPC, poll by poll: the best header height any peer has told us of
+(``getpeerinfo`` ``synced_headers``, and our own header chain ``getblockchaininfo.headers``), and the height of
+our own active chain (``getblockchaininfo.blocks``). A height is *announced* at the first poll where either
+header height reaches it, and has *arrived* at the first poll where our chain does; the delay is the
+difference. Both ends are poll times, so a delay is known to within one poll interval, and a block announced
+and connected between two polls shows 0. Heights already announced at the watch's first poll are not timed.
+
+What one node cannot observe: when a block was mined (its header time is the miner's claim, allowed two hours
+off) and how fast it reached the rest of the network. The simulated node knows both; ``anya-fl bench network``
+scores the measurement against it.
+
+Detector ``propagation`` (WARNING): at least ``SLOW_BLOCKS`` of the last ``RECENT_BLOCKS`` timed blocks took
+``SLOW_BLOCK_S`` or more. Core has no constant for "slow" arrival; its block download timeout
+(``BLOCK_DOWNLOAD_TIMEOUT_BASE``, 10 minutes per block in flight) is when it gives up on a peer. Compact block
+relay (BIP152) delivers a block to a well-connected node in seconds, so a minute, several times in a row, is
+far outside the honest case and well inside the download timeout (a partition, blocks withheld for 20 minutes
+while peers are ahead, is the ``partition`` detector's).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.alerts import Finding, Severity
+
+SLOW_BLOCK_S = 60.0
+RECENT_BLOCKS = 6
+SLOW_BLOCKS = 3
+MAX_PENDING = 2016  # announced heights waiting for their block (a day of blocks is 144; more is a bad reply)
+
+
+@dataclass(frozen=True)
+class BlockArrival:
+    """One timed block: announced and arrived at poll times (UNIX s); ``delay_s`` is their difference."""
+
+    height: int
+    announced: float
+    arrived: float
+
+    @property
+    def delay_s(self) -> float:
+        return self.arrived - self.announced
+
+
+def _height(value: Any) -> int | None:
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**8 else None
+
+
+def heights(peers: Any, blockchain: Any) -> tuple[int | None, int | None]:
+    """(best announced header height, our chain's height) from getpeerinfo and getblockchaininfo replies;
+    None where a reply or field is missing or malformed."""
+    ours = _height(blockchain.get("blocks")) if isinstance(blockchain, Mapping) else None
+    announced = [h for h in ((_height(p.get("synced_headers")) for p in peers if isinstance(p, Mapping))
+                             if isinstance(peers, list) else ()) if h is not None]
+    if isinstance(blockchain, Mapping) and (h := _height(blockchain.get("headers"))) is not None:
+        announced.append(h)
+    return (max(announced) if announced else None), ours
+
+
+@dataclass
+class PropagationTracker:
+    """Times blocks from announcement to arrival across polls; its memory survives restarts (to_dict)."""
+
+    last_announced: int | None = None
+    pending: dict[int, float] = field(default_factory=dict)  # height -> announced at
+    recent: list[BlockArrival] = field(default_factory=list)
+
+    def observe(self, now: float, peers: Any, blockchain: Any) -> list[BlockArrival]:
+        """One poll's replies; returns the blocks that arrived since the previous poll."""
+        announced, ours = heights(peers, blockchain)
+        if announced is None or ours is None or not math.isfinite(now):
+            return []
+        if self.last_announced is None:
+            self.last_announced = max(announced, ours)  # what was announced before we watched is not timed
+        elif announced > self.last_announced:
+            for h in range(max(self.last_announced + 1, announced - MAX_PENDING + 1), announced + 1):
+                self.pending.setdefault(h, now)
+            self.last_announced = announced
+        arrived = [BlockArrival(h, t, now) for h, t in sorted(self.pending.items()) if h <= ours]
+        for a in arrived:
+            del self.pending[a.height]
+        self.recent = (self.recent + arrived)[-RECENT_BLOCKS:]
+        return arrived
+
+    def findings(self) -> list[Finding]:
+        """The propagation condition, active or not."""
+        slow = [a for a in self.recent if a.delay_s >= SLOW_BLOCK_S]
+        delays = sorted(a.delay_s for a in self.recent)
+        median = delays[len(delays) // 2] if delays else 0.0
+        active = len(slow) >= SLOW_BLOCKS
+        return [Finding("propagation", "blocks", Severity.WARNING if active else Severity.INFO,
+                        "blocks arrive long after peers announce them",
+                        f"{len(slow)} of the last {len(self.recent)} blocks arrived {SLOW_BLOCK_S:.0f} s or more after "
+                        f"their announcement (median {median:.0f} s)", median, active=active)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"last_announced": self.last_announced, "pending": {str(h): t for h, t in self.pending.items()},
+                "recent": [[a.height, a.announced, a.arrived] for a in self.recent]}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> PropagationTracker:
+        """The tracker from ``to_dict``'s output; anything malformed starts it afresh."""
+        try:
+            last = d.get("last_announced")
+            return cls(last_announced=_height(last),
+                       pending={int(h): float(t) for h, t in d.get("pending", {}).items()},
+                       recent=[BlockArrival(int(h), float(a), float(b)) for h, a, b in d.get("recent", [])])
+        except (AttributeError, TypeError, ValueError):
+            return cls()
