@@ -114,10 +114,12 @@ def build_watch(rpc_config: Any, state_dir: Path, *, jsonl: Path | None = None, 
 
 
 def node_resources(pid: int | None, disk: Path) -> dict[str, float]:
-    """The machine's CPU use, bitcoind's memory (when its PID is given) and the free space of Core's disk."""
+    """The machine's CPU use and free memory, bitcoind's memory (when its PID is given) and the free space of
+    Core's disk."""
     import psutil
 
-    out = {"cpu_percent": psutil.cpu_percent(None), "disk_free_gb": psutil.disk_usage(str(disk)).free / 2**30}
+    out = {"cpu_percent": psutil.cpu_percent(None), "disk_free_gb": psutil.disk_usage(str(disk)).free / 2**30,
+           "memory_available_mb": psutil.virtual_memory().available / 2**20}  # for the -dbcache advice
     if pid:
         try:
             out["memory_rss_mb"] = psutil.Process(pid).memory_info().rss / 2**20

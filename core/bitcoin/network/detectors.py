@@ -25,7 +25,10 @@ them, and from public observations otherwise; each is named below with its sourc
   exponential average, half-life 6 h, that an attack does not feed) and above 50 kB/s, or the 90th-percentile
   ping above 5x its usual level and above 1 s, each for 10 minutes, is a WARNING.
 * **tuning advice** (INFO): a mempool that evicts (``mempoolminfee`` above the default relay minimum) suggests
-  a larger ``-maxmempool``; inbound slots all taken suggests a larger ``-maxconnections``.
+  a larger ``-maxmempool``; inbound slots all taken suggests a larger ``-maxconnections``; an initial block
+  download (``getblockchaininfo.initialblockdownload``) on a machine with ``DBCACHE_ADVICE_FREE_MB`` or more
+  free memory suggests a larger ``-dbcache`` (default ``DEFAULT_DBCACHE_MB``, 450 MiB: a larger UTXO cache
+  flushes to disk less often, the main cost of a first sync).
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ INV_FLOOD_FACTOR, INV_FLOOD_FLOOR_BPS = 10.0, 50_000.0  # 10x the usual inv byte
 PING_GROWTH_FACTOR, PING_FLOOR_MS = 5.0, 1000.0  # 5x the usual p90 ping, and over a second (peer-observer: 5 s waits)
 DEFAULT_MIN_RELAY_SAT_VB = 1.0  # Core's -minrelaytxfee default (0.00001 BTC/kvB)
 INBOUND_SLOTS = 125 - 10  # -maxconnections default minus the 8 full-relay and 2 block-relay-only outbound
+DEFAULT_DBCACHE_MB = 450  # Core's -dbcache default (nDefaultDbCache, MiB)
+DBCACHE_ADVICE_FREE_MB = 4096  # free memory that leaves room for a few GiB of cache beside the OS
 DETECTOR_RULES = (
     ("eclipse", "warning", "outbound peers concentrated in few netgroups, or replaced en masse"),
     ("partition", "critical", "stale tip or network partition (peers ahead of us, or no connections)"),
@@ -70,6 +75,23 @@ DETECTOR_RULES = (
     ("tuning", "info", "a node setting the telemetry suggests changing"),
 )
 DETECTORS = tuple(d for d, _, _ in DETECTOR_RULES)
+
+
+def dbcache_advice(blockchain: Any, resources: Mapping[str, Any] | None) -> Finding:
+    """The ``tuning``/``dbcache`` finding from a getblockchaininfo reply and the watch's resources
+    (``memory_available_mb``): active (INFO) during an initial block download with memory to spare."""
+    ibd = isinstance(blockchain, Mapping) and blockchain.get("initialblockdownload") is True
+    free = (resources or {}).get("memory_available_mb")
+    free = float(free) if isinstance(free, int | float) and not isinstance(free, bool) and math.isfinite(free) \
+        else 0.0
+    progress = blockchain.get("verificationprogress") if isinstance(blockchain, Mapping) else None
+    done = f"{100 * progress:.1f} % verified" if isinstance(progress, float) and 0 <= progress <= 1 else "syncing"
+    active = ibd and free >= DBCACHE_ADVICE_FREE_MB
+    suggest = int(min(free / 2, 16_384) // 256 * 256)
+    return Finding("tuning", "dbcache", Severity.INFO, "consider a larger -dbcache for the initial sync",
+                   f"initial block download ({done}) with {free:,.0f} MiB of memory free: -dbcache={suggest} "
+                   f"(default {DEFAULT_DBCACHE_MB} MiB) flushes the UTXO set to disk less often; lower it again "
+                   "after the sync" if active else "", free, active=active)
 
 
 def no_block_probability(age_s: float) -> float:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from core.alerts import Alert, AlertEngine, Finding, Severity
-from core.bitcoin.network.detectors import NetworkDetectors
+from core.bitcoin.network.detectors import NetworkDetectors, dbcache_advice
 from core.bitcoin.network.forecast import Forecast, TrendForecaster
 from core.bitcoin.network.propagation import BlockArrival, PropagationTracker
 from core.bitcoin.network.telemetry import TelemetrySample, telemetry_sample
@@ -95,8 +95,8 @@ class NetworkWatch:
         now = self.now() if self.now is not None else node_time(replies["peers"])
         if self.previous is not None and now <= self.previous.time:
             now = self.previous.time + 1e-3  # never backwards: rates need elapsed time
-        sample = telemetry_sample(**replies, now=now, previous=self.previous,
-                                  resources=self.resources() if self.resources else None)
+        resources = self.resources() if self.resources else None
+        sample = telemetry_sample(**replies, now=now, previous=self.previous, resources=resources)
         sample.problems[:0] = failures
         arrivals = self.propagation.observe(now, replies["peers"], replies["blockchain"])
         if failures:  # the detectors would read missing replies as zeros: their conditions stay as they were
@@ -110,6 +110,7 @@ class NetworkWatch:
             self.forecasts = self.forecaster.observe(sample)
             findings += self.forecaster.findings(self.forecasts)
             findings += self.propagation.findings()
+            findings.append(dbcache_advice(replies["blockchain"], resources))
             if self.telemetry is not None and self.previous is not None:  # rates known: a complete row
                 try:
                     self.telemetry.append(sample.time, sample.vector)
