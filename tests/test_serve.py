@@ -55,7 +55,7 @@ def world(tmp_path_factory) -> dict:
     chain = simulate_chain(ChainConfig(n_transactions=30_000, seed=5))
     from anya_fl.experiments.network_data import sample_network_splits
 
-    arrays = {**task_arrays(chain), "network": sample_network_splits(5)}
+    arrays = {**task_arrays(chain), "network": sample_network_splits(3)}
     rows = {t: np.concatenate([s.x[k] for k in ("train", "val", "test")]) for t, s in arrays.items()}
     models = {(t, s): _perturbed(t, s) for t in TASKS for s in (1, 2)}
     onnx_bytes = {k: export_onnx(k[0], m, {"version": k[1], "run": "test", "round": 3, "epsilon": 8.0})

@@ -52,7 +52,7 @@ def world(tmp_path_factory) -> dict:
     chain = simulate_chain(ChainConfig(n_transactions=3000, seed=11))
     from anya_fl.experiments.network_data import sample_network_splits
 
-    arrays = {**task_arrays(chain), "network": sample_network_splits(11)}
+    arrays = {**task_arrays(chain), "network": sample_network_splits(3)}
     rows = {t: np.concatenate([s.x[k] for k in ("train", "val", "test")])[:200] for t, s in arrays.items()}
     onnx_bytes = {t: export_onnx(t, build_model(t, seed=0), {"version": 1, "run": "hostile"}) for t in TASKS}
     return {"root": root, "chain": chain, "rows": rows, "onnx": onnx_bytes}

@@ -14,6 +14,7 @@ data. Splits are by episode (train, val, test), so no episode's rows leak across
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -164,8 +165,14 @@ def episodes_total(nodes: int) -> int:
     return nodes * per_node + 2 * (1 + len(MODEL_KINDS))
 
 
+@functools.lru_cache(maxsize=4)
+def _sample_episodes(seed: int) -> tuple[Episode, ...]:
+    return tuple(held_out_network_data(seed).values())
+
+
 def sample_network_splits(seed: int = 0) -> TaskSplits:
     """Realistic labeled telemetry rows (a clean episode and one of each scenario), the same rows in every
-    split: for benchmarks and export checks that need rows, not a fair evaluation."""
-    episodes = list(held_out_network_data(seed).values())
+    split: for benchmarks and export checks that need rows, not a fair evaluation (fresh arrays each call;
+    the episodes are watched once per seed and process)."""
+    episodes = [Episode(e.kind, e.x.copy(), e.y.copy()) for e in _sample_episodes(seed)]
     return _splits({s: episodes for s in SPLITS})
