@@ -1,4 +1,4 @@
-"""Flower ClientApp: local DP training and evaluation of the three tasks on the node's own data.
+"""Flower ClientApp: local DP training and evaluation of the run's tasks on the node's own data.
 
 One train message carries all three models in one ArrayRecord (task-prefixed keys), so a round costs
 one message per node. Each node spends its DP budget in equal shares per round; the accountant states

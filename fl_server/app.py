@@ -1,4 +1,5 @@
-"""Flower ServerApp: one run trains all three tasks, round by round, with checkpoints and resume.
+"""Flower ServerApp: one run trains its tasks (fraud, fee and anomaly by default; network on request), round
+by round, with checkpoints and resume.
 
 The round loop uses the chosen Flower strategy's own ``configure_train`` / ``aggregate_train`` /
 ``configure_evaluate`` / ``aggregate_evaluate`` (Flower's ``Strategy.start`` always starts at round

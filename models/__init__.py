@@ -1,1 +1,1 @@
-"""Torch models for the three tasks, the one DP training loop, ONNX export."""
+"""Torch models for the four tasks, the one DP training loop, ONNX export."""
