@@ -17,3 +17,21 @@ def test_scenario_runner_and_keys() -> None:
                          "network.eclipse.within_stated", "network.clean_week.false_alarms",
                          "network.clean_week.info"}
     assert keys["network.eclipse.detected"]["value"] == 1.0
+
+
+def test_flood_and_fee_bump_scenarios(monkeypatch) -> None:
+    """The mempool flood raises mempool-full within its stated 32 minutes; the payer's fee bump of a watched payment
+    is a double-spend WARNING at the first poll and never CRITICAL, even once it confirms (a CRITICAL one fails it)."""
+    flood = nb.run_scenario("mempool_flood", seed=1)
+    assert flood["detected"] and flood["within_stated"] and flood["alerts_before"] == 0
+    assert flood["stated_minutes"] == 32.0 and 0 < flood["minutes_to_detect"] <= 32.0
+    assert [e["kind"] for e in flood["events"]] == ["mempool_flood"]
+    bump = nb.run_scenario("rbf_replacement", seed=1)
+    assert bump["detected"] and bump["within_stated"] and bump["above_ceiling"] == []
+    assert bump["minutes_to_detect"] <= 1.0 and [e["kind"] for e in bump["events"]] == ["rbf_replacement"]
+    assert set(nb.bench_metrics({"rbf_replacement": bump}, {"false_alarms": 0, "info": 0})) >= {
+        "network.rbf_replacement.detected", "network.rbf_replacement.within_stated"}
+    monkeypatch.setitem(nb.REPLACE, "rbf_replacement", nb.REPLACE["double_spend"])  # a double spend posing as one
+    posing = nb.run_scenario("rbf_replacement", seed=1)
+    assert not posing["detected"] and not posing["within_stated"]
+    assert posing["above_ceiling"] and posing["above_ceiling"][0].startswith("CRITICAL")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import math
 
+import numpy as np
 import pytest
 
 from anya_fl.simnode import GENESIS_EPOCH, SimNode
@@ -258,6 +259,15 @@ def test_network_events_list_every_scenario(fresh) -> None:
     ("inject_stale_fork", {"at_s": T0, "branchlen": 0}, "branchlen"),
     ("inject_stale_fork", {"at_s": T0, "branchlen": 1.0}, "branchlen"),
     ("inject_stale_fork", {"at_s": T0, "branchlen": 10_000}, "branchlen"),
+    ("inject_mempool_flood", {"at_s": T0, "vbytes_per_s": 0}, "vbytes_per_s"),
+    ("inject_mempool_flood", {"at_s": T0, "vbytes_per_s": "fast"}, "vbytes_per_s"),
+    ("inject_mempool_flood", {"at_s": T0, "fee_sat_vb": 0.5}, "fee_sat_vb"),
+    ("inject_mempool_flood", {"at_s": T0, "fee_sat_vb": True}, "fee_sat_vb"),
+    ("inject_mempool_flood", {"at_s": T0, "fee_sat_vb": math.nan}, "fee_sat_vb"),
+    ("inject_mempool_flood", {"at_s": T0, "duration_s": -1}, "duration_s"),
+    ("inject_mempool_flood", {"at_s": -5.0}, "at_s"),
+    ("inject_rbf_bump", {"txid": "zz", "at_s": T0}, "txid"),
+    ("inject_rbf_bump", {"txid": "ab" * 32, "at_s": T0}, "txid"),
 ])
 def test_bad_arguments_are_config_errors(method, kwargs, setting) -> None:
     node = make_node()
@@ -275,3 +285,84 @@ def test_overlapping_partitions_are_refused() -> None:
     node.inject_partition(T0 + 700, duration_s=600)  # back to back is fine
     assert [e["start"] for e in node.truth.network_events()] == [T0 + 100, T0 + 700]
     assert node.true_tip(T0) >= START_HEIGHT
+
+
+# ---- mempool flood
+
+
+def test_mempool_flood_fills_the_mempool_then_raises_the_minimum_fee(fresh) -> None:
+    """Flood transactions pile up in getmempoolinfo until usage reaches maxmempool; then the node evicts them (the
+    lowest fee rate), mempoolminfee becomes their rate + incrementalrelayfee and decays after the window."""
+    from anya_fl.simnode.flood import FLOOD_TX_VSIZE, GRID_S
+
+    node = fresh(maxmempool_mb=3.0)  # the simulated mempool alone peaks at about 1.25 MB of usage
+    reference = make_node(maxmempool_mb=3.0)  # the same chain, no flood
+    rpc = client(node)
+    at, rate, duration = T0 + 60, 2000.0, 3600.0
+    node.inject_mempool_flood(at, vbytes_per_s=rate, fee_sat_vb=1.0, duration_s=duration)
+    (event,) = node.truth.network_events(detail=True)
+    full_at = event["full_at"]
+    limit = 3_000_000
+    assert event == {"kind": "mempool_flood", "start": at, "end": at + duration, "vbytes_per_s": rate,
+                     "fee_sat_vb": 1.0, "tx_vsize": FLOOD_TX_VSIZE, "full_at": full_at}
+    assert at < full_at <= at + limit / (3 * rate) + GRID_S  # the flood alone fills it that fast
+
+    def both(t: float) -> tuple[dict, dict]:
+        node.clock.set(t)
+        reference.clock.set(t)
+        return rpc.getmempoolinfo(), reference.rpc.call("getmempoolinfo", [])
+
+    mine, theirs = both(at - 1)
+    assert mine == theirs
+    flood_sizes = []
+    for t in np.arange(at + 60, full_at, 60):  # filling: the flood's part of the mempool grows
+        mine, theirs = both(float(t))
+        n = mine["size"] - theirs["size"]
+        flood_sizes.append(n)
+        assert mine["bytes"] - theirs["bytes"] == n * FLOOD_TX_VSIZE and mine["usage"] == 3 * mine["bytes"]
+        assert round((mine["total_fee"] - theirs["total_fee"]) * 1e8) == n * FLOOD_TX_VSIZE  # at 1 sat/vB
+        assert mine["usage"] <= limit and mine["mempoolminfee"] == mine["minrelaytxfee"] == 1e-5
+        assert rpc.call("getrawmempool") == reference.rpc.call("getrawmempool", [])  # counted, not listed
+    assert len(flood_sizes) >= 5 and all(b > a for a, b in zip(flood_sizes, flood_sizes[1:], strict=False))
+    mine, _ = both(full_at)  # full: usage at maxmempool (less than one flood transaction short)
+    assert limit - 3 * FLOOD_TX_VSIZE < mine["usage"] <= limit
+    assert mine["mempoolminfee"] == 2e-5 > mine["minrelaytxfee"]  # the evicted 1 sat/vB + incrementalrelayfee
+    usages, fees = [], []
+    for t in np.arange(full_at + 60, at + duration, 60):  # full for the rest of the window
+        mine, theirs = both(float(t))
+        usages.append(mine["usage"])
+        fees.append(mine["mempoolminfee"])
+        assert mine["usage"] <= limit and mine["size"] > theirs["size"]
+    assert max(usages) > limit - 3 * FLOOD_TX_VSIZE and min(fees) > 1e-5
+    end_fee = both(at + duration)[0]["mempoolminfee"]
+    later, theirs = both(at + duration + 6 * 3600)  # after the window: the flood stays, the minimum decays
+    assert later["size"] > theirs["size"] and 1e-5 <= later["mempoolminfee"] < end_fee
+    assert both(at + duration + 48 * 3600)[0]["mempoolminfee"] == 1e-5  # decayed (12 h half-life) to the floor
+
+
+def test_one_mempool_flood_per_node() -> None:
+    node = make_node()
+    node.inject_mempool_flood(T0, duration_s=600)
+    with pytest.raises(ConfigError) as err:
+        node.inject_mempool_flood(T0 + 3600)
+    assert err.value.setting == "at_s" and len(node.truth.network_events()) == 1
+
+
+def test_simnode_cli_accepts_the_new_scenarios() -> None:
+    """`anya-fl simnode --scenario`: mempool_flood@S (either spelling), rbf_replacement@S replacing the mempool's
+    first transaction at that time."""
+    from anya_fl.cli.simnode import _inject, _scenarios
+
+    specs = ["mempool_flood@60", "rbf-replacement@120", "double_spend@240"]
+    assert _scenarios(specs) == [("mempool-flood", 60.0), ("rbf-replacement", 120.0), ("double-spend", 240.0)]
+    with pytest.raises(ConfigError, match="scenario: .*KIND@SECONDS"):
+        _scenarios(["rbf@10"])
+    node, twin = make_node(), make_node()
+    twin.clock.set(twin.t_start + 120)
+    first = twin.rpc.call("getrawmempool", [])[0]  # what the node will list first then, as the bench picks it
+    notes = [_inject(node, kind, at) for kind, at in _scenarios(specs)]
+    flood, bump, spend = sorted(node.truth.network_events(detail=True), key=lambda e: e["start"])
+    assert (flood["kind"], flood["start"]) == ("mempool_flood", node.t_start + 60) and notes[0] is None
+    assert (bump["kind"], bump["txid"]) == ("rbf_replacement", first)
+    assert first in notes[1] and bump["replacement"] in notes[1] and f"anya-fl watch add {first}" in notes[1]
+    assert spend["kind"] == "double_spend" and spend["txid"] != first and spend["conflict"] in notes[2]

@@ -238,11 +238,13 @@ def test_replaceable_payment_is_an_active_info(fresh, tmp_path) -> None:
     assert f.active and f.severity == Severity.INFO and "replaceable (opt-in RBF)" in f.title
 
 
-def test_phantom_replaced_by_the_canonical_version(fresh, tmp_path) -> None:
+def test_phantom_replaced_by_the_canonical_version_is_a_fee_bump(fresh, tmp_path) -> None:
+    """A phantom is a lower-fee version of a simulated transaction (the same outputs, a larger change): the
+    canonical version replacing it is the payer's fee bump, not a double spend."""
     node = fresh(replacement_share=1.0)
     tl = node.timeline
     rpc = client(node)
-    k = int(np.argmax(tl.e_enter[tl.n:] > node.now() + 60))  # a phantom entering after now
+    k = int(np.argmax((tl.e_enter[tl.n:] > node.now() + 60) & (tl.confirm_block[tl.phantom_of] >= 0)))
     i = int(tl.phantom_of[k])
     phantom, canonical = node.truth.phantom_txid(i), node.truth.txid(i)
     node.clock.set(float(tl.e_enter[tl.n + k]))
@@ -251,7 +253,166 @@ def test_phantom_replaced_by_the_canonical_version(fresh, tmp_path) -> None:
     assert only(check_watchlist(rpc, wl), phantom).severity == Severity.INFO
     node.clock.set(float(node.chain.tx["arrival_time"][i]))
     f = only(check_watchlist(rpc, wl), phantom)
-    assert f.severity == Severity.CRITICAL and f"replaced by {canonical}" in f.title
+    assert f.active and f.severity == Severity.WARNING
+    assert f.title.endswith(f"fee-bumped (RBF) by {canonical}: still pays the same outputs")
+    height = at_block_of(node, i)
+    f = only(check_watchlist(rpc, wl), phantom)
+    assert not f.active and f"fee-bumped by {canonical[:16]}, confirmed in block {height}" in f.title
+
+
+def test_inject_rbf_bump_keeps_every_output_but_the_change(fresh) -> None:
+    node = fresh()
+    rpc = client(node)
+    i = pending(node)
+    target = node.truth.txid(i)
+    before = rpc.call("getrawtransaction", target, True)
+    seq = rpc.call("getrawmempool", False, True)["mempool_sequence"]
+    replacement = node.inject_rbf_bump(target)  # now
+    (event,) = node.truth.network_events(detail=True)
+    height = int(node.chain.tx["confirm_height"][i])
+    assert event == {"kind": "rbf_replacement", "start": T0, "end": None, "txid": target,
+                     "replacement": replacement, "height": height}
+    after = rpc.call("getrawmempool", False, True)
+    assert after["mempool_sequence"] == seq + 2 and replacement in after["txids"] and target not in after["txids"]
+    doc = rpc.call("getrawtransaction", replacement, True)
+    assert [(v["txid"], v["vout"]) for v in doc["vin"]] == [(v["txid"], v["vout"]) for v in before["vin"]]
+    old = [(o["scriptPubKey"]["hex"], round(o["value"] * 1e8)) for o in before["vout"]]
+    new = [(o["scriptPubKey"]["hex"], round(o["value"] * 1e8)) for o in doc["vout"]]
+    change = max(range(len(old)), key=lambda n: (old[n][1], -n))  # the largest output (the first of equals)
+    fee_old = int(node.chain.tx["fee_sat"][i])
+    fee_new = round(rpc.call("getmempoolentry", replacement)["fees"]["base"] * 1e8)
+    bump = fee_new - fee_old
+    assert bump >= max(fee_old // 5, before["vsize"])  # BIP 125: at least incrementalrelayfee x vsize more
+    assert [o for n, o in enumerate(new) if n != change] == [o for n, o in enumerate(old) if n != change]
+    assert new[change] == (old[change][0], old[change][1] - bump)  # the same script, less by the bump
+    with pytest.raises(ConfigError, match="already double-spent or fee-bumped"):
+        node.inject_double_spend(target)
+    with pytest.raises(ConfigError) as bad:
+        node.inject_rbf_bump(replacement)
+    assert bad.value.setting == "txid"
+    assert at_block_of(node, i) == height
+    assert replacement in rpc.call("getblock", rpc.call("getblockhash", height), 1)["tx"]
+    assert rpc.call("getrawtransaction", replacement, True)["confirmations"] == 1
+
+
+def test_watch_fee_bump_is_a_warning_never_critical(fresh, tmp_path) -> None:
+    node = fresh()
+    rpc = client(node)
+    i = pending(node, rbf=True)
+    target = node.truth.txid(i)
+    path = tmp_path / "watch.json"
+    wl = WatchList(path)
+    wl.add(target)
+    assert only(check_watchlist(rpc, wl), target).severity == Severity.INFO  # replaceable, pending
+    paid = [(o["scriptPubKey"]["hex"], round(o["value"] * 1e8))
+            for o in rpc.call("getrawtransaction", target, True)["vout"]]
+    assert wl.vout(target) == paid and WatchList(path).vout(target) == paid  # remembered in the file
+    replacement = node.inject_rbf_bump(target, T0 + 30)
+    node.advance(30)
+    f = only(check_watchlist(rpc, wl), target)
+    assert f.active and f.severity == Severity.WARNING
+    assert f"fee-bumped (RBF) by {replacement}: still pays the same outputs" in f.title
+    assert "smaller" in f.message and "unless that output is your payment" in f.message
+    assert WatchList(path).bumped_by(target) == replacement
+    engine = AlertEngine(None)
+    (alert,) = engine.submit([f])
+    assert alert.severity == Severity.WARNING
+    severities = []
+    for _ in range(5):  # polls until its block: still a fee bump
+        node.advance(60)
+        severities.append(only(check_watchlist(rpc, wl), target).severity)
+    height = at_block_of(node, i)
+    assert set(severities) <= {Severity.WARNING, Severity.INFO} and Severity.CRITICAL not in severities
+    f = only(check_watchlist(rpc, WatchList(path)), target)  # a restarted watcher still knows the bump
+    assert not f.active and f.severity == Severity.INFO and f"confirmed in block {height}" in f.title
+
+
+def test_double_spend_says_what_it_no_longer_pays(fresh, tmp_path) -> None:
+    node = fresh()
+    rpc = client(node)
+    target = node.truth.txid(pending(node))
+    wl = WatchList(tmp_path / "watch.json")
+    wl.add(target)
+    check_watchlist(rpc, wl)
+    conflict = node.inject_double_spend(target)
+    f = only(check_watchlist(rpc, wl), target)
+    assert f.severity == Severity.CRITICAL and f.title.endswith(f"replaced by {conflict}")
+    assert f"replaced by {conflict}: it no longer pays output 0 (" in f.message
+    assert wl.bumped_by(target) is None
+
+
+@pytest.mark.parametrize(("replacement", "bump"), [
+    ([("aa", 100), ("bb", 50)], True),  # the same outputs (a fee bump by an added input)
+    ([("aa", 100), ("bb", 40)], True),  # the change shrank
+    ([("bb", 40), ("aa", 100), ("cc", 7)], True),  # reordered, an output added
+    ([("aa", 90), ("bb", 40)], False),  # two outputs shrank
+    ([("aa", 100)], False),  # an output dropped
+    ([("aa", 100), ("dd", 50)], False),  # paid to another script
+    ([("aa", 100), ("bb", 60)], False),  # the same script, more: not the payer's change paying the fee
+])
+def test_fee_bump_rule(replacement, bump) -> None:
+    from core.bitcoin.network.watchlist import _same_outputs
+
+    assert _same_outputs([("aa", 100), ("bb", 50)], replacement)[0] is bump
+
+
+def test_old_watch_list_file_without_outputs(fresh, tmp_path) -> None:
+    """A file of the previous version (outpoints and an output count, no outputs) loads; its outputs are added when
+    the transaction is seen again; replaced before that, a fee bump cannot be told and stays CRITICAL."""
+    node = fresh()
+    rpc = client(node)
+    seen, unseen = (node.truth.txid(pending(node, skip=k)) for k in (0, 1))
+    path = tmp_path / "watch.json"
+
+    def old_item(txid: str) -> dict:
+        ops = [[o["txid"], o["vout"]] for o in outpoints(rpc, txid)]
+        return {"item": txid, "kind": "txid", "outpoints": ops,
+                "outputs": len(rpc.call("getrawtransaction", txid, True)["vout"])}
+
+    path.write_text(json.dumps({"format": "anya-fl.watchlist/1", "items": [old_item(seen), old_item(unseen)],
+                                "retired": {}}))
+    wl = WatchList(path)
+    assert wl.items() == [seen, unseen] and wl.vout(seen) is None and wl.outpoints(seen) is not None
+    replacement = node.inject_rbf_bump(unseen)  # before the watch list sees it again
+    findings = check_watchlist(rpc, wl)
+    assert not only(findings, seen).active
+    assert WatchList(path).vout(seen) == [(o["scriptPubKey"]["hex"], round(o["value"] * 1e8))
+                                          for o in rpc.call("getrawtransaction", seen, True)["vout"]]
+    f = only(findings, unseen)
+    assert f.severity == Severity.CRITICAL and f"replaced by {replacement}" in f.title
+    assert "never recorded" in f.message
+
+    doc = json.loads(path.read_text())
+    doc["items"][0]["vout"] = [["zz", 1]]
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match=r"items\[0\]\.vout") as err:
+        WatchList(path)
+    assert err.value.setting == "watch"
+
+
+def test_fee_bump_that_cannot_be_fetched_stays_critical(fresh, tmp_path) -> None:
+    node = fresh()
+    target = node.truth.txid(pending(node))
+    wl = WatchList(tmp_path / "watch.json")
+    wl.add(target)
+    check_watchlist(client(node), wl)
+    replacement = node.inject_rbf_bump(target)
+
+    class Hides:
+        """The node's RPC, not finding the replacement (as a node that dropped it again would answer)."""
+
+        def __init__(self, rpc: BitcoinRPC) -> None:
+            self.rpc, self.url = rpc, rpc.url
+
+        def call(self, method: str, *params):
+            if method == "getrawtransaction" and params[0] == replacement:
+                raise RPCReplyError(-5, "No such mempool transaction.", url=self.url, method=method)
+            return self.rpc.call(method, *params)
+
+    f = only(check_watchlist(Hides(client(node)), wl), target)  # type: ignore[arg-type]
+    assert f.severity == Severity.CRITICAL and f"replaced by {replacement}" in f.title
+    assert "could not be fetched" in f.message
+    assert only(check_watchlist(client(node), wl), target).severity == Severity.WARNING  # found: a fee bump
 
 
 def test_evicted_payment_left_the_mempool(fresh, tmp_path) -> None:

@@ -52,9 +52,13 @@ def simnode(
     outage_at: Annotated[float | None, typer.Option(help="Simulated seconds after start when the RPC goes "
                                                          "down.")] = None,
     outage_for: Annotated[float, typer.Option(help="Simulated seconds the outage lasts.")] = 600.0,
-    scenario: Annotated[list[str] | None, typer.Option(help="A P2P scenario KIND@SECONDS after start (repeatable): "
-                                                            "eclipse, inbound-flood, addr-spam, partition (90 min), "
-                                                            "stale-fork; for `anya-fl watch`.")] = None,
+    scenario: Annotated[list[str] | None, typer.Option(help="A scenario KIND@SECONDS after start (repeatable; "
+                                                            "'-' or '_' in KIND): eclipse, inbound-flood, addr-spam, "
+                                                            "partition (90 min), stale-fork, mempool-flood (50,000 vB/s "
+                                                            "at 1 sat/vB for 2 h), double-spend and rbf-replacement "
+                                                            "(each replaces the mempool's first transaction at that "
+                                                            "time, printed at start: `anya-fl watch add` it before "
+                                                            "then); for `anya-fl watch`.")] = None,
 ) -> None:
     """Serve a simulated Bitcoin Core node's JSON-RPC on 127.0.0.1, its chain unfolding in accelerated time.
 
@@ -99,7 +103,9 @@ def simnode(
         count = node.write_labels(labels, labels_share, seed)
         console.print(f"operator labels: {count:,} transactions in {escape(str(labels))}")
     for kind, at in _scenarios(scenario or []):
-        getattr(node, SCENARIOS[kind])(node.t_start + at)
+        note = _inject(node, kind, at)
+        if note:
+            console.print(note, highlight=False, soft_wrap=True)
     node.start(port)
     stop = threading.Event()
     previous = None
@@ -142,11 +148,15 @@ def simnode(
 
 
 SCENARIOS = {"eclipse": "inject_eclipse", "inbound-flood": "inject_inbound_flood", "addr-spam": "inject_addr_spam",
-             "partition": "inject_partition", "stale-fork": "inject_stale_fork"}
+             "partition": "inject_partition", "stale-fork": "inject_stale_fork",
+             "mempool-flood": "inject_mempool_flood", "double-spend": "inject_double_spend",
+             "rbf-replacement": "inject_rbf_bump"}
+_REPLACING = ("double-spend", "rbf-replacement")  # they replace a mempool transaction
 
 
 def _scenarios(specs: list[str]) -> list[tuple[str, float]]:
-    """``KIND@SECONDS`` -> (kind, simulated seconds after start); ConfigError("scenario", ...) otherwise."""
+    """``KIND@SECONDS`` -> (kind with '-', simulated seconds after start); ConfigError("scenario", ...) otherwise.
+    KIND may be written with '_' (as `truth.network_events` names it) or '-'."""
     import math
 
     from core.errors import ConfigError
@@ -154,6 +164,7 @@ def _scenarios(specs: list[str]) -> list[tuple[str, float]]:
     out = []
     for spec in specs:
         kind, _, at = spec.partition("@")
+        kind = kind.replace("_", "-")
         try:
             seconds = float(at)
         except ValueError:
@@ -165,13 +176,41 @@ def _scenarios(specs: list[str]) -> list[tuple[str, float]]:
     return out
 
 
+def _inject(node: SimNode, kind: str, at: float) -> str | None:
+    """Inject scenario ``kind`` ``at`` simulated seconds after the node's start; for a replacement (double-spend,
+    rbf-replacement) of the mempool's first transaction at that time, a line naming both txids to print.
+    ConfigError("scenario", ...) when the mempool is empty then."""
+    from core.errors import ConfigError
+
+    t = node.t_start + at
+    if kind not in _REPLACING:
+        getattr(node, SCENARIOS[kind])(t)
+        return None
+    tl = node.timeline
+    mempool = tl.mempool(t)
+    chain_txs = [int(e) for e in mempool if e < tl.n and int(e) not in tl.conflict_entry]  # not phantoms
+    if not chain_txs:
+        raise ConfigError("scenario", f"{kind}@{at:g}: the mempool has no transaction to replace then; pick another "
+                                      f"time")
+    txid = node.truth.txid(chain_txs[0])
+    replacement = getattr(node, SCENARIOS[kind])(txid, t)
+    what = "fee-bumped (the same outputs, a smaller change)" if kind == "rbf-replacement" else "double-spent"
+    return (f"{kind}@{at:g}: tx {txid} (the mempool's first then) is {what} by {replacement}; "
+            f"watch it with `anya-fl watch add {txid}` before then")
+
+
 def _status(node: SimNode) -> Text:
     """One live status line: height, mempool, simulated time, scenario state."""
+    from anya_fl.simnode.flood import FLOOD_TX_VSIZE
+
     view = node.view()
     members = node.timeline.mempool(view.t)
     vbytes = int(node.timeline.e_vsize[members].sum())
+    flood = node.flood_count(view.t, vbytes)
     t = int(view.t)
-    parts = [f"height {view.tip:,}", f"mempool {len(members):,} tx ({vbytes / 1e6:.2f} MvB)",
+    size = f"{len(members) + flood:,} tx ({(vbytes + flood * FLOOD_TX_VSIZE) / 1e6:.2f} MvB" + \
+        (f", {flood:,} of a flood)" if flood else ")")
+    parts = [f"height {view.tip:,}", f"mempool {size}",
              f"mempoolminfee {node.mempool_min_fee(view.t):.2f} sat/vB",
              f"sim {t // 3600:02d}:{t // 60 % 60:02d}:{t % 60:02d} (x{node.config.speed:g})"]
     if view.nb >= node.chain.n_blocks:

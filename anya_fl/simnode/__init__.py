@@ -5,15 +5,16 @@
 ``speed`` simulated seconds per wall second (0: a manual clock moved by ``advance``). Scenarios: a warm-up
 answering -28, an RPC outage (connection refused, then the same port again), a reorg shown as a stale branch
 until the next block, a full mempool (evictions, a rising mempoolminfee) and RBF replacements of lower-fee
-phantom versions; on the P2P side an eclipse, an inbound flood, addr spam, a partition and a stale fork
-(``network_scenarios``). ``node.truth`` gives the simulator's ground truth; ``write_labels`` an operator
+phantom versions, injected double spends, fee bumps and a low-fee mempool flood (``flood``); on the P2P side
+an eclipse, an inbound flood, addr spam, a partition and a stale fork (``network_scenarios``). ``node.truth`` gives the simulator's ground truth; ``write_labels`` an operator
 labels file.
 
 Modules: ``config`` (SimNodeConfig, constants), ``timeline`` (mempool enter/leave times, evictions,
 phantoms, sequence), ``render`` (transactions in Core's JSON), ``blocks`` (hashes, active chain, stale
 branches, headers, blocks, getblockstats), ``peers`` (getpeerinfo, getnetworkinfo), ``rpc`` (the methods and
 their parameter checks), ``server`` (the HTTP JSON-RPC server and auth), ``truth``, ``node`` (SimNode),
-``encoding`` (hashes, addresses, descriptor checksums), ``network_scenarios`` (the P2P scenarios).
+``encoding`` (hashes, addresses, descriptor checksums), ``network_scenarios`` (the P2P scenarios), ``flood``
+(a mempool flood).
 """
 
 from anya_fl.simnode.config import GENESIS_EPOCH, SimNodeConfig

@@ -18,6 +18,11 @@ and the scenarios injected, determined by the seed:
 * ``stale_fork``: getchaintips lists a valid-fork tip of ``branchlen`` blocks off the active chain from then on.
 * ``double_spend``: a conflicting transaction replaces a mempool transaction from then on (open-ended; see
   ``SimNode.inject_double_spend``); recorded here for ground truth only, it changes no connection.
+* ``rbf_replacement``: the payer's fee bump replaces a mempool transaction from then on, paying the same outputs
+  but a smaller change (open-ended; ``SimNode.inject_rbf_bump``); ground truth only, as ``double_spend``.
+* ``mempool_flood``: low-fee transactions arrive at ``rate`` vbytes a second during the window and fill the mempool
+  to maxmempool, raising mempoolminfee (``SimNode.inject_mempool_flood``, modelled in ``flood``); no connection
+  changes.
 
 Peer ids follow connection order, as Core's: the ten original peers are 0..9, scenario peers (eclipse and
 inbound) are numbered from 10 by (conntime, scenario). A scenario injected before times already served can
@@ -32,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from anya_fl.simnode.encoding import digest
+from anya_fl.simnode.flood import FLOOD_TX_VSIZE
 from anya_fl.simnode.peers import FULL_RELAY, NETWORKS, Peer
 from core.errors import ConfigError
 
@@ -40,7 +46,8 @@ ADDR_RATE_PER_S = 0.1  # Core's MAX_ADDR_RATE_PER_SECOND
 ADDR_BUCKET = 1000.0  # Core's MAX_ADDR_PROCESSING_TOKEN_BUCKET
 ADDR_BYTES = 30  # addrv2 bytes per address (rough)
 ECLIPSE_AS, FLOOD_AS_V4, FLOOD_AS_V6 = 64500, 64510, 64511  # documentation AS numbers
-KINDS = ("eclipse", "inbound_flood", "addr_spam", "partition", "stale_fork", "double_spend")
+KINDS = ("eclipse", "inbound_flood", "addr_spam", "partition", "stale_fork", "double_spend", "rbf_replacement",
+         "mempool_flood")
 _EPS = 1e-9
 
 
@@ -52,7 +59,7 @@ class NetworkEvent:
     kind: str
     start: float
     end: float | None
-    rate: float = 0.0  # inbound_flood: per minute; addr_spam: per second
+    rate: float = 0.0  # inbound_flood: per minute; addr_spam: per second; mempool_flood: vbytes per second
     branchlen: int = 0  # stale_fork
     height: int = 0  # stale_fork: the fork tip's height; partition: the frozen tip
     branch: int = 0  # stale_fork: the block branch number of its blocks
@@ -236,6 +243,10 @@ class Network:
             doc["height"] = e.height
         elif e.kind == "double_spend":
             doc.update(txid=e.extra["txid"], conflict=e.extra["conflict"], height=e.extra["height"])
+        elif e.kind == "rbf_replacement":
+            doc.update(txid=e.extra["txid"], replacement=e.extra["replacement"], height=e.extra["height"])
+        elif e.kind == "mempool_flood":
+            doc.update(vbytes_per_s=e.rate, fee_sat_vb=e.extra["fee_sat_vb"], tx_vsize=FLOOD_TX_VSIZE)
         else:
             doc.update(height=e.height, branchlen=e.branchlen, hash=e.extra.get("hash"))
         return doc

@@ -5,7 +5,8 @@ mempool of the transactions that arrived by T and are not yet in a block (plus s
 evictions, a reorg's dropped transactions, double spends). Everything is a function of T and the scenario events
 injected so far, so any simulated time can be answered without replaying requests. P2P-side scenarios (eclipse,
 inbound flood, addr spam, partition, stale fork) are in ``network_scenarios``; a partition freezes the node's chain.
-A double spend (``inject_double_spend``) is recorded with them for ground truth.
+A double spend (``inject_double_spend``), an RBF fee bump (``inject_rbf_bump``) and a mempool flood
+(``inject_mempool_flood``, modelled in ``flood``) are recorded with them for ground truth.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 from anya_fl.simnode.blocks import Blocks, Reorg, View
 from anya_fl.simnode.config import INCREMENTAL_SAT_VB, MIN_RELAY_SAT_VB, SimNodeConfig
 from anya_fl.simnode.encoding import hex_id
+from anya_fl.simnode.flood import MempoolFlood
 from anya_fl.simnode.network_scenarios import Network, NetworkEvent, check_positive, check_time
 from anya_fl.simnode.peers import Peer, make_peers
 from anya_fl.simnode.render import TxRenderer, btc
@@ -107,6 +109,7 @@ class SimNode:
         self._estimator: BucketFeeEstimator | None = None
         self._estimator_nb = 0
         self._outage_until: float | None = None
+        self.flood: MempoolFlood | None = None  # an injected mempool flood (inject_mempool_flood)
         cookie = None if cfg.rpcuser is not None else Path(cfg.cookie_dir or ".") / ".cookie"
         self._auth = RPCAuth(cfg.rpcuser, cfg.rpcpassword, cookie)
         self.rpc = CoreRPC(self)
@@ -301,8 +304,14 @@ class SimNode:
         return seq
 
     def mempool_min_fee(self, t: float) -> float:
-        """mempoolminfee in sat/vB: the rolling minimum after evictions, at least minrelaytxfee."""
-        return max(self.timeline.rolling_min_fee(t), MIN_RELAY_SAT_VB)
+        """mempoolminfee in sat/vB: the rolling minimum after evictions (a flood's included), at least
+        minrelaytxfee."""
+        flood = self.flood.min_fee(t) if self.flood is not None else 0.0
+        return max(self.timeline.rolling_min_fee(t), flood, MIN_RELAY_SAT_VB)
+
+    def flood_count(self, t: float, real_vbytes: int) -> int:
+        """Flood transactions in the mempool at ``t`` beside ``real_vbytes`` of the simulated ones (0: no flood)."""
+        return 0 if self.flood is None else self.flood.count(t, real_vbytes)
 
     def estimator(self, nb: int) -> BucketFeeEstimator:
         """The Core-style fee estimator fed with the first ``nb`` canonical blocks (as core.data.replay)."""
@@ -463,7 +472,39 @@ class SimNode:
             self._add_event("stale_fork", start, None, branchlen=branchlen, height=v.tip, branch=branch,
                             extra={"hash": self.blocks.hash(v.tip, branch)})
 
-    # ---- double spends
+    def inject_mempool_flood(self, at_s: float | None = None, vbytes_per_s: float = 50_000.0, fee_sat_vb: float = 1.0,
+                             duration_s: float = 7200.0) -> None:
+        """Low-fee transactions flood the mempool during [at_s, at_s + duration_s) (at_s None: now).
+
+        ``vbytes_per_s`` vbytes a second arrive, in transactions of ``flood.FLOOD_TX_VSIZE`` vbytes all paying
+        ``fee_sat_vb`` (at least minrelaytxfee). The defaults offer 50,000 vB/s for 2 hours: the default 300 MB
+        mempool (100 MvB at the simulator's 3 bytes of usage per vbyte) is full within 33 minutes (sooner with the
+        simulated transactions in it).
+        getmempoolinfo's size, bytes, usage and total_fee grow until usage reaches maxmempool; then the node evicts
+        the lowest fee rates (the flood's), mempoolminfee becomes ``fee_sat_vb`` + incrementalrelayfee and further
+        flood transactions are refused until that rolling minimum decays (12 h half-life from the next block, as
+        Core). After the window the flood stays in the mempool until evicted or expired (336 h). Not listed by
+        getrawmempool, never mined; the simulated transactions are never evicted for it (see ``flood`` for the
+        model and its simplifications). One flood per node. Recorded as kind "mempool_flood" (detail:
+        ``vbytes_per_s``, ``fee_sat_vb``, ``tx_vsize``, ``full_at``).
+        """
+        rate = check_positive("vbytes_per_s", vbytes_per_s)
+        duration = check_positive("duration_s", duration_s)
+        if isinstance(fee_sat_vb, bool) or not isinstance(fee_sat_vb, int | float) \
+                or not MIN_RELAY_SAT_VB <= fee_sat_vb <= 1_000_000:
+            raise ConfigError("fee_sat_vb", f"{fee_sat_vb!r} must be a fee rate from minrelaytxfee "
+                                            f"({MIN_RELAY_SAT_VB:g} sat/vB: Core refuses less) to 1,000,000 sat/vB")
+        with self.lock:
+            start = self._start(at_s)
+            if self.flood is not None:
+                raise ConfigError("at_s", f"a mempool flood is already injected (from {self.flood.start}); the "
+                                          f"simulated node has one at most")
+            self.flood = MempoolFlood(self.timeline, self.config.maxmempool_bytes, start, start + duration, rate,
+                                      float(fee_sat_vb))
+            self._add_event("mempool_flood", start, start + duration, rate=rate,
+                            extra={"fee_sat_vb": self.flood.rate})
+
+    # ---- double spends and fee bumps
 
     def inject_double_spend(self, txid: str, at_s: float | None = None) -> str:
         """From ``at_s`` (None: now) a conflicting transaction replaces mempool transaction ``txid``; returns its txid.
@@ -477,6 +518,21 @@ class SimNode:
         estimator keep the target's fee; the mempool limit is not re-applied. Recorded in
         ``truth.network_events()`` as kind "double_spend" (detail: ``txid``, ``conflict``, ``height``).
         """
+        return self._replace(txid, at_s, keep_outputs=False)
+
+    def inject_rbf_bump(self, txid: str, at_s: float | None = None) -> str:
+        """From ``at_s`` (None: now) the payer's fee bump replaces mempool transaction ``txid``; returns its txid.
+
+        The same replacement as ``inject_double_spend`` (same inputs, same size, a fee higher by the BIP 125 bump,
+        the same block slot), except that it keeps every output of the original, with the same scripts and
+        values, but the change (the largest output), which shrinks by the bump. Recorded in
+        ``truth.network_events()`` as kind "rbf_replacement" (detail: ``txid``, ``replacement``, ``height``).
+        """
+        return self._replace(txid, at_s, keep_outputs=True)
+
+    def _replace(self, txid: str, at_s: float | None, keep_outputs: bool) -> str:
+        """A replacement of mempool transaction ``txid`` from ``at_s``: a double spend paying other scripts, or
+        (``keep_outputs``) a fee bump paying the same ones; see ``inject_double_spend``."""
         if not isinstance(txid, str) or len(txid) != 64 or any(c not in "0123456789abcdefABCDEF" for c in txid):
             raise ConfigError("txid", f"{txid!r} must be a transaction id of 64 hex digits")
         wanted = txid.lower()
@@ -486,9 +542,9 @@ class SimNode:
             i = self.txs.index.get(wanted)
             if i is None:
                 raise ConfigError("txid", f"{wanted} is not a transaction of the simulated chain (phantoms, double "
-                                          f"spends and coinbases cannot be double-spent)")
+                                          f"spends, fee bumps and coinbases cannot be replaced)")
             if i in tl.conflict_entry:
-                raise ConfigError("txid", f"{wanted} is already double-spent")
+                raise ConfigError("txid", f"{wanted} is already double-spent or fee-bumped")
             if not tl.alive(i, start):
                 when = (f"it is in the mempool during [{float(tl.e_enter[i])}, {float(tl.e_leave[i])})"
                         if tl.e_accepted[i] else "the mempool never accepted it")
@@ -500,13 +556,14 @@ class SimNode:
                 raise ConfigError("txid", f"{wanted}'s largest output ({largest} sat) cannot pay a fee {bump} sat "
                                           f"higher")
             e = tl.add_conflict(i, start, fee + bump)
-            conflict = self.txs.add_conflict(i, fee + bump)
-            assert self.txs.entry_of(conflict) == e
+            replacement = self.txs.add_conflict(i, fee + bump, keep_outputs=keep_outputs)
+            assert self.txs.entry_of(replacement) == e
             b = int(tl.confirm_block[i])
             height = self.blocks.first + b if b >= 0 else None
-            self._add_event("double_spend", start, None, height=height or 0,
-                            extra={"txid": wanted, "conflict": conflict, "height": height})
-            return conflict
+            kind, name = ("rbf_replacement", "replacement") if keep_outputs else ("double_spend", "conflict")
+            self._add_event(kind, start, None, height=height or 0,
+                            extra={"txid": wanted, name: replacement, "height": height})
+            return replacement
 
     # ---- operator labels
 

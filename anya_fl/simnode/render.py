@@ -10,8 +10,9 @@ Scripts, addresses (real bech32/bech32m/Base58Check encodings) and descriptors a
 (seed, transaction, output); ``hex`` has the serialized size but is not a decodable transaction.
 
 Entries: chain transactions 0..n-1, RBF phantoms n..n+p-1 (the canonical inputs and outputs, a lower fee taken
-from the largest output), injected double spends n+p.. (``add_conflict``: the target's inputs, outputs of the
-same kinds and values paying other scripts, a higher fee taken from the largest output). Every input spends a
+from the largest output), injected replacements n+p.. (``add_conflict``: the target's inputs and a higher fee
+taken from the largest output; a double spend pays outputs of the same kinds and values to other scripts, a fee
+bump keeps the target's scripts, so only its largest output, the change, differs). Every input spends a
 fake outpoint ``(hex_id("anya-fl simnode prevout <seed> <i> <j>"), first byte % 4)`` (``prevout_of``).
 """
 
@@ -103,6 +104,7 @@ class TxRenderer:
         self.conflict_of: list[int] = []  # target chain index of each injected double spend
         self.conflict_fee: list[int] = []
         self.conflict_txids: list[str] = []
+        self.conflict_keeps: list[bool] = []  # a fee bump (the target's scripts) or a double spend (other scripts)
         self.conflict_index: dict[str, int] = {}
         self._prevouts: dict[str, tuple[int, int]] | None = None  # fake prevout txid -> (chain index, input)
         # serialized sizes: the simulator's weight = 4 x non-witness bytes + witness bytes
@@ -138,11 +140,14 @@ class TxRenderer:
         k = self.conflict_index.get(txid)
         return None if k is None else n + len(self.phantom_txids) + k
 
-    def add_conflict(self, i: int, fee: int) -> str:
-        """Register a double spend of chain transaction ``i`` paying ``fee`` sat; returns its txid (its entry id
-        is n + p + its order, as the timeline's)."""
+    def add_conflict(self, i: int, fee: int, keep_outputs: bool = False) -> str:
+        """Register a replacement of chain transaction ``i`` paying ``fee`` sat: a double spend, or a fee bump
+        (``keep_outputs``: the same output scripts); returns its txid (its entry id is n + p + its order, as the
+        timeline's)."""
         k = len(self.conflict_txids)
-        txid = hex_id(f"anya-fl simnode double spend {self.seed} {int(i)} {k}")
+        what = "rbf bump" if keep_outputs else "double spend"
+        txid = hex_id(f"anya-fl simnode {what} {self.seed} {int(i)} {k}")
+        self.conflict_keeps.append(bool(keep_outputs))
         self.conflict_of.append(int(i))
         self.conflict_fee.append(int(fee))
         self.conflict_txids.append(txid)
@@ -205,12 +210,13 @@ class TxRenderer:
         scripts = outs["script"][a:a + len(values)].tolist()
         fee = self.fee_sat(e)
         canonical_fee = int(tx["fee_sat"][i])
-        if fee != canonical_fee:  # a phantom pays less (a double spend more): the largest output takes the difference
+        if fee != canonical_fee:  # a phantom pays less (a replacement more): the largest output takes the difference
             big = int(np.argmax(values))
             values = list(values)
             values[big] += canonical_fee - fee
-        n_chain = self.chain.n_transactions
-        out_tag = f"out {seed} {i}" if e < n_chain + len(self.phantom_txids) else f"double spend {seed} {i}"
+        first_conflict = self.chain.n_transactions + len(self.phantom_txids)
+        own_scripts = e < first_conflict or self.conflict_keeps[e - first_conflict]
+        out_tag = f"out {seed} {i}" if own_scripts else f"double spend {seed} {i}"
         n_in = int(tx["n_inputs"][i])
         total_in = sum(self.output_values(i)) + canonical_fee  # the same inputs as the canonical tx
         in_values = [total_in // n_in + (total_in % n_in if j == 0 else 0) for j in range(n_in)]

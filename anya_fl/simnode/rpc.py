@@ -23,6 +23,7 @@ import numpy as np
 from anya_fl.simnode.blocks import DIFFICULTY, View
 from anya_fl.simnode.config import GENESIS_EPOCH, INCREMENTAL_SAT_VB, MIN_RELAY_SAT_VB, USAGE_PER_VBYTE
 from anya_fl.simnode.encoding import hex_id
+from anya_fl.simnode.flood import FLOOD_TX_VSIZE
 from anya_fl.simnode.peers import network_info, peer_info
 from anya_fl.simnode.render import SUBSIDY_SAT, btc
 from anya_fl.simnode.server import METHOD_NOT_FOUND, RPCFault
@@ -330,9 +331,15 @@ class CoreRPC:
         tl = self.node.timeline
         ids = np.array([e for e, _, _ in self._mempool_entries(v)], dtype=np.int64)
         vbytes = int(tl.e_vsize[ids].sum())
+        fee = int(tl.e_fee[ids].sum())
+        flood = self.node.flood
+        n_flood = self.node.flood_count(v.t, vbytes)  # an injected flood's transactions (counted, not listed)
+        if flood is not None and n_flood:
+            vbytes += n_flood * FLOOD_TX_VSIZE
+            fee += n_flood * flood.fee_tx
         return {
-            "loaded": True, "size": len(ids), "bytes": vbytes, "usage": USAGE_PER_VBYTE * vbytes,
-            "total_fee": btc(int(tl.e_fee[ids].sum())), "maxmempool": self.node.config.maxmempool_bytes,
+            "loaded": True, "size": len(ids) + n_flood, "bytes": vbytes, "usage": USAGE_PER_VBYTE * vbytes,
+            "total_fee": btc(fee), "maxmempool": self.node.config.maxmempool_bytes,
             "mempoolminfee": round(self.node.mempool_min_fee(v.t) / 100_000, 8),
             "minrelaytxfee": MIN_RELAY_SAT_VB / 100_000, "incrementalrelayfee": INCREMENTAL_SAT_VB / 100_000,
             "unbroadcastcount": 0, "fullrbf": False,

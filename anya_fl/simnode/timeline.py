@@ -20,7 +20,8 @@ blocks are never altered.
   phantom is never refused for the minimum fee. Evicted transactions still confirm in their canonical block;
   the node just no longer has them in its mempool.
 
-* Double spends (``add_conflict``, ``SimNode.inject_double_spend``): from its time a conflicting entry that
+* Double spends and fee bumps (``add_conflict``, ``SimNode.inject_double_spend``, ``SimNode.inject_rbf_bump``:
+  the same mechanism, only the replacement's outputs differ): from its time a conflicting entry that
   spends the same inputs at a higher fee replaces a chain transaction (its *target*) in the mempool; the target
   is never shown again (not in the mempool, not in its block), and the conflict holds the target's block slot:
   it leaves the mempool when that block is mined (never, for a target that never confirms). The sorted views

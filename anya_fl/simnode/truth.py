@@ -77,8 +77,16 @@ class Truth:
         outbound ids), inbound_flood ``per_min`` and ``peers``, addr_spam ``per_s``, ``peer`` (id) and ``addr``,
         partition ``height`` (the frozen tip), stale_fork ``height``, ``branchlen`` and ``hash``, double_spend
         ``txid`` (the replaced transaction), ``conflict`` (the replacing one's txid) and ``height`` (the block that
-        confirms the conflict in the target's place, None if the target never confirms)."""
-        net = self._node.network
-        with self._node.lock:
+        confirms the conflict in the target's place, None if the target never confirms), rbf_replacement ``txid``,
+        ``replacement`` and ``height`` (the same for a fee bump), mempool_flood ``vbytes_per_s``, ``fee_sat_vb``,
+        ``tx_vsize`` and ``full_at`` (the first simulated time it filled the mempool to maxmempool, on the flood's
+        10 s grid; None if it never does)."""
+        node = self._node
+        net = node.network
+        with node.lock:
             events = sorted(net.events, key=lambda e: (e.start, e.index))
-            return [net.describe(e, detail) for e in events]
+            docs = [net.describe(e, detail) for e in events]
+            for doc in docs:
+                if detail and doc["kind"] == "mempool_flood" and node.flood is not None:
+                    doc["full_at"] = node.flood.first_full()
+            return docs
