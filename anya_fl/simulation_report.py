@@ -239,11 +239,18 @@ def _plot_task(history: Sequence[RoundRecord], rounds: list[int], task: str):
     return fig
 
 
+def _composes(tasks: Sequence[str]) -> bool:
+    """Whether the run's tasks share the node's transactions (fraud and anomaly: their budgets add up)."""
+    return bool({"fraud", "anomaly"} & set(tasks))
+
+
 def _plot_epsilon(history: Sequence[RoundRecord], rounds: list[int], tasks: list[str], config: dict):
     fig, axes = _figure(figsize=(10.0, 4.6))
     ax = axes[0][0]
     drawn = False
-    keys = [(f"{t}.epsilon", t) for t in tasks] + [("epsilon-transactions", "transactions (fraud + anomaly, composed)")]
+    keys = [(f"{t}.epsilon", t) for t in tasks]
+    if _composes(tasks):
+        keys.append(("epsilon-transactions", "transactions (fraud + anomaly, composed)"))
     markers = "os^Dv"
     for i, (key, label) in enumerate(keys):
         worst = [_max_epsilon(rec, key) for rec in history]
@@ -466,7 +473,7 @@ def summarize(metrics: dict, names: Mapping[str, str] | None = None) -> dict[str
         "final_global": final_global,
         "total_seconds": float(sum(_num(r.seconds) or 0.0 for r in history)),
         "max_epsilon": max_eps,
-        "max_epsilon_transactions": worst("epsilon-transactions"),
+        "max_epsilon_transactions": worst("epsilon-transactions") if _composes(tasks) else None,
         "failed_replies": sum(len(r.failed) for r in history),
         "missing_replies": sum(r.missing for r in history),
         "node_names": dict(node_names(metrics) if names is None else names),
@@ -528,12 +535,13 @@ def node_epsilon_rows(metrics: dict, names: Mapping[str, str] | None = None) -> 
     for rnd, rec in zip(_rounds(history), history, strict=True):
         for node, m in rec.replied.items():
             latest[node] = (rnd, m, rec.tasks_declined.get(node, {}))
-    cols = ["node", "round of latest reply", *[f"{t} ε" for t in tasks], "transactions ε (fraud + anomaly)",
-            "tasks trained"]
+    composed = _composes(tasks)
+    cols = ["node", "round of latest reply", *[f"{t} ε" for t in tasks],
+            *(["transactions ε (fraud + anomaly)"] if composed else []), "tasks trained"]
     rows = []
     for node, (rnd, m, declined) in latest.items():
         rows.append([names.get(node, node), rnd, *[_num(m.get(f"{t}.epsilon")) for t in tasks],
-                     _num(m.get("epsilon-transactions")), _tasks_trained(tasks, m, declined)])
+                     *([_num(m.get("epsilon-transactions"))] if composed else []), _tasks_trained(tasks, m, declined)])
     return cols, sorted(rows, key=lambda r: _natural_key(r[0]))
 
 
