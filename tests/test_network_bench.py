@@ -35,3 +35,20 @@ def test_flood_and_fee_bump_scenarios(monkeypatch) -> None:
     posing = nb.run_scenario("rbf_replacement", seed=1)
     assert not posing["detected"] and not posing["within_stated"]
     assert posing["above_ceiling"] and posing["above_ceiling"][0].startswith("CRITICAL")
+
+
+def test_slow_propagation_scenario() -> None:
+    """Blocks held back 2.5 minutes: the propagation detector warns within two polls of the third held block's
+    arrival (not before: two slow blocks are not enough), and every block the watch timed is within one poll of
+    the delay the node's truth gives it."""
+    slow = nb.run_scenario("slow_propagation", seed=1)
+    assert slow["detected"] and slow["within_stated"] and slow["alerts_before"] == 0
+    assert slow["stated_minutes"] == 2.0 and slow["noticeable_minutes"] >= nb.SLOW_DELAY_S / 60  # a delay at least
+    assert slow["noticeable_minutes"] <= slow["minutes_to_detect"] <= slow["noticeable_minutes"] + 2
+    assert [e["kind"] for e in slow["events"]] == ["slow_propagation"]
+    assert slow["delay_blocks"] >= 3 and slow["delays_within_poll"]
+    assert 0 < slow["delay_error_s"] <= slow["delay_max_error_s"] <= nb.POLL_S  # 150 s is not a whole number of polls
+    keys = nb.bench_metrics({"slow_propagation": slow}, {"false_alarms": 0, "info": 0})
+    assert keys["network.slow_propagation.delay_error_s"] == {"value": slow["delay_error_s"], "unit": "s",
+                                                               "target": nb.POLL_S}
+    assert keys["network.slow_propagation.within_stated"]["value"] == 1.0

@@ -199,6 +199,64 @@ def test_partition_freezes_the_chain_then_catches_up(fresh) -> None:
     assert node.truth.network_events(detail=True)[0]["height"] == frozen
 
 
+def test_slow_propagation_announces_blocks_at_once_and_connects_them_late(fresh) -> None:
+    """During the window headers (getblockchaininfo.headers, peers' synced_headers) follow the true tip while the
+    node's chain lags: each block joins it exactly delay_s after it is mined (the truth says when, the RPC agrees);
+    a block mined in the window's last delay_s joins at its end, when the node catches up."""
+    node = fresh()
+    reference = make_node()  # the same chain, blocks arriving as they are mined
+    rpc = client(node)
+    at, delay, end = T0 + 10, 120.0, 12_600.0  # the fixture's blocks: 9644.5, 9685.6, ..., 12565.7 (34 s before end)
+    node.inject_slow_propagation(at, delay_s=delay, duration_s=end - at)
+    (event,) = node.truth.network_events(detail=True)
+    blocks = event["blocks"]
+    assert {k: v for k, v in event.items() if k != "blocks"} == {"kind": "slow_propagation", "start": at, "end": end,
+                                                                 "delay_s": delay}
+    times = node.chain.block_time
+    mined = [float(t) for t in times if at < t < end]
+    first = node.true_tip(at) + 1
+    assert [(b["height"], b["mined"]) for b in blocks] == list(zip(range(first, first + len(mined)), mined,
+                                                                   strict=True))
+    assert len(blocks) >= 5 and blocks[-1]["mined"] > end - delay  # the last one is caught up at the end
+    assert [b["arrived"] for b in blocks] == [min(b["mined"] + delay, end) for b in blocks]
+    assert node.truth.network_events() == [{"kind": "slow_propagation", "start": at, "end": end}]
+
+    def arrived_by(t: float) -> int:
+        return sum(b["arrived"] <= t for b in blocks)
+
+    leads = []
+    for t in np.arange(T0, end + 120, 15.0):
+        node.clock.set(float(t))
+        true_tip = node.true_tip(float(t))
+        count, info = rpc.getblockcount(), rpc.getblockchaininfo()
+        peers = rpc.call("getpeerinfo")
+        assert count == info["blocks"] == node.true_tip(at) + arrived_by(float(t))  # the truth's arrivals
+        assert info["headers"] == true_tip  # the headers arrive at once
+        assert {(p["synced_headers"], p["synced_blocks"]) for p in peers} == {(true_tip, true_tip)}
+        in_flight = sum(max(at, t - delay) < m <= t for m in mined) if at <= t < end else 0
+        assert info["headers"] - count == in_flight  # the blocks mined in the last delay_s of the window
+        assert rpc.call("getchaintips") == [{"height": count, "hash": rpc.call("getbestblockhash"), "branchlen": 0,
+                                             "status": "active"}]
+        leads.append(in_flight)
+        if in_flight:
+            with pytest.raises(RPCReplyError) as err:
+                rpc.getblockhash(count + 1)
+            assert err.value.code == -8
+    assert max(leads) == 2 and leads[-1] == 0  # 9644.5 and 9685.6 in flight together; none after the window
+    for b in blocks:  # each block joins the chain at its arrival, not a millisecond before
+        node.clock.set(b["arrived"] - 1e-3)
+        assert rpc.getblockcount() == b["height"] - 1
+        node.clock.set(b["arrived"] + 1e-6)
+        reference.clock.set(b["arrived"] + 1e-6)
+        assert rpc.getblockcount() == b["height"]
+        assert rpc.call("getbestblockhash") == reference.rpc.call("getblockhash", [b["height"]])
+        assert b["arrived"] - b["mined"] == (delay if b["mined"] + delay < end else end - b["mined"])
+    node.clock.set(end)  # caught up: the same answers as a node that never lagged
+    reference.clock.set(end)
+    assert rpc.getblockchaininfo() == reference.rpc.call("getblockchaininfo", [])
+    assert rpc.getblockcount() == node.true_tip(end) == blocks[-1]["height"]
+
+
 def test_stale_fork_is_a_valid_fork_tip(fresh) -> None:
     node = fresh()
     rpc = client(node)
@@ -266,6 +324,11 @@ def test_network_events_list_every_scenario(fresh) -> None:
     ("inject_mempool_flood", {"at_s": T0, "fee_sat_vb": math.nan}, "fee_sat_vb"),
     ("inject_mempool_flood", {"at_s": T0, "duration_s": -1}, "duration_s"),
     ("inject_mempool_flood", {"at_s": -5.0}, "at_s"),
+    ("inject_slow_propagation", {"at_s": T0, "delay_s": 0}, "delay_s"),
+    ("inject_slow_propagation", {"at_s": T0, "delay_s": math.inf}, "delay_s"),
+    ("inject_slow_propagation", {"at_s": T0, "delay_s": True}, "delay_s"),
+    ("inject_slow_propagation", {"at_s": T0, "duration_s": -60.0}, "duration_s"),
+    ("inject_slow_propagation", {"at_s": math.nan}, "at_s"),
     ("inject_rbf_bump", {"txid": "zz", "at_s": T0}, "txid"),
     ("inject_rbf_bump", {"txid": "ab" * 32, "at_s": T0}, "txid"),
 ])
@@ -285,6 +348,37 @@ def test_overlapping_partitions_are_refused() -> None:
     node.inject_partition(T0 + 700, duration_s=600)  # back to back is fine
     assert [e["start"] for e in node.truth.network_events()] == [T0 + 100, T0 + 700]
     assert node.true_tip(T0) >= START_HEIGHT
+
+
+def test_chain_windows_never_overlap_and_say_which() -> None:
+    """A slow propagation overlapping a partition or another slow propagation is refused, naming the other window;
+    so is one starting before an injected reorg or holding the chain below an injected stale fork's tip."""
+    node = make_node()
+    node.inject_partition(T0 + 100, duration_s=600)
+    cases = [(lambda: node.inject_slow_propagation(T0 + 600, duration_s=600), "overlaps the partition"),
+             (lambda: node.inject_slow_propagation(T0, duration_s=101), "overlaps the partition")]
+    node.inject_slow_propagation(T0 + 700, duration_s=600)  # back to back with the partition
+    cases += [(lambda: node.inject_slow_propagation(T0 + 1000, duration_s=60), "overlaps the slow_propagation"),
+              (lambda: node.inject_partition(T0 + 1200, duration_s=600), "the partition .* overlaps the "
+                                                                         "slow_propagation")]
+    for inject, message in cases:
+        with pytest.raises(ConfigError, match=message) as err:
+            inject()
+        assert err.value.setting == "at_s"
+    node.inject_slow_propagation(T0 + 1300, duration_s=60)
+    assert [(e["kind"], e["start"]) for e in node.truth.network_events()] == [
+        ("partition", T0 + 100), ("slow_propagation", T0 + 700), ("slow_propagation", T0 + 1300)]
+    forked = make_node()
+    forked.inject_stale_fork(T0 + 400, branchlen=1)  # on the blocks of 9644.5 and 9685.6
+    with pytest.raises(ConfigError, match="stale fork .* above the slow_propagation's tip") as err:
+        forked.inject_slow_propagation(T0 + 10, delay_s=600)
+    assert err.value.setting == "at_s"
+    forked.inject_slow_propagation(T0 + 500)  # after the fork: its tip is already there
+    reorged = make_node()
+    reorged.inject_reorg(1)
+    with pytest.raises(ConfigError, match="before an injected reorg; a slow_propagation") as err:
+        reorged.inject_slow_propagation(T0 - 10)
+    assert err.value.setting == "at_s" and reorged.truth.network_events() == []
 
 
 # ---- mempool flood
@@ -353,15 +447,19 @@ def test_simnode_cli_accepts_the_new_scenarios() -> None:
     first transaction at that time."""
     from anya_fl.cli.simnode import _inject, _scenarios
 
-    specs = ["mempool_flood@60", "rbf-replacement@120", "double_spend@240"]
-    assert _scenarios(specs) == [("mempool-flood", 60.0), ("rbf-replacement", 120.0), ("double-spend", 240.0)]
+    specs = ["mempool_flood@60", "rbf-replacement@120", "double_spend@240", "slow_propagation@7200"]
+    assert _scenarios(specs) == [("mempool-flood", 60.0), ("rbf-replacement", 120.0), ("double-spend", 240.0),
+                                 ("slow-propagation", 7200.0)]
+    assert _scenarios(["slow-propagation@30"]) == [("slow-propagation", 30.0)]
     with pytest.raises(ConfigError, match="scenario: .*KIND@SECONDS"):
         _scenarios(["rbf@10"])
     node, twin = make_node(), make_node()
     twin.clock.set(twin.t_start + 120)
     first = twin.rpc.call("getrawmempool", [])[0]  # what the node will list first then, as the bench picks it
     notes = [_inject(node, kind, at) for kind, at in _scenarios(specs)]
-    flood, bump, spend = sorted(node.truth.network_events(detail=True), key=lambda e: e["start"])
+    flood, bump, spend, slow = sorted(node.truth.network_events(detail=True), key=lambda e: e["start"])
+    assert (slow["kind"], slow["start"], slow["end"], slow["delay_s"]) == (
+        "slow_propagation", node.t_start + 7200, node.t_start + 10_800, 120.0) and notes[3] is None
     assert (flood["kind"], flood["start"]) == ("mempool_flood", node.t_start + 60) and notes[0] is None
     assert (bump["kind"], bump["txid"]) == ("rbf_replacement", first)
     assert first in notes[1] and bump["replacement"] in notes[1] and f"anya-fl watch add {first}" in notes[1]

@@ -54,7 +54,9 @@ def simnode(
     outage_for: Annotated[float, typer.Option(help="Simulated seconds the outage lasts.")] = 600.0,
     scenario: Annotated[list[str] | None, typer.Option(help="A scenario KIND@SECONDS after start (repeatable; "
                                                             "'-' or '_' in KIND): eclipse, inbound-flood, addr-spam, "
-                                                            "partition (90 min), stale-fork, mempool-flood (50,000 vB/s "
+                                                            "partition (90 min), stale-fork, slow-propagation (blocks "
+                                                            "arrive 2 min after they are mined, for 1 h), "
+                                                            "mempool-flood (50,000 vB/s "
                                                             "at 1 sat/vB for 2 h), double-spend and rbf-replacement "
                                                             "(each replaces the mempool's first transaction at that "
                                                             "time, printed at start: `anya-fl watch add` it before "
@@ -149,6 +151,7 @@ def simnode(
 
 SCENARIOS = {"eclipse": "inject_eclipse", "inbound-flood": "inject_inbound_flood", "addr-spam": "inject_addr_spam",
              "partition": "inject_partition", "stale-fork": "inject_stale_fork",
+             "slow-propagation": "inject_slow_propagation",
              "mempool-flood": "inject_mempool_flood", "double-spend": "inject_double_spend",
              "rbf-replacement": "inject_rbf_bump"}
 _REPLACING = ("double-spend", "rbf-replacement")  # they replace a mempool transaction

@@ -7,15 +7,20 @@ double spend replaces a payment on the watch list (``anya-fl watch add``) with a
 replacement replaces it with the payer's fee bump (the same outputs, a smaller change), which must be reported
 as a WARNING and never as CRITICAL: that scenario is watched on until the fee bump confirms, and any
 ``double-spend`` alert above its ceiling (``CEILING``) makes it undetected. The mempool flood fills the default
-300 MB mempool with 1 sat/vB transactions. A clean week: a simulated node whose chain spans a week, polled every 10
-simulated minutes; every alert above INFO is a false alarm. Keys: ``network.<scenario>.detected`` (1/0), ``network.<scenario>.minutes_to_detect``,
-``network.<scenario>.within_stated`` (1/0), ``network.clean_week.false_alarms``, ``network.clean_week.info``.
+300 MB mempool with 1 sat/vB transactions. Slow propagation holds every block mined in a 2-hour window back
+``SLOW_DELAY_S`` (its header arrives at once): the ``propagation`` detector must warn within two polls of the third
+such block's arrival, and each block the watch timed (``WatchResult.arrivals``) is scored against the node's truth
+(that scenario is watched on until the window ends): the measured delay must be within one poll of the true one.
+A clean week: a simulated node whose chain spans a week, polled every 10 simulated minutes; every alert above INFO
+is a false alarm. Keys: ``network.<scenario>.detected`` (1/0), ``network.<scenario>.minutes_to_detect``,
+``network.<scenario>.within_stated`` (1/0), ``network.slow_propagation.delay_error_s`` (the mean absolute error of
+the measured delays), ``network.clean_week.false_alarms``, ``network.clean_week.info``.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +29,7 @@ from anya_fl.simnode.config import MB, USAGE_PER_VBYTE
 from core.alerts import Alert, AlertEngine, Severity
 from core.bitcoin.network.detectors import CHAIN_SYNC_TIMEOUT_S, SUSTAINED_S
 from core.bitcoin.network.forecast import MIN_SPAN_S
+from core.bitcoin.network.propagation import BlockArrival
 from core.bitcoin.network.watch import NetworkWatch
 from core.bitcoin.network.watchlist import WatchList
 from core.bitcoin.rpc import BitcoinRPC, RPCConfig
@@ -36,6 +42,9 @@ WEEK_POLL_S = 600.0
 WEEK_TRANSACTIONS = 2_000_000  # about 18 simulated hours per 200,000 transactions: a week and some
 FLOOD_VB_PER_S = 50_000.0  # the mempool flood's arrivals (SimNode.inject_mempool_flood's default)
 FLOOD_MAXMEMPOOL_MB = 300.0  # the bench nodes' -maxmempool (Core's default)
+SLOW_DELAY_S = 150.0  # slow propagation: each block joins the node's chain 2.5 minutes after it is mined, not a
+# whole number of polls (a multiple of the poll would be measured exactly and hide the poll's granularity)
+SLOW_WINDOW_S = 7200.0  # ... for 2 hours (at about 8 simulated minutes a block, the third one is well inside)
 
 # scenario -> (detector, severity it must reach, how it starts, the stated time to detect in seconds after
 # the moment the node could first notice it, and that moment)
@@ -59,6 +68,11 @@ SCENARIOS: dict[str, tuple[str, Severity, Start, float, str]] = {
                       lambda n, t: n.inject_mempool_flood(t, vbytes_per_s=FLOOD_VB_PER_S, duration_s=7200.0),
                       0.9 * FLOOD_MAXMEMPOOL_MB * MB / (USAGE_PER_VBYTE * FLOOD_VB_PER_S) + 2 * POLL_S,
                       "the start"),
+    # blocks held back SLOW_DELAY_S (>= SLOW_BLOCK_S + a poll, so every one is timed as slow): the detector needs 3
+    # slow blocks, so it can warn once the third block mined in the window has arrived (the node's truth says when)
+    "slow_propagation": ("propagation", Severity.WARNING,
+                         lambda n, t: n.inject_slow_propagation(t, delay_s=SLOW_DELAY_S, duration_s=SLOW_WINDOW_S),
+                         2 * POLL_S, "the third block mined in the window arrives"),
     # the node's disk (the watch's resources) losing 5 GB an hour from 40 GB free: the forecast warns a day
     # ahead once it has two hours of points (the watch started 10 minutes before the disk began to fill)
     "disk_filling": ("forecast", Severity.WARNING, lambda n, t: None, MIN_SPAN_S - WARMUP_S + 2 * POLL_S,
@@ -72,6 +86,28 @@ REPLACE: dict[str, Callable[[SimNode, str, float], str]] = {
     "double_spend": lambda n, txid, t: n.inject_double_spend(txid, t),
     "rbf_replacement": lambda n, txid, t: n.inject_rbf_bump(txid, t),
 }
+
+
+def _window_blocks(node: SimNode, kind: str) -> list[dict[str, Any]]:
+    """The truth's blocks of the first ``kind`` event (slow propagation: height, mined, arrived), else []."""
+    return next((e["blocks"] for e in node.truth.network_events(detail=True) if e["kind"] == kind), [])
+
+
+def _noticeable(name: str, node: SimNode, t0: float) -> float:
+    """The first moment the node could notice scenario ``name`` started at ``t0`` (its stated time counts from it)."""
+    if name == "partition":  # the first block the node misses
+        return min((float(t) for t in node.chain.block_time if t > t0), default=t0)
+    if name == "slow_propagation":  # the third block mined in the window arrives
+        blocks = _window_blocks(node, name)
+        return blocks[2]["arrived"] if len(blocks) >= 3 else float("inf")
+    return t0
+
+
+def delay_errors(node: SimNode, timed: Iterable[BlockArrival]) -> list[float]:
+    """|measured - true delay| (s) of each timed block: the true delay is the node's truth (arrived - mined) for a
+    block mined in a slow-propagation window, else 0 (it arrives as it is mined)."""
+    truth = {b["height"]: b["arrived"] - b["mined"] for b in _window_blocks(node, "slow_propagation")}
+    return [abs(a.delay_s - truth.get(a.height, 0.0)) for a in timed]
 
 
 def _watch(node: SimNode, state: Path) -> NetworkWatch:
@@ -103,6 +139,7 @@ def run_scenario(name: str, seed: int = 0) -> dict[str, Any]:
                 node.advance(POLL_S)
                 early += [a for a in watch.poll_once().alerts if a.severity > Severity.INFO]
             t0 = node.now() + 1.0
+            timed: list[BlockArrival] = []  # the blocks the watch timed from the scenario's start
             fill_from.append(t0)
             if name in REPLACE:
                 txid = watch.rpc.call("getrawmempool")[0]
@@ -117,7 +154,9 @@ def run_scenario(name: str, seed: int = 0) -> dict[str, Any]:
             over: list[Alert] = []  # the detector's alerts above the scenario's ceiling
             while first is None and node.now() < t0 + LIMIT_S:
                 node.advance(POLL_S)
-                alerts = [a for a in watch.poll_once().alerts if a.detector == detector and not a.resolved]
+                result = watch.poll_once()
+                timed += result.arrivals
+                alerts = [a for a in result.alerts if a.detector == detector and not a.resolved]
                 over += [a for a in alerts if ceiling is not None and a.severity > ceiling]
                 first = next((a for a in alerts if a.severity >= severity), None)
             if ceiling is not None:  # watched on until the replacement confirms (and the watch list says so)
@@ -130,15 +169,24 @@ def run_scenario(name: str, seed: int = 0) -> dict[str, Any]:
                     node.advance(POLL_S)
                     over += [a for a in watch.poll_once().alerts if a.detector == detector and not a.resolved
                              and a.severity > ceiling]
-            noticeable = t0
-            if name == "partition":
-                noticeable = min((float(t) for t in node.chain.block_time if t > t0), default=t0)
+            if name == "slow_propagation":  # watched on until every block of the window has arrived, to score delays
+                while node.now() < min(t0 + SLOW_WINDOW_S + 2 * POLL_S, t0 + LIMIT_S):
+                    node.advance(POLL_S)
+                    timed += watch.poll_once().arrivals
+            noticeable = _noticeable(name, node, t0)
             seconds = None if first is None else first.time - (GENESIS_EPOCH + t0)
             after = None if first is None else first.time - (GENESIS_EPOCH + noticeable)
             detected = first is not None and not over
-            return {"detected": detected, "minutes_to_detect": None if seconds is None else seconds / 60,
+            delays: dict[str, Any] = {}
+            if name == "slow_propagation":
+                errors = delay_errors(node, timed)
+                delays = {"delay_blocks": len(errors), "delay_error_s": sum(errors) / len(errors) if errors else None,
+                          "delay_max_error_s": max(errors, default=None),
+                          "delays_within_poll": bool(errors) and max(errors) <= POLL_S}
+            return {**delays, "detected": detected, "minutes_to_detect": None if seconds is None else seconds / 60,
                     "within_stated": detected and after is not None and after <= stated_s,
-                    "stated_minutes": stated_s / 60, "stated_from": since, "alerts_before": len(early),
+                    "stated_minutes": stated_s / 60, "stated_from": since,
+                    "noticeable_minutes": (noticeable - t0) / 60, "alerts_before": len(early),
                     "above_ceiling": [f"{a.severity.name}: {a.title}" for a in over],
                     "events": node.truth.network_events()}
     finally:
@@ -177,6 +225,8 @@ def bench_metrics(scenarios: dict[str, dict[str, Any]], week: dict[str, Any]) ->
         out[f"network.{name}.minutes_to_detect"] = {"value": r["minutes_to_detect"], "unit": "min",
                                                     "target": r["stated_minutes"]}
         out[f"network.{name}.within_stated"] = {"value": float(r["within_stated"]), "unit": "", "target": 1.0}
+        if "delay_error_s" in r:  # a measured delay is known to within a poll
+            out[f"network.{name}.delay_error_s"] = {"value": r["delay_error_s"], "unit": "s", "target": POLL_S}
     out["network.clean_week.false_alarms"] = {"value": float(week["false_alarms"]), "unit": "alerts",
                                               "target": 0.0}
     out["network.clean_week.info"] = {"value": float(week["info"]), "unit": "alerts", "target": None}

@@ -6,8 +6,9 @@
 answering -28, an RPC outage (connection refused, then the same port again), a reorg shown as a stale branch
 until the next block, a full mempool (evictions, a rising mempoolminfee) and RBF replacements of lower-fee
 phantom versions, injected double spends, fee bumps and a low-fee mempool flood (``flood``); on the P2P side
-an eclipse, an inbound flood, addr spam, a partition and a stale fork (``network_scenarios``). ``node.truth`` gives the simulator's ground truth; ``write_labels`` an operator
-labels file.
+an eclipse, an inbound flood, addr spam, a partition, a stale fork and slow block propagation
+(``network_scenarios``). ``node.truth`` gives the simulator's ground truth; ``write_labels`` an operator labels
+file.
 
 Modules: ``config`` (SimNodeConfig, constants), ``timeline`` (mempool enter/leave times, evictions,
 phantoms, sequence), ``render`` (transactions in Core's JSON), ``blocks`` (hashes, active chain, stale

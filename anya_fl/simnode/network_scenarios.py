@@ -15,6 +15,10 @@ and the scenarios injected, determined by the seed:
   bytesrecv_per_msg["addrv2"] grows ``ADDR_BYTES`` per address (shown while that peer stays connected).
 * ``partition``: the node receives nothing during the window; its chain stays at the blocks it had at the start
   while peers report the true tip; at the end it catches up (see ``SimNode.inject_partition``).
+* ``slow_propagation``: during the window headers arrive at once (peers and getblockchaininfo.headers show the
+  true tip) but a block mined at ``tb`` joins the node's chain only at ``tb + delay_s``; at the end it catches up
+  (see ``SimNode.inject_slow_propagation``). A partition and a slow propagation are both *chain windows*: the
+  node's chain at ``t`` is the true chain at ``chain_time(t)`` (``held_time``), and they never overlap.
 * ``stale_fork``: getchaintips lists a valid-fork tip of ``branchlen`` blocks off the active chain from then on.
 * ``double_spend``: a conflicting transaction replaces a mempool transaction from then on (open-ended; see
   ``SimNode.inject_double_spend``); recorded here for ground truth only, it changes no connection.
@@ -47,7 +51,8 @@ ADDR_BUCKET = 1000.0  # Core's MAX_ADDR_PROCESSING_TOKEN_BUCKET
 ADDR_BYTES = 30  # addrv2 bytes per address (rough)
 ECLIPSE_AS, FLOOD_AS_V4, FLOOD_AS_V6 = 64500, 64510, 64511  # documentation AS numbers
 KINDS = ("eclipse", "inbound_flood", "addr_spam", "partition", "stale_fork", "double_spend", "rbf_replacement",
-         "mempool_flood")
+         "mempool_flood", "slow_propagation")
+CHAIN_WINDOWS = ("partition", "slow_propagation")  # the scenarios that hold the node's chain behind the true one
 _EPS = 1e-9
 
 
@@ -63,6 +68,7 @@ class NetworkEvent:
     branchlen: int = 0  # stale_fork
     height: int = 0  # stale_fork: the fork tip's height; partition: the frozen tip
     branch: int = 0  # stale_fork: the block branch number of its blocks
+    delay_s: float = 0.0  # slow_propagation: how long after it is mined a block joins the node's chain
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def active(self, t: float) -> bool:
@@ -92,6 +98,24 @@ def check_positive(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
         raise ConfigError(name, f"{value!r} must be a finite number > 0")
     return float(value)
+
+
+def held_time(event: NetworkEvent, t: float) -> float:
+    """The simulated time whose blocks the node has at ``t`` inside chain window ``event``: a partition's start
+    (it receives nothing), or ``max(start, t - delay_s)`` for a slow propagation (never going backwards)."""
+    if event.kind == "partition":
+        return event.start
+    if event.kind == "slow_propagation":
+        return max(event.start, t - event.delay_s)
+    raise ValueError(f"{event.kind} is not a chain window")
+
+
+def slow_arrival(event: NetworkEvent, mined: float) -> float:
+    """When a block mined at ``mined`` joins the node's chain under slow propagation ``event`` (the first ``t``
+    with ``held_time(event, t) >= mined``): at once if mined by the start, ``delay_s`` later inside the window,
+    at the end (the catch-up) if that is later than the end."""
+    assert event.end is not None
+    return mined if mined <= event.start else min(mined + event.delay_s, event.end)
 
 
 def addr_counts(event: NetworkEvent, t: float) -> tuple[int, int, int]:
@@ -213,13 +237,20 @@ class Network:
 
     # ---- chain
 
-    def partition_at(self, t: float) -> NetworkEvent | None:
-        return next((e for e in self.of_kind("partition") if e.active(t)), None)
+    def window_at(self, t: float) -> NetworkEvent | None:
+        """The chain window (partition or slow propagation) active at ``t``, if any (they never overlap)."""
+        return next((e for e in self.events if e.kind in CHAIN_WINDOWS and e.active(t)), None)
 
     def chain_time(self, t: float) -> float:
-        """The simulated time whose blocks the node has at ``t``: a partition's start during it, else ``t``."""
-        p = self.partition_at(t)
-        return t if p is None else p.start
+        """The simulated time whose blocks the node has at ``t``: ``held_time`` inside a chain window, else ``t``."""
+        w = self.window_at(t)
+        return t if w is None else held_time(w, t)
+
+    def header_time(self, t: float) -> float:
+        """The simulated time whose block headers the node has at ``t``: a partition's start during it (it
+        receives nothing), else ``t`` (a slow block download still gets every header at once)."""
+        w = self.window_at(t)
+        return w.start if w is not None and w.kind == "partition" else t
 
     def forks_at(self, t: float) -> list[NetworkEvent]:
         return [e for e in self.of_kind("stale_fork") if e.start <= t]
@@ -241,6 +272,8 @@ class Network:
             doc.update(per_s=e.rate, peer=None if peer is None else peer.id, addr=None if peer is None else peer.addr)
         elif e.kind == "partition":
             doc["height"] = e.height
+        elif e.kind == "slow_propagation":
+            doc.update(delay_s=e.delay_s, blocks=[dict(b) for b in e.extra["blocks"]])
         elif e.kind == "double_spend":
             doc.update(txid=e.extra["txid"], conflict=e.extra["conflict"], height=e.extra["height"])
         elif e.kind == "rbf_replacement":

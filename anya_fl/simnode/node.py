@@ -4,7 +4,8 @@ At simulated time T the node has the blocks with ``block_time <= T`` (tip = STAR
 mempool of the transactions that arrived by T and are not yet in a block (plus scenario effects: phantoms,
 evictions, a reorg's dropped transactions, double spends). Everything is a function of T and the scenario events
 injected so far, so any simulated time can be answered without replaying requests. P2P-side scenarios (eclipse,
-inbound flood, addr spam, partition, stale fork) are in ``network_scenarios``; a partition freezes the node's chain.
+inbound flood, addr spam, partition, stale fork, slow propagation) are in ``network_scenarios``; a partition freezes
+the node's chain, a slow propagation holds each block back ``delay_s`` after it is mined.
 A double spend (``inject_double_spend``), an RBF fee bump (``inject_rbf_bump``) and a mempool flood
 (``inject_mempool_flood``, modelled in ``flood``) are recorded with them for ground truth.
 """
@@ -16,6 +17,7 @@ import io
 import math
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,15 @@ from anya_fl.simnode.blocks import Blocks, Reorg, View
 from anya_fl.simnode.config import INCREMENTAL_SAT_VB, MIN_RELAY_SAT_VB, SimNodeConfig
 from anya_fl.simnode.encoding import hex_id
 from anya_fl.simnode.flood import MempoolFlood
-from anya_fl.simnode.network_scenarios import Network, NetworkEvent, check_positive, check_time
+from anya_fl.simnode.network_scenarios import (
+    CHAIN_WINDOWS,
+    Network,
+    NetworkEvent,
+    check_positive,
+    check_time,
+    held_time,
+    slow_arrival,
+)
 from anya_fl.simnode.peers import Peer, make_peers
 from anya_fl.simnode.render import TxRenderer, btc
 from anya_fl.simnode.rpc import CoreRPC
@@ -214,8 +224,10 @@ class SimNode:
         self._poll()
 
     def view(self, t: float | None = None) -> View:
-        """The node at simulated time ``t`` (now by default); during a partition its blocks are those it had at
-        the partition's start (a stale branch shown then stays shown until the next block after it)."""
+        """The node at simulated time ``t`` (now by default); its blocks are those mined by
+        ``network.chain_time(t)``: during a partition those it had at the partition's start, during a slow
+        propagation those mined ``delay_s`` ago (a stale branch shown then stays shown until the next block after
+        it arrives)."""
         t = self.now() if t is None else t
         t_chain = self.network.chain_time(t)
         nb = self.timeline.blocks_at(t_chain)
@@ -226,6 +238,11 @@ class SimNode:
     def true_tip(self, t: float) -> int:
         """The simulated chain's tip height at ``t`` (what the network has, whatever the node has)."""
         return START_HEIGHT + self.timeline.blocks_at(t)
+
+    def headers_tip(self, t: float) -> int:
+        """The best header height the node has at ``t`` (getblockchaininfo.headers): the true tip, except during
+        a partition (the tip it had at the start: it receives nothing)."""
+        return self.true_tip(self.network.header_time(t))
 
     def peers_at(self, t: float) -> list[Peer]:
         """The peers connected at simulated time ``t``, by id (outbound and inbound)."""
@@ -389,8 +406,12 @@ class SimNode:
     def _start(self, at_s: float | None) -> float:
         return self.now() if at_s is None else check_time("at_s", at_s, self.t_start)
 
+    def _event(self, kind: str, start: float, end: float | None, **fields: Any) -> NetworkEvent:
+        """The next event (its index the injection order), not yet added."""
+        return NetworkEvent(index=len(self.network.events), kind=kind, start=start, end=end, **fields)
+
     def _add_event(self, kind: str, start: float, end: float | None, **fields: Any) -> NetworkEvent:
-        event = NetworkEvent(index=len(self.network.events), kind=kind, start=start, end=end, **fields)
+        event = self._event(kind, start, end, **fields)
         self.network.add(event)
         return event
 
@@ -434,21 +455,53 @@ class SimNode:
         duration = check_positive("duration_s", duration_s)
         with self.lock:
             start = self._start(at_s)
+            self._add_chain_window(self._event("partition", start, start + duration, height=self.true_tip(start)))
+
+    def inject_slow_propagation(self, at_s: float | None = None, delay_s: float = 120.0,
+                                duration_s: float = 3600.0) -> None:
+        """Blocks reach the node slowly during [at_s, at_s + duration_s): a block mined at ``tb`` in the window is
+        announced at once (peers' synced_headers/synced_blocks and getblockchaininfo.headers show the true tip:
+        the headers arrive) but joins the node's chain (getblockcount, getbestblockhash, getblockchaininfo.blocks,
+        getblock*, getchaintips, ...) only at ``tb + delay_s``. The node's chain time is ``max(at_s, t -
+        delay_s)`` (the partition's mechanism, ``network_scenarios.held_time``), so it never goes backwards; at
+        the end the node catches up at once. Recorded as kind "slow_propagation" (detail: ``delay_s`` and, per
+        block mined in the window, its ``height``, ``mined`` and ``arrived`` times: what one node cannot see).
+
+        Simplifications: as for a partition the mempool is not held back (a block's transactions leave it when the
+        block is mined); a block announced but not yet arrived is not shown as a headers-only tip in getchaintips
+        nor served by getblockheader (-5 until it arrives).
+        """
+        delay = check_positive("delay_s", delay_s)
+        duration = check_positive("duration_s", duration_s)
+        with self.lock:
+            start = self._start(at_s)
             end = start + duration
-            for e in self.network.of_kind("partition"):
+            window = self._event("slow_propagation", start, end, delay_s=delay)
+            times = self.chain.block_time
+            blocks = [{"height": self.blocks.first + b, "mined": float(times[b]),
+                       "arrived": slow_arrival(window, float(times[b]))}
+                      for b in range(self.timeline.blocks_at(start), self.timeline.blocks_at(end)) if times[b] < end]
+            self._add_chain_window(replace(window, extra={"blocks": blocks}))
+
+    def _add_chain_window(self, window: NetworkEvent) -> None:
+        """Add a chain window (``network_scenarios.CHAIN_WINDOWS``), refusing one that overlaps another chain window,
+        starts before an injected reorg, or would hold the chain below an injected stale fork's tip."""
+        kind, start, end = window.kind, window.start, window.end
+        assert end is not None
+        for e in self.network.events:
+            if e.kind in CHAIN_WINDOWS:
                 assert e.end is not None
                 if start < e.end and e.start < end:
-                    raise ConfigError("at_s", f"the partition [{start}, {end}) overlaps the partition "
+                    raise ConfigError("at_s", f"the {kind} [{start}, {end}) overlaps the {e.kind} "
                                               f"[{e.start}, {e.end})")
-            if any(r.t_start > start for r in self._reorgs):
-                raise ConfigError("at_s", f"{start} is before an injected reorg; a partition starts after the "
-                                          f"reorgs injected so far")
-            height = self.true_tip(start)
-            for e in self.network.of_kind("stale_fork"):
-                if start <= e.start < end and e.height > height:
-                    raise ConfigError("at_s", f"the stale fork at {e.start} (height {e.height}) would be above the "
-                                              f"partitioned tip {height}")
-            self._add_event("partition", start, end, height=height)
+        if any(r.t_start > start for r in self._reorgs):
+            raise ConfigError("at_s", f"{start} is before an injected reorg; a {kind} starts after the reorgs "
+                                      f"injected so far")
+        for e in self.network.of_kind("stale_fork"):
+            if window.active(e.start) and e.height > (held := self.true_tip(held_time(window, e.start))):
+                raise ConfigError("at_s", f"the stale fork at {e.start} (height {e.height}) would be above the "
+                                          f"{kind}'s tip {held} then")
+        self.network.add(window)
 
     def inject_stale_fork(self, at_s: float | None = None, branchlen: int = 2) -> None:
         """From ``at_s`` getchaintips lists a valid-fork tip of ``branchlen`` blocks off the active chain: blocks

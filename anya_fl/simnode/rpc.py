@@ -185,7 +185,7 @@ class CoreRPC:
         b = self.node.blocks
         tip = v.tip
         return {
-            "chain": "main", "blocks": tip, "headers": tip, "bestblockhash": b.hash(*b.tip(v)),
+            "chain": "main", "blocks": tip, "headers": self.node.headers_tip(v.t), "bestblockhash": b.hash(*b.tip(v)),
             "difficulty": DIFFICULTY, "time": b.time(tip), "mediantime": b.mediantime(tip),
             "verificationprogress": 0.9999987, "initialblockdownload": False, "chainwork": b.chainwork(tip),
             "size_on_disk": 650_000_000_000 + 1_600_000 * (tip - b.first), "pruned": False, "warnings": "",

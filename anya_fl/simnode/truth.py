@@ -80,7 +80,9 @@ class Truth:
         confirms the conflict in the target's place, None if the target never confirms), rbf_replacement ``txid``,
         ``replacement`` and ``height`` (the same for a fee bump), mempool_flood ``vbytes_per_s``, ``fee_sat_vb``,
         ``tx_vsize`` and ``full_at`` (the first simulated time it filled the mempool to maxmempool, on the flood's
-        10 s grid; None if it never does)."""
+        10 s grid; None if it never does), slow_propagation ``delay_s`` and ``blocks``: per block mined in the window
+        ``{height, mined, arrived}`` (when it joined the node's chain: ``mined + delay_s``, or the window's end if
+        that is earlier; the ground truth of propagation delays, which one node cannot observe)."""
         node = self._node
         net = node.network
         with node.lock:
