@@ -1,11 +1,15 @@
 """Block propagation as one node sees it: per block, from its first announcement among our peers to its arrival.
 
-What a node can observe over RPC, poll by poll: the best header height any peer has told us of
-(``getpeerinfo`` ``synced_headers``, and our own header chain ``getblockchaininfo.headers``), and the height of
-our own active chain (``getblockchaininfo.blocks``). A height is *announced* at the first poll where either
-header height reaches it, and has *arrived* at the first poll where our chain does; the delay is the
-difference. Both ends are poll times, so a delay is known to within one poll interval, and a block announced
-and connected between two polls shows 0. Heights already announced at the watch's first poll are not timed.
+What a node can observe over RPC, poll by poll: the best header height its peers have told it of
+(``getpeerinfo`` ``synced_headers``: the second highest, so one peer's bad value cannot move it; and our own
+header chain ``getblockchaininfo.headers``, which Core has validated), and the height of our own active chain
+(``getblockchaininfo.blocks``). A height is *announced* at the first poll where that header height reaches
+it, and has *arrived* at the first poll where our chain does; the delay is the difference. Both ends are poll
+times, so a delay is known to within one poll interval, and a block announced and connected between two
+polls shows 0. Not timed: heights announced before the watch's first poll or while it was stopped (their
+announcement was not seen), blocks that arrive more than ``CATCH_UP_BLOCKS`` at once (a node catching up
+after a partition or a restart: the ``partition`` detector's case, not propagation), and heights still
+missing ``PENDING_TIMEOUT_S`` after their announcement (dropped).
 
 What one node cannot observe: when a block was mined (its header time is the miner's claim, allowed two hours
 off) and how fast it reached the rest of the network. The simulated node knows both; ``anya-fl bench network``
@@ -29,6 +33,8 @@ from typing import Any
 from core.alerts import Finding, Severity
 
 SLOW_BLOCK_S = 60.0
+CATCH_UP_BLOCKS = 2  # more blocks than this connected in one poll: a resync, not propagation
+PENDING_TIMEOUT_S = 2 * 3600.0  # an announced height that has not arrived by then is dropped
 RECENT_BLOCKS = 6
 SLOW_BLOCKS = 3
 MAX_PENDING = 2016  # announced heights waiting for their block (a day of blocks is 144; more is a bad reply)
@@ -55,8 +61,9 @@ def heights(peers: Any, blockchain: Any) -> tuple[int | None, int | None]:
     """(best announced header height, our chain's height) from getpeerinfo and getblockchaininfo replies;
     None where a reply or field is missing or malformed."""
     ours = _height(blockchain.get("blocks")) if isinstance(blockchain, Mapping) else None
-    announced = [h for h in ((_height(p.get("synced_headers")) for p in peers if isinstance(p, Mapping))
-                             if isinstance(peers, list) else ()) if h is not None]
+    claims = sorted(h for h in ((_height(p.get("synced_headers")) for p in peers if isinstance(p, Mapping))
+                                if isinstance(peers, list) else ()) if h is not None)
+    announced = [claims[-2] if len(claims) >= 2 else claims[-1]] if claims else []
     if isinstance(blockchain, Mapping) and (h := _height(blockchain.get("headers"))) is not None:
         announced.append(h)
     return (max(announced) if announced else None), ours
@@ -69,14 +76,16 @@ class PropagationTracker:
     last_announced: int | None = None
     pending: dict[int, float] = field(default_factory=dict)  # height -> announced at
     recent: list[BlockArrival] = field(default_factory=list)
+    resumed: bool = field(default=False, compare=False)  # loaded from saved state, not yet polled
 
     def observe(self, now: float, peers: Any, blockchain: Any) -> list[BlockArrival]:
         """One poll's replies; returns the blocks that arrived since the previous poll."""
         announced, ours = heights(peers, blockchain)
         if announced is None or ours is None or not math.isfinite(now):
             return []
-        if self.last_announced is None:
-            self.last_announced = max(announced, ours)  # what was announced before we watched is not timed
+        if self.last_announced is None or self.resumed:  # announced before we watched, or while we were stopped
+            self.last_announced = max(announced, ours, self.last_announced or 0)
+            self.resumed = False
         elif announced > self.last_announced:
             for h in range(max(self.last_announced + 1, announced - MAX_PENDING + 1), announced + 1):
                 self.pending.setdefault(h, now)
@@ -84,6 +93,10 @@ class PropagationTracker:
         arrived = [BlockArrival(h, t, now) for h, t in sorted(self.pending.items()) if h <= ours]
         for a in arrived:
             del self.pending[a.height]
+        for h in [h for h, t in self.pending.items() if now - t > PENDING_TIMEOUT_S]:
+            del self.pending[h]
+        if len(arrived) > CATCH_UP_BLOCKS:  # a resync after a partition or an outage: not propagation
+            return []
         self.recent = (self.recent + arrived)[-RECENT_BLOCKS:]
         return arrived
 
@@ -109,6 +122,7 @@ class PropagationTracker:
             last = d.get("last_announced")
             return cls(last_announced=_height(last),
                        pending={int(h): float(t) for h, t in d.get("pending", {}).items()},
-                       recent=[BlockArrival(int(h), float(a), float(b)) for h, a, b in d.get("recent", [])])
+                       recent=[BlockArrival(int(h), float(a), float(b)) for h, a, b in d.get("recent", [])],
+                       resumed=True)
         except (AttributeError, TypeError, ValueError):
             return cls()
