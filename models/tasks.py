@@ -50,12 +50,12 @@ def _mlp(sizes: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class FraudNet(nn.Module):
-    """Transaction features -> logit of P(illicit)."""
+class BinaryClassifier(nn.Module):
+    """A task schema's raw rows -> logit of P(positive); ``infer`` gives the probability."""
 
-    def __init__(self, hidden: tuple[int, ...] = (64, 32)) -> None:
+    def __init__(self, task: str, hidden: tuple[int, ...]) -> None:
         super().__init__()
-        schema = TASK_SCHEMAS["fraud"]
+        schema = TASK_SCHEMAS[task]
         self.norm = Normalizer(schema)
         self.body = _mlp([schema.width, *hidden, 1])
 
@@ -64,6 +64,13 @@ class FraudNet(nn.Module):
 
     def infer(self, x: Tensor) -> Tensor:
         return torch.sigmoid(self.forward(x))
+
+
+class FraudNet(BinaryClassifier):
+    """Transaction features -> logit of P(illicit)."""
+
+    def __init__(self, hidden: tuple[int, ...] = (64, 32)) -> None:
+        super().__init__("fraud", hidden)
 
 
 class FeeNet(nn.Module):
@@ -143,7 +150,7 @@ class AnomalyAE(nn.Module):
         return self.forward(x).pow(2).mean(dim=-1)
 
 
-class NetworkNet(nn.Module):
+class NetworkNet(BinaryClassifier):
     """One node telemetry vector (``TELEMETRY_SCHEMA``) -> logit of P(the node is under a network attack).
 
     Supervised: a node learns from the minutes its operator (or, in simulation, the simulated node's truth)
@@ -151,16 +158,7 @@ class NetworkNet(nn.Module):
     """
 
     def __init__(self, hidden: tuple[int, ...] = (32, 16)) -> None:
-        super().__init__()
-        schema = TASK_SCHEMAS["network"]
-        self.norm = Normalizer(schema)
-        self.body = _mlp([schema.width, *hidden, 1])
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.body(self.norm(x)).squeeze(-1)
-
-    def infer(self, x: Tensor) -> Tensor:
-        return torch.sigmoid(self.forward(x))
+        super().__init__("network", hidden)
 
 
 def fraud_loss(out: Tensor, y: Tensor) -> Tensor:

@@ -42,6 +42,7 @@ import numpy as np
 
 from core.bitcoin.features import MEMPOOL_SCHEMA, TX_SCHEMA
 from core.errors import ConfigError, DatasetError
+from core.sqlite_db import write_transaction
 
 __all__ = [
     "APPLICATION_ID",
@@ -382,18 +383,9 @@ class CollectorStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         """One atomic write (BEGIN IMMEDIATE ... COMMIT, rolled back on any exception)."""
-        with self._lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.db
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    self.db.execute("ROLLBACK")
-                raise
-            self.db.execute("COMMIT")
+        return write_transaction(self.db, self._lock)
 
     # ---- meta
 

@@ -19,7 +19,6 @@ import contextlib
 import math
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import numpy as np
 from core.bitcoin.network.telemetry_schema import TELEMETRY_SCHEMA
 from core.data.datasets import DEFAULT_SPLIT, SPLITS, TaskSplits
 from core.errors import ConfigError, DatasetError
+from core.sqlite_db import write_transaction
 
 FILE = "telemetry.sqlite"
 WATCH_DIR = "watch"  # the watch's state directory under a node's data dir (`anya-fl node`)
@@ -103,16 +103,8 @@ class TelemetryStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+    def _write(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return write_transaction(self.db)
 
     # ---- telemetry
 
