@@ -100,3 +100,58 @@ def test_a_node_with_only_clean_minutes_is_told_apart_from_one_with_attacks() ->
     for s in SPLITS:
         y = data.y[s]
         assert 0 < y.sum() < len(y), s
+
+
+@pytest.mark.slow
+def test_the_served_network_model_joins_the_watch_detectors(tmp_path) -> None:
+    """A network model trained on watched episodes, signed into a registry, scores a live node's telemetry:
+    quiet while the node is clean, a `network-model` WARNING after two polls of an eclipse."""
+    from typer.testing import CliRunner
+
+    from anya_fl.cli import app as cli
+    from anya_fl.cli.watch import build_watch, network_model
+    from anya_fl.experiments.network_data import sample_network_splits
+    from core.bitcoin.rpc import RPCConfig
+    from core.errors import ConfigError
+    from core.security.signing import generate_signing_key, load_private_key
+    from core.serving.registry import ModelRegistry
+    from models.export import export_onnx
+    from models.tasks import build_model, task_spec
+    from models.training import TrainConfig, train
+    from tests.simnode_fixtures import make_node
+
+    data = sample_network_splits(3)
+    model = build_model("network", 0)
+    spec = task_spec("network")
+    train(model, spec.loss, data.x["train"], data.y["train"], TrainConfig(epochs=30, batch_size=64, lr=spec.lr))
+    generate_signing_key(tmp_path / "k.key", tmp_path / "k.pub")
+    reg = ModelRegistry(tmp_path / "registry", signing_key=load_private_key(tmp_path / "k.key"))
+    reg.promote(reg.publish("network", export_onnx("network", model, {"version": 1}), run="t", round=1,
+                            metrics={}).ref, "production")
+    with pytest.raises(ConfigError, match="trust: missing"):
+        network_model(tmp_path / "registry", None)
+    with pytest.raises(ConfigError, match="not a registry directory"):
+        network_model(tmp_path, [tmp_path / "k.pub"])
+    generate_signing_key(tmp_path / "other.key", tmp_path / "other.pub")
+    refused = CliRunner().invoke(cli, ["watch", "--once", "--rpc-url", "http://127.0.0.1:1", "--rpc-user", "u",
+                                       "--registry", str(tmp_path / "registry"), "--trust", str(tmp_path / "other.pub")],
+                                 env={"ANYA_FL_RPC_PASSWORD": "p"})
+    assert refused.exit_code != 0 and "signed by unknown key" in str(refused.exception)  # another key's model
+
+    node = make_node().start()
+    try:
+        watch, _ = build_watch(RPCConfig(url=node.url, user="alice", password="s3cret", retries=0), tmp_path / "w",
+                               model=network_model(tmp_path / "registry", [tmp_path / "k.pub"]))
+        scored = []
+        for i in range(8):
+            if i == 4:
+                node.inject_eclipse(node.now() + 1.0)
+            node.advance(60.0)
+            res = watch.poll_once()
+            scored += [f for f in res.findings if f.detector == "network-model"]
+    finally:
+        node.stop()
+    assert len(scored) == 7  # every poll with rates (not the first)
+    assert [f.active for f in scored] == [False, False, False, False, True, True, True]
+    assert all(f.value < 0.5 for f in scored[:3]) and all(f.value >= 0.5 for f in scored[3:])
+    assert scored[-1].severity.name == "WARNING" and "for 3 polls in a row" in scored[-1].message

@@ -41,6 +41,10 @@ def watch(
     bitcoind_pid: Annotated[int | None, typer.Option(help="bitcoind's PID: its memory joins the telemetry.")] = None,
     datadir: Annotated[Path | None, typer.Option(help="Core's data directory: its disk's free space joins the "
                                                       "telemetry (default: --state-dir's disk).")] = None,
+    registry: Annotated[Path | None, typer.Option(help="A model registry holding network@production (a run's "
+                                                       "RUN_DIR/registry): its P(attack) joins the detectors.")] = None,
+    trust: Annotated[list[Path] | None, typer.Option(help="Public key(s) whose model signatures are accepted "
+                                                          "(the coordinator's model-signing.pub).")] = None,
 ) -> None:
     """Watch this node's P2P side: eclipse risk, partition and stale tip, forks, inbound floods, addr spam,
     a full mempool, disk and CPU, and the payments on the watch list (`anya-fl watch add TXID`: replaced or
@@ -59,7 +63,7 @@ def watch(
         raise ConfigError("interval", f"{interval} must be > 0 seconds")
     watcher, webhook = build_watch(operator_rpc_config(rpc_url, rpc_cookie, rpc_user), state_dir, jsonl=jsonl,
                                    webhook_url=webhook_url, cooldown=cooldown, bitcoind_pid=bitcoind_pid,
-                                   datadir=datadir)
+                                   datadir=datadir, model=network_model(registry, trust) if registry else None)
     if once:
         res = watcher.poll_once()
         rows = [[k, f"{v:g}"] for k, v in res.sample.as_dict().items()]
@@ -81,8 +85,28 @@ def watch(
         stop.wait(interval)
 
 
+def network_model(registry: Path, trust: list[Path] | None) -> Any:
+    """The signed ``network@production`` model of ``registry`` as a scorer: telemetry vector -> P(attack)
+    (onnxruntime; the registry checks its hash and its signature against ``trust``)."""
+    from core.errors import ConfigError
+    from core.security.signing import load_public_key
+    from core.serving.inference.engine import InferenceEngine
+    from core.serving.registry import ModelRegistry
+
+    if not (registry / "index.sqlite").is_file():
+        raise ConfigError("registry", f"{registry} is not a registry directory (a simulation writes RUN_DIR/registry)")
+    if not trust:
+        raise ConfigError("trust", "missing: the public key the network model must be signed with "
+                                   "(the coordinator's model-signing.pub)")
+    engine = InferenceEngine()
+    engine.load_from_registry(ModelRegistry(registry, trusted_keys=[load_public_key(p) for p in trust]),
+                              "network@production")
+    return lambda vector: float(engine.predict_batch("network", vector[None, :])[0])
+
+
 def build_watch(rpc_config: Any, state_dir: Path, *, jsonl: Path | None = None, webhook_url: str | None = None,
-                cooldown: float = 3600.0, bitcoind_pid: int | None = None, datadir: Path | None = None) -> Any:
+                cooldown: float = 3600.0, bitcoind_pid: int | None = None, datadir: Path | None = None,
+                model: Any = None) -> Any:
     """The network watch with its alert engine and sinks (the console, and the optional JSONL file and
     signed webhook) and its telemetry history (``<state_dir>/telemetry.sqlite``: the network task's rows);
     returns (watch, webhook sink or None). Used by `anya-fl watch` and `anya-fl node`."""
@@ -109,7 +133,7 @@ def build_watch(rpc_config: Any, state_dir: Path, *, jsonl: Path | None = None, 
     watcher = NetworkWatch(BitcoinRPC(rpc_config), engine, state_path=state_dir / "detectors.json",
                            resources=lambda: node_resources(bitcoind_pid, disk),
                            watchlist=WatchList(state_dir / WATCHLIST),
-                           telemetry=TelemetryStore(telemetry_store_path(state_dir)))
+                           telemetry=TelemetryStore(telemetry_store_path(state_dir)), model=model)
     return watcher, webhook
 
 

@@ -24,6 +24,9 @@ them, and from public observations otherwise; each is named below with its sourc
 * **inv flooding and ping growth**: inv bytes per second above 10x this node's own usual level (a slow
   exponential average, half-life 6 h, that an attack does not feed) and above 50 kB/s, or the 90th-percentile
   ping above 5x its usual level and above 1 s, each for 10 minutes, is a WARNING.
+* **the network-attack model** (``network-model``, WARNING): the federated model's P(attack) for the
+  telemetry vector at or above ``MODEL_THRESHOLD`` for ``MODEL_POLLS`` polls in a row (when the watch has a
+  model: ``anya-fl watch --registry``).
 * **tuning advice** (INFO): a mempool that evicts (``mempoolminfee`` above the default relay minimum) suggests
   a larger ``-maxmempool``; inbound slots all taken suggests a larger ``-maxconnections``; an initial block
   download (``getblockchaininfo.initialblockdownload``) on a machine with ``DBCACHE_ADVICE_FREE_MB`` or more
@@ -55,6 +58,8 @@ INV_FLOOD_FACTOR, INV_FLOOD_FLOOR_BPS = 10.0, 50_000.0  # 10x the usual inv byte
 PING_GROWTH_FACTOR, PING_FLOOR_MS = 5.0, 1000.0  # 5x the usual p90 ping, and over a second (peer-observer: 5 s waits)
 DEFAULT_MIN_RELAY_SAT_VB = 1.0  # Core's -minrelaytxfee default (0.00001 BTC/kvB)
 INBOUND_SLOTS = 125 - 10  # -maxconnections default minus the 8 full-relay and 2 block-relay-only outbound
+MODEL_THRESHOLD = 0.5  # the network model's P(attack) at which a poll counts (its classifier boundary)
+MODEL_POLLS = 2  # consecutive polls above it before the model's finding is active (one odd minute is not)
 DEFAULT_DBCACHE_MB = 450  # Core's -dbcache default (nDefaultDbCache, MiB)
 DBCACHE_ADVICE_FREE_MB = 4096  # free memory that leaves room for a few GiB of cache beside the OS
 DETECTOR_RULES = (
@@ -70,6 +75,7 @@ DETECTOR_RULES = (
     ("double-spend", "critical", "a watched payment was replaced or double-spent"),
     ("inv-flood", "warning", "inv messages far above this node's usual rate for 10 minutes"),
     ("ping", "warning", "peer pings far above their usual level for 10 minutes"),
+    ("network-model", "warning", "the federated network-attack model scores the telemetry as an attack"),
     ("propagation", "warning", "blocks arrive long after peers announce them (core.bitcoin.network.propagation)"),
     ("forecast", "warning", "a component will cross its threshold within a day at the current trend"),
     ("tuning", "info", "a node setting the telemetry suggests changing"),
@@ -92,6 +98,16 @@ def dbcache_advice(blockchain: Any, resources: Mapping[str, Any] | None) -> Find
                    f"initial block download ({done}) with {free:,.0f} MiB of memory free: -dbcache={suggest} "
                    f"(default {DEFAULT_DBCACHE_MB} MiB) flushes the UTXO set to disk less often; lower it again "
                    "after the sync" if active else "", free, active=active)
+
+
+def model_finding(score: float, above: int) -> Finding:
+    """The ``network-model`` finding: ``score`` is the model's P(attack) for this poll, ``above`` how many
+    consecutive polls (this one included) were at or above ``MODEL_THRESHOLD``."""
+    active = above >= MODEL_POLLS
+    return Finding("network-model", "attack", Severity.WARNING if active else Severity.INFO,
+                   "the network-attack model sees an attack",
+                   f"P(attack) {score:.2f} for {above} poll{'s' if above != 1 else ''} in a row (the federated model "
+                   f"trained on every node's incidents)" if active else "", score, active=active)
 
 
 def no_block_probability(age_s: float) -> float:

@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from core.alerts import Alert, AlertEngine, Finding, Severity
-from core.bitcoin.network.detectors import NetworkDetectors, dbcache_advice
+from core.bitcoin.network.detectors import MODEL_THRESHOLD, NetworkDetectors, dbcache_advice, model_finding
 from core.bitcoin.network.forecast import Forecast, TrendForecaster
 from core.bitcoin.network.propagation import BlockArrival, PropagationTracker
 from core.bitcoin.network.telemetry import TelemetrySample, telemetry_sample
@@ -62,9 +64,12 @@ class NetworkWatch:
     def __init__(self, rpc: BitcoinRPC, engine: AlertEngine, *, state_path: Path | None = None,
                  now: Callable[[], float] | None = None,
                  resources: Callable[[], Mapping[str, Any]] | None = None, watchlist: WatchList | None = None,
-                 telemetry: TelemetryStore | None = None) -> None:
+                 telemetry: TelemetryStore | None = None,
+                 model: Callable[[np.ndarray], float] | None = None) -> None:
         self.rpc, self.engine, self.now, self.resources = rpc, engine, now, resources
         self.telemetry = telemetry  # where complete samples are kept (the network task's rows on this node)
+        self.model = model  # the network-attack model: a telemetry vector -> P(attack)
+        self.model_above = 0  # consecutive polls at or above its threshold
         self.watchlist = watchlist
         self.state_path = Path(state_path) if state_path is not None else None
         self.detectors = NetworkDetectors()
@@ -111,6 +116,15 @@ class NetworkWatch:
             findings += self.forecaster.findings(self.forecasts)
             findings += self.propagation.findings()
             findings.append(dbcache_advice(replies["blockchain"], resources))
+            if self.model is not None and self.previous is not None:  # the model learned complete rows
+                try:
+                    score = float(self.model(sample.vector))
+                except Exception as exc:  # noqa: BLE001 - a model that cannot score must not stop the watch
+                    findings.append(Finding("network-model", "score", Severity.WARNING, "the network model cannot "
+                                            "score this telemetry", f"{type(exc).__name__}: {exc}"[:300], 1.0))
+                else:
+                    self.model_above = self.model_above + 1 if score >= MODEL_THRESHOLD else 0
+                    findings.append(model_finding(score, self.model_above))
             if self.telemetry is not None and self.previous is not None:  # rates known: a complete row
                 try:
                     self.telemetry.append(sample.time, sample.vector)
