@@ -60,3 +60,28 @@ def test_an_hour_of_points_is_no_trend_and_state_round_trips() -> None:
     assert again.points == f.points
     assert TrendForecaster.from_dict({"disk_free_gb": [[1, 2], "junk"], "unknown": [[1, 2]]}).points == \
         {"disk_free_gb": [(1.0, 2.0)]}
+
+
+def test_a_node_falling_behind_is_forecast_from_the_blocks_between_header_and_chain() -> None:
+    # behind by 2 blocks, then one more every 40 minutes (the chain grows faster than the node connects)
+    f = TrendForecaster()
+    fc = []
+    for i in range(181):
+        fc = f.observe(_sample(60.0 * i), {"blocks_behind": 2.0 + i / 40})
+    sync = next(x for x in fc if x.component == "sync")
+    assert sync.slope_per_h == pytest.approx(1.5, rel=1e-3)
+    assert sync.current == 6.5 and sync.eta_s is None  # already past 6 (the partition rule's case): no eta
+    # a node 3.5 behind and falling a block every 2 hours reaches 6 in 5 hours
+    f, fc = TrendForecaster(), []
+    for i in range(181):
+        fc = f.observe(_sample(60.0 * i), {"blocks_behind": 2.0 + i / 120})
+    sync = next(x for x in fc if x.component == "sync")
+    assert sync.eta_s / 3600 == pytest.approx((6.0 - 3.5) / 0.5, rel=1e-2)  # 5 h
+    finding = next(x for x in f.findings(fc) if x.key == "sync")
+    assert finding.active and finding.severity == Severity.WARNING and "blocks behind" in finding.message
+    # in sync (0 or 1 behind): no forecast, and no value at all (an RPC reply missing): nothing added
+    f = TrendForecaster()
+    for i in range(181):
+        fc = f.observe(_sample(60.0 * i), {"blocks_behind": float(i % 2)})
+    assert all(x.component != "sync" for x in fc)
+    assert "blocks_behind" not in TrendForecaster().points

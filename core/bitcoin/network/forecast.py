@@ -2,7 +2,9 @@
 
 A least-squares line through the last ``window_s`` (6 h; at least 2 h of points) of telemetry per tracked
 quantity gives the time left until it crosses its threshold (disk below 1 GB free; the mempool at 100 % of
-``maxmempool``, forecast once it is half full: below that its saw-tooth between blocks is no trend). Findings
+``maxmempool``, forecast once it is half full: below that its saw-tooth between blocks is no trend; sync
+falling behind: the blocks between the best announced header and our chain (``propagation.heights``) reaching
+6, an hour of blocks, forecast once the node is 2 or more behind). Findings
 (detector ``forecast``): WARNING when the crossing is under 24 hours away, INFO under 7 days, nothing
 otherwise or without a trend toward it. ``readiness`` turns the forecasts into an AgentChecker component
 (1 without a crossing within 24 hours, 0.5 within it, 0 within an hour), so a node's stage drops before
@@ -18,6 +20,7 @@ import numpy as np
 
 from core.alerts import Finding, Severity
 from core.bitcoin.network.telemetry import TelemetrySample
+from core.bitcoin.network.telemetry_schema import TELEMETRY_SCHEMA
 
 WINDOW_S = 6 * 3600.0
 MIN_SPAN_S = 2 * 3600.0  # a trend needs two hours of points: the mempool saw-tooths between blocks
@@ -27,6 +30,7 @@ POINT_EVERY_S = 60.0
 TRACKED: dict[str, tuple[str, float, int, str, float]] = {
     "disk_free_gb": ("disk", 1.0, -1, "GB free", float("inf")),
     "mempool_usage_ratio": ("mempool", 1.0, +1, "of maxmempool", 0.5),  # only once it is half full
+    "blocks_behind": ("sync", 6.0, +1, "blocks behind the best header", 2.0),  # not a telemetry feature: extra
 }
 
 
@@ -49,10 +53,17 @@ class TrendForecaster:
     points: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     window_s: float = WINDOW_S
 
-    def observe(self, sample: TelemetrySample) -> list[Forecast]:
+    def observe(self, sample: TelemetrySample, extra: Mapping[str, float] | None = None) -> list[Forecast]:
+        """Add the sample's tracked values (``extra`` holds those the telemetry vector lacks, e.g.
+        ``blocks_behind``; a quantity with no value this time is skipped) and forecast each."""
         out = []
         for quantity, (component, threshold, direction, _, start) in TRACKED.items():
-            value = sample.value(quantity)
+            if extra is not None and quantity in extra:
+                value = float(extra[quantity])
+            elif quantity in TELEMETRY_SCHEMA.names:
+                value = sample.value(quantity)
+            else:
+                continue
             if quantity == "disk_free_gb" and value <= 0:  # not measured
                 continue
             pts = [p for p in self.points.get(quantity, []) if p[0] > sample.time - self.window_s]
