@@ -154,4 +154,4 @@ def test_the_served_network_model_joins_the_watch_detectors(tmp_path) -> None:
     assert len(scored) == 7  # every poll with rates (not the first)
     assert [f.active for f in scored] == [False, False, False, False, True, True, True]
     assert all(f.value < 0.5 for f in scored[:3]) and all(f.value >= 0.5 for f in scored[3:])
-    assert scored[-1].severity.name == "WARNING" and "for 3 polls in a row" in scored[-1].message
+    assert scored[-1].severity.name == "WARNING" and "for 4 polls in a row" in scored[-1].message
