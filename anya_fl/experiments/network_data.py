@@ -24,7 +24,6 @@ import numpy as np
 
 from anya_fl.simnode import GENESIS_EPOCH, SimNode, SimNodeConfig
 from core.alerts import AlertEngine
-from core.bitcoin.network.telemetry import TELEMETRY_SCHEMA
 from core.bitcoin.network.watch import NetworkWatch
 from core.bitcoin.rpc import BitcoinRPC, RPCConfig
 from core.data.datasets import SPLITS, TaskSplits
@@ -100,12 +99,13 @@ def own_kinds(node: int, nodes: int, per_node: int = 2) -> tuple[str, ...]:
 
 
 def _splits(episodes: dict[str, list[Episode]]) -> TaskSplits:
-    x, y = {}, {}
-    for s in SPLITS:
-        eps = episodes[s]
-        x[s] = np.concatenate([e.x for e in eps]) if eps else np.zeros((0, TELEMETRY_SCHEMA.width), np.float32)
-        y[s] = np.concatenate([e.y for e in eps]) if eps else np.zeros(0, np.float32)
-    return TaskSplits(x=x, y=y)
+    return TaskSplits(x={s: np.concatenate([e.x for e in episodes[s]]) for s in SPLITS},
+                      y={s: np.concatenate([e.y for e in episodes[s]]) for s in SPLITS})
+
+
+def _plan(split: str, kinds: tuple[str, ...]) -> list[str]:
+    """The episodes of one split of a node's data: one clean (two in train) and one of each of its kinds."""
+    return ["clean", "clean", *kinds] if split == "train" else ["clean", *kinds]
 
 
 def node_network_data(node: int, nodes: int, seed: int, kinds: tuple[str, ...] | None = None,
@@ -116,9 +116,8 @@ def node_network_data(node: int, nodes: int, seed: int, kinds: tuple[str, ...] |
     kinds = own_kinds(node, nodes) if kinds is None else kinds
     per_split: dict[str, list[Episode]] = {}
     for s in SPLITS:
-        plan = ["clean", "clean", *kinds] if s == "train" else ["clean", *kinds]
         per_split[s] = []
-        for j, kind in enumerate(plan):
+        for j, kind in enumerate(_plan(s, kinds)):
             per_split[s].append(run_episode(kind, episode_seed(seed, node, s, kind, j), on_poll=on_poll))
             if on_episode is not None:
                 on_episode()
@@ -135,8 +134,6 @@ def held_out_network_data(seed: int, kinds: tuple[str, ...] = MODEL_KINDS,
         if on_episode is not None:
             on_episode()
     return out
-
-
 
 
 def add_network_data(data_dir: Path, seed: int, nodes: int, on_episode: Callable[[], None] | None = None) -> None:
@@ -161,7 +158,7 @@ def add_network_data(data_dir: Path, seed: int, nodes: int, on_episode: Callable
 
 def episodes_total(nodes: int) -> int:
     """How many episodes ``add_network_data`` runs (for a progress bar)."""
-    per_node = 2 + 3 * len(own_kinds(0, nodes)) + 2  # train: 2 clean; each split: 1 clean (val, test) + its kinds
+    per_node = sum(len(_plan(s, own_kinds(0, nodes))) for s in SPLITS)
     return nodes * per_node + 2 * (1 + len(MODEL_KINDS))
 
 

@@ -41,11 +41,11 @@ THRESHOLD = 0.5
 
 def _node_scores(score: Callable[[np.ndarray], np.ndarray], threshold: float, held_out: dict[str, Any],
                  unseen: list[str]) -> dict[str, float]:
-    rows = [held_out["clean"], *(held_out[k] for k in unseen)]
-    x, y = np.concatenate([e.x for e in rows]), np.concatenate([e.y for e in rows])
-    s = score(x)
+    episodes = [held_out["clean"], *(held_out[k] for k in unseen)]
+    per_episode = [score(e.x) for e in episodes]
+    caught = [bool((s[e.y == 1] >= threshold).any()) for s, e in zip(per_episode[1:], episodes[1:], strict=True)]
+    s, y = np.concatenate(per_episode), np.concatenate([e.y for e in episodes])
     flagged = s >= threshold
-    caught = [bool((score(held_out[k].x)[held_out[k].y == 1] >= threshold).any()) for k in unseen]
     return {"unseen_recall": float(flagged[y == 1].mean()), "false_alarm_rate": float(flagged[y == 0].mean()),
             "unseen_episodes": float(np.mean(caught)), "pr_auc": scoring.pr_auc(y, s)}
 
@@ -94,6 +94,7 @@ def run_network_model(seed: int = 0, nodes: int = NODES, rounds: int = ROUNDS, d
         spec = task_spec("network")
         per_node: list[dict[str, Any]] = []
         for i in range(nodes):
+            own = own_kinds(i, nodes)
             data = load_dataset(run_dir / "data" / f"node-{i}")[0]["network"]
             model = build_model("network", seed=seed)
             dp_cfg = DPConfig(target_epsilon=cfg.epsilon, delta=cfg.delta, max_grad_norm=cfg.max_grad_norm) if dp \
@@ -102,14 +103,12 @@ def run_network_model(seed: int = 0, nodes: int = NODES, rounds: int = ROUNDS, d
                   TrainConfig(epochs=rounds * cfg.local_epochs, batch_size=spec.batch_size, lr=spec.lr,
                               seed=seed + 1 + i, dp=dp_cfg))
             local = lambda x, m=model: infer(m, x)  # noqa: E731
-            unseen = [k for k in MODEL_KINDS if k not in own_kinds(i, nodes)]
-            row: dict[str, Any] = {"node": i, "own": list(own_kinds(i, nodes)), "unseen": unseen}
+            unseen = [k for k in MODEL_KINDS if k not in own]
+            row: dict[str, Any] = {"node": i, "own": list(own), "unseen": unseen}
             for name, score in (("federated", federated), ("local", local)):
                 row[name] = _node_scores(score, THRESHOLD, held_out, unseen)
             per_node.append(row)
-        by_kind = {k: _kind_scores(federated(held_out[k].x), held_out[k].y) for k in MODEL_KINDS}
-        by_kind["clean"] = {"recall": None, "minutes_to_detect": None,
-                            "false_alarm_rate": float((federated(held_out["clean"].x) >= THRESHOLD).mean())}
+        by_kind = {k: _kind_scores(federated(held_out[k].x), held_out[k].y) for k in (*MODEL_KINDS, "clean")}
     means = {name: {m: float(np.mean([r[name][m] for r in per_node])) for m in per_node[0][name]}
              for name in ("federated", "local")}
     return {"config": {"nodes": nodes, "rounds": rounds, "strategy": cfg.strategy, "dp": dp,

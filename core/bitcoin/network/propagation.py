@@ -77,11 +77,13 @@ class PropagationTracker:
     pending: dict[int, float] = field(default_factory=dict)  # height -> announced at
     recent: list[BlockArrival] = field(default_factory=list)
     resumed: bool = field(default=False, compare=False)  # loaded from saved state, not yet polled
+    behind: int | None = field(default=None, compare=False)  # the last poll's announced - our height
 
     def observe(self, now: float, peers: Any, blockchain: Any) -> list[BlockArrival]:
         """One poll's replies; returns the blocks that arrived since the previous poll."""
         announced, ours = heights(peers, blockchain)
-        if announced is None or ours is None or not math.isfinite(now):
+        self.behind = None if announced is None or ours is None else max(announced - ours, 0)
+        if self.behind is None or not math.isfinite(now):
             return []
         if self.last_announced is None or self.resumed:  # announced before we watched, or while we were stopped
             self.last_announced = max(announced, ours, self.last_announced or 0)

@@ -25,7 +25,7 @@ import numpy as np
 from core.alerts import Alert, AlertEngine, Finding, Severity
 from core.bitcoin.network.detectors import MODEL_THRESHOLD, NetworkDetectors, dbcache_advice, model_finding
 from core.bitcoin.network.forecast import Forecast, TrendForecaster
-from core.bitcoin.network.propagation import BlockArrival, PropagationTracker, heights
+from core.bitcoin.network.propagation import BlockArrival, PropagationTracker
 from core.bitcoin.network.telemetry import TelemetrySample, telemetry_sample
 from core.bitcoin.network.telemetry_store import TelemetryStore
 from core.bitcoin.network.watchlist import WatchList, check_watchlist
@@ -112,9 +112,8 @@ class NetworkWatch:
         else:
             findings = [Finding("rpc", "replies", Severity.INFO, "Bitcoin Core answers", "", 0.0, active=False),
                         *self.detectors.evaluate(sample, rates_known=self.previous is not None)]
-            announced, ours = heights(replies["peers"], replies["blockchain"])
-            behind = {} if announced is None or ours is None else {"blocks_behind": float(max(announced - ours, 0))}
-            self.forecasts = self.forecaster.observe(sample, behind)
+            behind = self.propagation.behind
+            self.forecasts = self.forecaster.observe(sample, {} if behind is None else {"blocks_behind": float(behind)})
             findings += self.forecaster.findings(self.forecasts)
             findings += self.propagation.findings()
             findings.append(dbcache_advice(replies["blockchain"], resources))
