@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from core.alerts import Severity
-from core.bitcoin.network.propagation import MAX_PENDING, SLOW_BLOCK_S, PropagationTracker, heights
+from core.bitcoin.network.arrival_forecast import FEATURES, ArrivalForecaster, fit
+from core.bitcoin.network.propagation import MAX_PENDING, SLOW_BLOCK_S, BlockArrival, PropagationTracker, heights
+from core.bitcoin.network.telemetry_schema import TELEMETRY_SCHEMA
 
 
 def _poll(tr: PropagationTracker, now: float, peer_headers: list, ours: int, headers: int | None = None):
@@ -67,3 +71,55 @@ def test_a_resync_and_a_block_that_never_comes_are_not_propagation() -> None:
     assert [f.active for f in tr.findings()] == [False]
     _poll(tr, 5460.0, [111, 111], 110)
     assert len(tr.pending) == 1 and _poll(tr, 5460.0 + 7201.0, [111, 111], 110) == [] and tr.pending == {}
+
+
+def test_each_timed_block_keeps_the_peer_mix_of_the_poll_before_its_announcement() -> None:
+    tr = PropagationTracker()
+    tr.observe(0.0, [{"synced_headers": 100}], {"blocks": 100}, context=(1.0,))
+    tr.observe(60.0, [{"synced_headers": 101}], {"blocks": 100}, context=(2.0,))  # announced: context of poll 0
+    tr.observe(120.0, [{"synced_headers": 101}], {"blocks": 101}, context=None)  # a poll whose context is unknown
+    tr.observe(180.0, [{"synced_headers": 102}], {"blocks": 101}, context=(4.0,))  # ... before 102's announcement
+    got = tr.observe(240.0, [{"synced_headers": 102}], {"blocks": 102}, context=(4.0,))
+    assert [(a.height, a.delay_s, a.context) for a in tr.history] == [(101, 60.0, (1.0,))]
+    assert [a.context for a in got] == [None]  # timed, but with no context: not learned from
+    again = PropagationTracker.from_dict(json.loads(json.dumps(tr.to_dict())))
+    assert again.history == tr.history
+    tr.observe(300.0, [{"synced_headers": 106}], {"blocks": 102}, context=(5.0,))
+    tr.observe(360.0, [{"synced_headers": 106}], {"blocks": 106}, context=(5.0,))  # four at once: a resync
+    assert len(tr.history) == 1 and tr.contexts == {}
+
+
+def _arrivals(n: int, slow_above_ms: float) -> list[BlockArrival]:
+    """n timed blocks whose ping p50 runs 20..2020 ms; slow (120 s) above ``slow_above_ms``, else 0 s."""
+    out = []
+    for i in range(n):
+        ping = 20.0 + 2000.0 * i / (n - 1)
+        ctx = dict.fromkeys(FEATURES, 0.0) | {"ping_p50_ms": ping, "ping_p90_ms": 1.5 * ping,
+                                              "minping_p50_ms": 0.8 * ping, "bip152_hb_to": 3.0 if ping < 500 else 0.0}
+        out.append(BlockArrival(1000 + i, 600.0 * i, 600.0 * i + (120.0 if ping > slow_above_ms else 0.0),
+                                tuple(ctx[f] for f in FEATURES)))
+    return out
+
+
+def test_the_forecast_learns_slow_arrival_from_the_peer_mix_and_says_when_it_cannot() -> None:
+    history = _arrivals(40, 1500.0)
+    model = fit(history)
+    assert not isinstance(model, str) and model.blocks == 40 and model.slow == 11
+    p = model.predict([a.context for a in history])
+    assert (p >= 0.5).tolist() == [a.delay_s >= SLOW_BLOCK_S for a in history] and np.all(np.diff(p) >= 0)
+    assert p[-1] > 0.9 and p[0] < 0.01
+    assert "24" in fit(history[:20]) and "0 slow" in fit(_arrivals(40, 1e9))  # too few; nothing slow to learn from
+    forecaster = ArrivalForecaster()
+    vector = np.zeros(TELEMETRY_SCHEMA.width)
+    for name, value in zip(FEATURES, history[-2].context, strict=True):  # a peer mix like the slowest blocks'
+        vector[TELEMETRY_SCHEMA.names.index(name)] = value
+    forecaster.update(history[:20])
+    quiet = forecaster.finding(vector)
+    assert not quiet.active and quiet.severity == Severity.INFO and "needs 24" in forecaster.reason
+    forecaster.update(history)
+    finding = forecaster.finding(vector)
+    assert finding.active and finding.severity == Severity.WARNING and finding.detector == "slow-arrival"
+    assert "40 timed blocks (11 slow)" in finding.message and "ping p50 1969 ms, 0 high-bandwidth" in finding.message
+    for name, value in zip(FEATURES, history[1].context, strict=True):  # ... like the fastest blocks'
+        vector[TELEMETRY_SCHEMA.names.index(name)] = value
+    assert not forecaster.finding(vector).active

@@ -326,3 +326,29 @@ def test_inv_flood_and_ping_growth_against_the_nodes_own_baseline() -> None:
     for i in range(30):
         found = state(quiet, 1e9 + 60 * i, bytes_recv_per_s_inv=10 if i < 5 else 5_000, ping_p90_ms=20 if i < 5 else 500)
     assert found == {"inv-flood": None, "ping": None}
+
+
+def test_the_watch_learns_slow_arrival_from_what_it_timed_and_remembers_it(node, tmp_path) -> None:
+    """Under a degraded relay each block the watch times carries the peer mix of the poll before its announcement
+    (read through the RPC: pings growing with the link's saturation); the forecast says it has too few blocks to
+    learn from, and a restarted watch keeps what it timed."""
+    from core.bitcoin.network.arrival_forecast import FEATURES, MIN_BLOCKS
+
+    start = node.now() + 60
+    node.inject_degraded_relay(start, duration_s=3 * 3600)
+    watch = _watch(node, tmp_path)
+    pings = {}  # poll time -> ping p50 (ms) as the watch's telemetry read it
+    for _ in range(int(3 * 3600 // STEP_S)):
+        node.advance(STEP_S)
+        result = watch.poll_once()
+        pings[result.sample.time] = result.sample.value("ping_p50_ms")
+    history = watch.propagation.history
+    assert len(history) >= 5
+    ping = FEATURES.index("ping_p50_ms")
+    assert [a.context[ping] for a in history] == [pings[a.announced - STEP_S] for a in history]
+    assert history[-1].context[ping] > history[0].context[ping] + 1000  # the link saturated: 2 s more at the end
+    assert max(a.delay_s for a in history) > min(a.delay_s for a in history)
+    (finding,) = [f for f in result.findings if f.detector == "slow-arrival"]
+    assert not finding.active and f"needs {MIN_BLOCKS}" in finding.message
+    again = _watch(node, tmp_path)
+    assert again.propagation.history == history

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from anya_fl.simnode import GENESIS_EPOCH, SimNode
+from anya_fl.simnode import GENESIS_EPOCH, SimNode, relay
 from anya_fl.simnode.network_scenarios import MAX_INBOUND
 from core.bitcoin.rpc import RPCReplyError
 from core.data.chain import START_HEIGHT
@@ -257,6 +257,40 @@ def test_slow_propagation_announces_blocks_at_once_and_connects_them_late(fresh)
     assert rpc.getblockcount() == node.true_tip(end) == blocks[-1]["height"]
 
 
+def test_degraded_relay_delays_each_block_by_the_peer_mix_its_rpc_shows(fresh) -> None:
+    """As the link saturates, getpeerinfo's pings grow and its high-bandwidth peers go; each block joins the chain
+    after the BIP152 round trips over the peer mix getpeerinfo showed when it was mined (plus the truth's hidden lag
+    and missing share), never before its parent, and at the window's end at the latest."""
+    node = fresh()
+    rpc = client(node)
+    at, end = T0 + 10, 12_600.0
+    node.inject_degraded_relay(at, duration_s=end - at)
+    (event,) = node.truth.network_events(detail=True)
+    blocks = event["blocks"]
+    assert event["kind"] == "degraded_relay" and len(blocks) >= 5
+    base = {p["id"]: p["pingtime"] for p in outbound(rpc.call("getpeerinfo"))}
+    previous = at
+    for b in blocks:
+        node.clock.set(b["mined"])
+        s = relay.saturation(at, end, b["mined"])
+        assert b["saturation"] == pytest.approx(s) and 0 <= b["missing"] <= relay.MISSING_MAX and b["lag"] > 0
+        peers = outbound(rpc.call("getpeerinfo"))
+        pings = [p["pingtime"] for p in peers]
+        hb = sum(p["bip152_hb_to"] for p in peers)
+        assert hb == relay.hb_peers(s) and pings == pytest.approx([base[p["id"]] + relay.BUFFERBLOAT_S * s
+                                                                   for p in peers], abs=1e-5)
+        delay = relay.arrival_delay(pings, hb, b["missing"], s, b["lag"])
+        assert b["arrived"] == pytest.approx(min(max(b["mined"] + delay, previous), end), abs=1e-4)
+        previous = b["arrived"]
+        node.clock.set(b["arrived"] - 1e-3)  # the chain holds it back until then, its header already known
+        assert rpc.getblockcount() < b["height"] <= rpc.getblockchaininfo()["headers"]
+        node.clock.set(b["arrived"] + 1e-6)
+        assert rpc.getblockcount() >= b["height"]
+    assert blocks[-1]["arrived"] - blocks[-1]["mined"] > blocks[0]["arrived"] - blocks[0]["mined"]
+    node.clock.set(end)  # after the window: the original peer mix
+    assert {p["id"]: p["pingtime"] for p in outbound(rpc.call("getpeerinfo"))} == base
+
+
 def test_stale_fork_is_a_valid_fork_tip(fresh) -> None:
     node = fresh()
     rpc = client(node)
@@ -329,6 +363,7 @@ def test_network_events_list_every_scenario(fresh) -> None:
     ("inject_slow_propagation", {"at_s": T0, "delay_s": True}, "delay_s"),
     ("inject_slow_propagation", {"at_s": T0, "duration_s": -60.0}, "duration_s"),
     ("inject_slow_propagation", {"at_s": math.nan}, "at_s"),
+    ("inject_degraded_relay", {"at_s": T0, "duration_s": 0}, "duration_s"),
     ("inject_rbf_bump", {"txid": "zz", "at_s": T0}, "txid"),
     ("inject_rbf_bump", {"txid": "ab" * 32, "at_s": T0}, "txid"),
 ])

@@ -157,6 +157,21 @@ def _fee(seeds: str, transactions: int | None, nodes: int | None, rounds: int | 
         console.print(f"wrote {json_out}")
 
 
+def _arrival_table(r: dict) -> None:
+    def f(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}"
+
+    rows = [["forecast (this node's own timed blocks)", f(r["roc_auc"]), f(r["pr_auc"]), f(r["precision"]),
+             f(r["recall"])],
+            ["persistence (last block slow)", f(r["persistence_roc_auc"]), "-", f(r["persistence_precision"]),
+             f(r["persistence_recall"])],
+            ["propagation rule (3 of last 6 slow)", "-", "-", f(r["rule_precision"]), f(r["rule_recall"])]]
+    console.print(table(f"slow block arrival, next block: {r['blocks']} blocks of the third window, {r['slow']} truly "
+                        f"slow; observed labels agree with the truth for {f(r['label_agreement'])}; first warning "
+                        f"{f(r['lead_minutes'])} min before the first slow arrival",
+                        ["predictor", "ROC-AUC", "PR-AUC", "precision", "recall"], rows))
+
+
 def _network(json_out: Path | None, model: bool, rounds: int, dp: bool) -> None:
     from anya_fl.experiments import network_bench as nb
 
@@ -179,7 +194,14 @@ def _network(json_out: Path | None, model: bool, rounds: int, dp: bool) -> None:
                         ["days", "alerts above INFO", "INFO alerts", "which"],
                         [[round(week["simulated_days"], 2), week["false_alarms"], week["info"],
                           ", ".join(week["by_detector"]) or "-"]]))
+    from anya_fl.experiments import arrival_bench as ab
+
+    with progress() as prog:
+        arrival_bar = prog.add_task("slow-arrival forecast: three degraded-relay windows", total=1.0)
+        arrival = ab.run_slow_arrival(step=lambda f: prog.update(arrival_bar, completed=f))
+    _arrival_table(arrival)
     figures = nb.bench_metrics(scenarios, week)
+    figures.update(ab.arrival_metrics(arrival))
     if model:
         from anya_fl.experiments import network_model as nm
 

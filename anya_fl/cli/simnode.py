@@ -55,7 +55,9 @@ def simnode(
     scenario: Annotated[list[str] | None, typer.Option(help="A scenario KIND@SECONDS after start (repeatable; "
                                                             "'-' or '_' in KIND): eclipse, inbound-flood, addr-spam, "
                                                             "partition (90 min), stale-fork, slow-propagation (blocks "
-                                                            "arrive 2 min after they are mined, for 1 h), "
+                                                            "arrive 2 min after they are mined, for 1 h), degraded-relay "
+                                                            "(the link saturates over 6 h: pings grow, blocks arrive "
+                                                            "later), "
                                                             "mempool-flood (50,000 vB/s "
                                                             "at 1 sat/vB for 2 h), double-spend and rbf-replacement "
                                                             "(each replaces the mempool's first transaction at that "
@@ -151,7 +153,7 @@ def simnode(
 
 SCENARIOS = {"eclipse": "inject_eclipse", "inbound-flood": "inject_inbound_flood", "addr-spam": "inject_addr_spam",
              "partition": "inject_partition", "stale-fork": "inject_stale_fork",
-             "slow-propagation": "inject_slow_propagation",
+             "slow-propagation": "inject_slow_propagation", "degraded-relay": "inject_degraded_relay",
              "mempool-flood": "inject_mempool_flood", "double-spend": "inject_double_spend",
              "rbf-replacement": "inject_rbf_bump"}
 _REPLACING = ("double-spend", "rbf-replacement")  # they replace a mempool transaction

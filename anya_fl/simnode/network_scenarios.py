@@ -19,6 +19,9 @@ and the scenarios injected, determined by the seed:
   true tip) but a block mined at ``tb`` joins the node's chain only at ``tb + delay_s``; at the end it catches up
   (see ``SimNode.inject_slow_propagation``). A partition and a slow propagation are both *chain windows*: the
   node's chain at ``t`` is the true chain at ``chain_time(t)`` (``held_time``), and they never overlap.
+* ``degraded_relay``: a third chain window: the node's link saturates (``relay``): outbound pings grow, it loses
+  its high-bandwidth compact block peers, and each block mined in the window arrives after a delay that follows
+  that peer mix (``SimNode.inject_degraded_relay``); headers arrive at once, as in a slow propagation.
 * ``stale_fork``: getchaintips lists a valid-fork tip of ``branchlen`` blocks off the active chain from then on.
 * ``double_spend``: a conflicting transaction replaces a mempool transaction from then on (open-ended; see
   ``SimNode.inject_double_spend``); recorded here for ground truth only, it changes no connection.
@@ -35,11 +38,13 @@ renumber peers that connected after its start.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from anya_fl.simnode import relay
 from anya_fl.simnode.encoding import digest
 from anya_fl.simnode.flood import FLOOD_TX_VSIZE
 from anya_fl.simnode.peers import FULL_RELAY, NETWORKS, Peer
@@ -51,8 +56,8 @@ ADDR_BUCKET = 1000.0  # Core's MAX_ADDR_PROCESSING_TOKEN_BUCKET
 ADDR_BYTES = 30  # addrv2 bytes per address (rough)
 ECLIPSE_AS, FLOOD_AS_V4, FLOOD_AS_V6 = 64500, 64510, 64511  # documentation AS numbers
 KINDS = ("eclipse", "inbound_flood", "addr_spam", "partition", "stale_fork", "double_spend", "rbf_replacement",
-         "mempool_flood", "slow_propagation")
-CHAIN_WINDOWS = ("partition", "slow_propagation")  # the scenarios that hold the node's chain behind the true one
+         "mempool_flood", "slow_propagation", "degraded_relay")
+CHAIN_WINDOWS = ("partition", "slow_propagation", "degraded_relay")  # the scenarios that hold the node's chain behind the true one
 _EPS = 1e-9
 
 
@@ -102,11 +107,16 @@ def check_positive(name: str, value: Any) -> float:
 
 def held_time(event: NetworkEvent, t: float) -> float:
     """The simulated time whose blocks the node has at ``t`` inside chain window ``event``: a partition's start
-    (it receives nothing), or ``max(start, t - delay_s)`` for a slow propagation (never going backwards)."""
+    (it receives nothing), ``max(start, t - delay_s)`` for a slow propagation (never going backwards), and for a
+    degraded relay the mining time of the last block of the window that has arrived by ``t`` (else the start)."""
     if event.kind == "partition":
         return event.start
     if event.kind == "slow_propagation":
         return max(event.start, t - event.delay_s)
+    if event.kind == "degraded_relay":
+        blocks = event.extra["blocks"]  # arrivals are monotone in height
+        k = bisect.bisect_right([b["arrived"] for b in blocks], t)
+        return max(event.start, blocks[k - 1]["mined"]) if k else event.start
     raise ValueError(f"{event.kind} is not a chain window")
 
 
@@ -246,6 +256,11 @@ class Network:
         w = self.window_at(t)
         return t if w is None else held_time(w, t)
 
+    def saturation(self, t: float) -> float:
+        """The link's saturation at ``t`` (``relay.saturation``; 0 outside a degraded relay)."""
+        w = self.window_at(t)
+        return 0.0 if w is None or w.kind != "degraded_relay" else relay.saturation(w.start, w.end or math.inf, t)
+
     def header_time(self, t: float) -> float:
         """The simulated time whose block headers the node has at ``t``: a partition's start during it (it
         receives nothing), else ``t`` (a slow block download still gets every header at once)."""
@@ -274,6 +289,8 @@ class Network:
             doc["height"] = e.height
         elif e.kind == "slow_propagation":
             doc.update(delay_s=e.delay_s, blocks=[dict(b) for b in e.extra["blocks"]])
+        elif e.kind == "degraded_relay":
+            doc["blocks"] = [dict(b) for b in e.extra["blocks"]]
         elif e.kind == "double_spend":
             doc.update(txid=e.extra["txid"], conflict=e.extra["conflict"], height=e.extra["height"])
         elif e.kind == "rbf_replacement":

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from anya_fl.simnode import relay
 from anya_fl.simnode.blocks import Blocks, Reorg, View
 from anya_fl.simnode.config import INCREMENTAL_SAT_VB, MIN_RELAY_SAT_VB, SimNodeConfig
 from anya_fl.simnode.encoding import hex_id
@@ -481,6 +482,34 @@ class SimNode:
             blocks = [{"height": self.blocks.first + b, "mined": float(times[b]),
                        "arrived": slow_arrival(window, float(times[b]))}
                       for b in range(self.timeline.blocks_at(start), self.timeline.blocks_at(end)) if times[b] < end]
+            self._add_chain_window(replace(window, extra={"blocks": blocks}))
+
+    def inject_degraded_relay(self, at_s: float | None = None, duration_s: float = 6 * 3600.0) -> None:
+        """The node's link saturates during [at_s, at_s + duration_s) (``relay``): outbound pings grow, the
+        high-bandwidth compact block peers go, and a block mined in the window joins the node's chain
+        ``relay.arrival_delay`` after it is mined, from the peer mix then (headers arrive at once, as in a slow
+        propagation; at the end the node catches up). Recorded as kind "degraded_relay" (detail: per block mined
+        in the window its ``height``, ``mined``, ``arrived`` and the ``saturation``, ``missing`` share and ``lag``
+        behind its delay: what one node cannot see). Simplifications as for a slow propagation."""
+        duration = check_positive("duration_s", duration_s)
+        with self.lock:
+            start = self._start(at_s)
+            end = start + duration
+            window = self._event("degraded_relay", start, end)
+            times = self.chain.block_time
+            blocks: list[dict[str, float]] = []
+            last = start
+            for b in range(self.timeline.blocks_at(start), self.timeline.blocks_at(end)):
+                mined = float(times[b])
+                if not start < mined < end:
+                    continue
+                height = self.blocks.first + b
+                s = relay.saturation(start, end, mined)
+                pings = [relay.ping(p.ping_s, s) for p in self.peers_at(mined) if p.connection_type != "inbound"]
+                lag, missing = relay.block_draws(self.config.seed, window.index, height)
+                last = min(max(mined + relay.arrival_delay(pings, relay.hb_peers(s), missing, s, lag), last), end)
+                blocks.append({"height": height, "mined": mined, "arrived": last, "saturation": s,
+                               "missing": missing, "lag": lag})
             self._add_chain_window(replace(window, extra={"blocks": blocks}))
 
     def _add_chain_window(self, window: NetworkEvent) -> None:

@@ -62,12 +62,13 @@ def make_peers(seed: int, t_start: float) -> list[Peer]:
 
 
 def peer_info(peer: Peer, t: float, tip: int, tip_time: int, start_tip: int, *, synced: int | None = None,
-              addr: tuple[int, int, int] = (0, 0, 0)) -> dict[str, Any]:
+              addr: tuple[int, int, int] = (0, 0, 0), hb_to: bool | None = None) -> dict[str, Any]:
     """One getpeerinfo entry (Core 27 fields) at simulated time ``t``.
 
     ``tip``/``tip_time``: the node's active tip (last_block); ``synced``: the height the peer has announced
     (synced_headers/synced_blocks; default ``tip``); ``addr``: (processed, rate limited, addrv2 bytes) that an
-    addr-spam scenario adds.
+    addr-spam scenario adds; ``hb_to``: whether we chose the peer as a high-bandwidth compact block peer (default:
+    the first three outbound peers).
     """
     kind = peer.connection_type
     full = kind == "outbound-full-relay"
@@ -104,7 +105,7 @@ def peer_info(peer: Peer, t: float, tip: int, tip_time: int, start_tip: int, *, 
         "last_block": tip_time if not inbound and (peer.id % 3 == 0 or not full) else 0,
         "bytessent": sent, "bytesrecv": recv, "conntime": GENESIS_EPOCH + int(peer.conntime), "timeoffset": 0,
         "pingtime": round(peer.ping_s, 6), "minping": round(peer.ping_s * 0.8, 6), "version": PROTOCOL_VERSION,
-        "subver": peer.subver, "inbound": inbound, "bip152_hb_to": not inbound and peer.id < 3,
+        "subver": peer.subver, "inbound": inbound, "bip152_hb_to": not inbound and (peer.id < 3 if hb_to is None else hb_to),
         "bip152_hb_from": False,
         "startingheight": start_tip if peer.starting_height is None else peer.starting_height,
         "presynced_headers": -1, "synced_headers": synced, "synced_blocks": synced,

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from anya_fl.simnode import relay
 from anya_fl.simnode.blocks import DIFFICULTY, View
 from anya_fl.simnode.config import GENESIS_EPOCH, INCREMENTAL_SAT_VB, MIN_RELAY_SAT_VB, USAGE_PER_VBYTE
 from anya_fl.simnode.encoding import hex_id
@@ -509,8 +511,12 @@ class CoreRPC:
         node = self.node
         tip_time = node.blocks.time(v.tip)
         synced = node.true_tip(v.t)  # peers have the true chain, even while the node is partitioned
-        return [peer_info(p, v.t, v.tip, tip_time, node.start_height, synced=synced,
-                          addr=node.network.addr_extra(p, v.t)) for p in node.peers_at(v.t)]
+        s = node.network.saturation(v.t)  # a degraded relay: pings grow, high-bandwidth peers go
+        hb = relay.hb_peers(s)
+        return [peer_info(replace(p, ping_s=relay.ping(p.ping_s, s)) if s and p.connection_type != "inbound" else p,
+                          v.t, v.tip, tip_time, node.start_height, synced=synced,
+                          addr=node.network.addr_extra(p, v.t), hb_to=None if not s else p.id < hb)
+                for p in node.peers_at(v.t)]
 
     def uptime(self, v: View) -> int:
         return int(v.t - self.node.t_start)

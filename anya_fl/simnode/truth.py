@@ -82,7 +82,9 @@ class Truth:
         ``tx_vsize`` and ``full_at`` (the first simulated time it filled the mempool to maxmempool, on the flood's
         10 s grid; None if it never does), slow_propagation ``delay_s`` and ``blocks``: per block mined in the window
         ``{height, mined, arrived}`` (when it joined the node's chain: ``mined + delay_s``, or the window's end if
-        that is earlier; the ground truth of propagation delays, which one node cannot observe)."""
+        that is earlier; the ground truth of propagation delays, which one node cannot observe), degraded_relay
+        ``blocks``: the same per block, with the ``saturation``, ``missing`` share and network ``lag`` behind its
+        delay (``relay``)."""
         node = self._node
         net = node.network
         with node.lock:

@@ -77,6 +77,8 @@ DETECTOR_RULES = (
     ("ping", "warning", "peer pings far above their usual level for 10 minutes"),
     ("network-model", "warning", "the federated network-attack model scores the telemetry as an attack"),
     ("propagation", "warning", "blocks arrive long after peers announce them (core.bitcoin.network.propagation)"),
+    ("slow-arrival", "warning", "the next block is forecast to arrive late over this peer mix "
+                                "(core.bitcoin.network.arrival_forecast)"),
     ("forecast", "warning", "a component will cross its threshold within a day at the current trend"),
     ("tuning", "info", "a node setting the telemetry suggests changing"),
 )

@@ -21,6 +21,9 @@ Detector ``propagation`` (WARNING): at least ``SLOW_BLOCKS`` of the last ``RECEN
 relay (BIP152) delivers a block to a well-connected node in seconds, so a minute, several times in a row, is
 far outside the honest case and well inside the download timeout (a partition, blocks withheld for 20 minutes
 while peers are ahead, is the ``partition`` detector's).
+
+Each timed block also keeps the context it came through (the forecast's features from the poll before its
+announcement, given by the watch); the last ``HISTORY_BLOCKS`` of them are what ``arrival_forecast`` learns from.
 """
 
 from __future__ import annotations
@@ -38,15 +41,18 @@ PENDING_TIMEOUT_S = 2 * 3600.0  # an announced height that has not arrived by th
 RECENT_BLOCKS = 6
 SLOW_BLOCKS = 3
 MAX_PENDING = 2016  # announced heights waiting for their block (a day of blocks is 144; more is a bad reply)
+HISTORY_BLOCKS = 2016  # timed blocks kept for the slow-arrival forecast (two weeks)
 
 
 @dataclass(frozen=True)
 class BlockArrival:
-    """One timed block: announced and arrived at poll times (UNIX s); ``delay_s`` is their difference."""
+    """One timed block: announced and arrived at poll times (UNIX s); ``delay_s`` is their difference;
+    ``context``: the forecast's features from the poll before its announcement (None if unknown)."""
 
     height: int
     announced: float
     arrived: float
+    context: tuple[float, ...] | None = None
 
     @property
     def delay_s(self) -> float:
@@ -78,9 +84,15 @@ class PropagationTracker:
     recent: list[BlockArrival] = field(default_factory=list)
     resumed: bool = field(default=False, compare=False)  # loaded from saved state, not yet polled
     behind: int | None = field(default=None, compare=False)  # the last poll's announced - our height
+    contexts: dict[int, tuple[float, ...]] = field(default_factory=dict)  # pending height -> its context
+    history: list[BlockArrival] = field(default_factory=list)  # timed blocks with a context, the newest last
+    last_context: tuple[float, ...] | None = field(default=None, compare=False)
 
-    def observe(self, now: float, peers: Any, blockchain: Any) -> list[BlockArrival]:
-        """One poll's replies; returns the blocks that arrived since the previous poll."""
+    def observe(self, now: float, peers: Any, blockchain: Any,
+                context: tuple[float, ...] | None = None) -> list[BlockArrival]:
+        """One poll's replies and this poll's context (None: unknown); returns the blocks that arrived since the
+        previous poll."""
+        previous, self.last_context = self.last_context, context
         announced, ours = heights(peers, blockchain)
         self.behind = None if announced is None or ours is None else max(announced - ours, 0)
         if self.behind is None or not math.isfinite(now):
@@ -90,16 +102,21 @@ class PropagationTracker:
             self.resumed = False
         elif announced > self.last_announced:
             for h in range(max(self.last_announced + 1, announced - MAX_PENDING + 1), announced + 1):
-                self.pending.setdefault(h, now)
+                if h not in self.pending:
+                    self.pending[h] = now
+                    if previous is not None:
+                        self.contexts[h] = previous
             self.last_announced = announced
-        arrived = [BlockArrival(h, t, now) for h, t in sorted(self.pending.items()) if h <= ours]
+        arrived = [BlockArrival(h, t, now, self.contexts.get(h)) for h, t in sorted(self.pending.items()) if h <= ours]
         for a in arrived:
             del self.pending[a.height]
         for h in [h for h, t in self.pending.items() if now - t > PENDING_TIMEOUT_S]:
             del self.pending[h]
+        self.contexts = {h: c for h, c in self.contexts.items() if h in self.pending}
         if len(arrived) > CATCH_UP_BLOCKS:  # a resync after a partition or an outage: not propagation
             return []
         self.recent = (self.recent + arrived)[-RECENT_BLOCKS:]
+        self.history = (self.history + [a for a in arrived if a.context is not None])[-HISTORY_BLOCKS:]
         return arrived
 
     def findings(self) -> list[Finding]:
@@ -115,7 +132,9 @@ class PropagationTracker:
 
     def to_dict(self) -> dict[str, Any]:
         return {"last_announced": self.last_announced, "pending": {str(h): t for h, t in self.pending.items()},
-                "recent": [[a.height, a.announced, a.arrived] for a in self.recent]}
+                "recent": [[a.height, a.announced, a.arrived] for a in self.recent],
+                "contexts": {str(h): list(c) for h, c in self.contexts.items()},
+                "history": [[a.height, a.announced, a.arrived, list(a.context or ())] for a in self.history]}
 
     @classmethod
     def from_dict(cls, d: Any) -> PropagationTracker:
@@ -125,6 +144,9 @@ class PropagationTracker:
             return cls(last_announced=_height(last),
                        pending={int(h): float(t) for h, t in d.get("pending", {}).items()},
                        recent=[BlockArrival(int(h), float(a), float(b)) for h, a, b in d.get("recent", [])],
+                       contexts={int(h): tuple(float(v) for v in c) for h, c in d.get("contexts", {}).items()},
+                       history=[BlockArrival(int(h), float(a), float(b), tuple(float(v) for v in c))
+                                for h, a, b, c in d.get("history", [])][-HISTORY_BLOCKS:],
                        resumed=True)
         except (AttributeError, TypeError, ValueError):
             return cls()

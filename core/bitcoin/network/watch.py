@@ -5,7 +5,8 @@ reply that fails (the node unreachable, an RPC error, a malformed reply) is pass
 telemetry of the others is still computed and the failure is one of the sample's problems. With a reply
 missing the detectors do not run (they would read its features as zeros: "no connections"); the ``rpc``
 condition says what failed instead, and every other condition stays as it was. Each complete poll also
-feeds the trend forecasts (``forecast``: when the disk or the mempool will cross its threshold). The detectors'
+feeds the trend forecasts (``forecast``: when the disk or the mempool will cross its threshold) and the
+slow-arrival forecast (``arrival_forecast``: will the next block arrive late over this peer mix). The detectors'
 memory is saved beside the engine's state (atomically), so a restarted watcher keeps counting how long a
 condition has held.
 """
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from core.alerts import Alert, AlertEngine, Finding, Severity
+from core.bitcoin.network.arrival_forecast import ArrivalForecaster, context
 from core.bitcoin.network.detectors import MODEL_THRESHOLD, NetworkDetectors, dbcache_advice, model_finding
 from core.bitcoin.network.forecast import Forecast, TrendForecaster
 from core.bitcoin.network.propagation import BlockArrival, PropagationTracker
@@ -76,6 +78,7 @@ class NetworkWatch:
         self.forecaster = TrendForecaster()
         self.forecasts: list[Forecast] = []
         self.propagation = PropagationTracker()
+        self.arrival_forecast = ArrivalForecaster()  # refitted from the tracker's history (saved with it)
         if self.state_path is not None and self.state_path.is_file():
             try:
                 state = json.loads(self.state_path.read_text())
@@ -103,7 +106,8 @@ class NetworkWatch:
         resources = self.resources() if self.resources else None
         sample = telemetry_sample(**replies, now=now, previous=self.previous, resources=resources)
         sample.problems[:0] = failures
-        arrivals = self.propagation.observe(now, replies["peers"], replies["blockchain"])
+        arrivals = self.propagation.observe(now, replies["peers"], replies["blockchain"],
+                                            None if failures or self.previous is None else context(sample.vector))
         if failures:  # the detectors would read missing replies as zeros: their conditions stay as they were
             severity = Severity.CRITICAL if len(failures) == len(_CALLS) else Severity.WARNING
             findings = [Finding("rpc", "replies", severity, "Bitcoin Core does not answer"
@@ -116,6 +120,8 @@ class NetworkWatch:
             self.forecasts = self.forecaster.observe(sample, {} if behind is None else {"blocks_behind": float(behind)})
             findings += self.forecaster.findings(self.forecasts)
             findings += self.propagation.findings()
+            self.arrival_forecast.update(self.propagation.history)
+            findings.append(self.arrival_forecast.finding(sample.vector))
             findings.append(dbcache_advice(replies["blockchain"], resources))
             if self.model is not None and self.previous is not None:  # the model learned complete rows
                 try:
