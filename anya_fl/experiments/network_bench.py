@@ -194,25 +194,32 @@ def run_scenario(name: str, seed: int = 0) -> dict[str, Any]:
 
 
 def run_clean_week(seed: int = 0, transactions: int = WEEK_TRANSACTIONS,
-                   step: Callable[[float], None] | None = None) -> dict[str, Any]:
-    """A week of a clean node, polled every 10 simulated minutes: alerts above INFO and INFO ones."""
+                   step: Callable[[float], None] | None = None,
+                   model: Callable[[Any], float] | None = None) -> dict[str, Any]:
+    """A week of a clean node, polled every 10 simulated minutes: alerts above INFO and INFO ones; with
+    ``model`` (the network-attack model in the watch, as `anya-fl watch --registry`) also its highest score."""
     node = _node(seed, transactions)
     try:
         span = float(node.chain.block_time[-1]) - node.now() - 3600.0  # stop an hour before the chain's last block
+        scores: list[float] = []
         with tempfile.TemporaryDirectory(prefix="anya-fl-network-") as d:
             watch = _watch(node, Path(d))
+            watch.model = model
             alerts = list(watch.poll_once().alerts)
             polls = int(min(span, WEEK_S) // WEEK_POLL_S)
             for i in range(polls):
                 node.advance(WEEK_POLL_S)
-                alerts += watch.poll_once().alerts
+                result = watch.poll_once()
+                alerts += result.alerts
+                scores += [f.value for f in result.findings if f.detector == "network-model" and f.key == "attack"]
                 if step is not None:
                     step((i + 1) / polls)
         raised = [a for a in alerts if not a.resolved]
         return {"simulated_days": polls * WEEK_POLL_S / 86400, "false_alarms": sum(a.severity > Severity.INFO
                                                                                    for a in raised),
                 "info": sum(a.severity == Severity.INFO for a in raised),
-                "by_detector": sorted({f"{a.detector}:{a.severity.name}" for a in raised})}
+                "by_detector": sorted({f"{a.detector}:{a.severity.name}" for a in raised}),
+                "model_max_score": max(scores) if scores else None, "model_polls": len(scores)}
     finally:
         node.stop()
 

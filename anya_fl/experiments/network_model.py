@@ -14,7 +14,9 @@ held-out episodes (chains no node trained on) of the scenarios that node never s
 * ``pr_auc`` on those rows (threshold-free).
 
 ``by_kind``: the federated model at probability 0.5 on each scenario's held-out episode (attack minutes
-flagged, minutes to the first flag), for the table beside the rule detectors.
+flagged, minutes to the first flag), for the table beside the rule detectors. ``clean_week``: the served model
+inside the watch (as `anya-fl watch --registry`) over the benchmark's clean simulated week: alerts above INFO
+(every detector's, the model's included) and the model's highest score.
 
 Keys (``anya-fl bench network``): ``network.model.<federated|local>.<metric>``, means over nodes.
 """
@@ -29,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from anya_fl.experiments.network_bench import run_clean_week
 from anya_fl.experiments.network_data import MODEL_KINDS, POLL_S, held_out_network_data, own_kinds
 from core import scoring
 from core.data.datasets import load_dataset
@@ -109,11 +112,13 @@ def run_network_model(seed: int = 0, nodes: int = NODES, rounds: int = ROUNDS, d
                 row[name] = _node_scores(score, THRESHOLD, held_out, unseen)
             per_node.append(row)
         by_kind = {k: _kind_scores(federated(held_out[k].x), held_out[k].y) for k in (*MODEL_KINDS, "clean")}
+        step("a clean simulated week with the federated model in the watch")
+        week = run_clean_week(seed=seed, model=lambda v: float(engine.predict_batch("network", v[None, :])[0]))
     means = {name: {m: float(np.mean([r[name][m] for r in per_node])) for m in per_node[0][name]}
              for name in ("federated", "local")}
     return {"config": {"nodes": nodes, "rounds": rounds, "strategy": cfg.strategy, "dp": dp,
                        "epsilon": cfg.epsilon if dp else None, "local_epochs": cfg.local_epochs, "seed": seed},
-            "per_node": per_node, "mean": means, "by_kind": by_kind,
+            "per_node": per_node, "mean": means, "by_kind": by_kind, "clean_week": week,
             "coordinator_pr_auc": metrics["history"][-1]["global"].get("network", {}).get("pr_auc")}
 
 
@@ -124,4 +129,9 @@ def model_metrics(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
         for metric, value in m.items():
             higher = metric != "false_alarm_rate"
             out[f"network.model.{name}.{metric}"] = {"value": value, "unit": "", "higher_is_better": higher}
+    week = result["clean_week"]
+    out["network.model.clean_week.false_alarms"] = {"value": float(week["false_alarms"]), "unit": "alerts",
+                                                    "target": 0.0}
+    out["network.model.clean_week.max_score"] = {"value": week["model_max_score"], "unit": "",
+                                                 "target": THRESHOLD}
     return out
