@@ -47,6 +47,7 @@ from typing import Any
 import psutil
 import tomli_w
 
+from core.bitcoin.features import CHAIN_TASKS
 from core.collector.store import store_path
 from core.errors import AnyaError, ConfigError, DatasetError
 from core.fedconfig import FederationConfig
@@ -453,13 +454,20 @@ def wait_for_nodes(flwr_home: Path, connection: str, count: int, *, timeout: flo
 
 # ---------------------------------------------------------------------------------------------- runs
 
-def prepare_coordinator_data(data_dir: Path, transactions: int, seed: int) -> Path:
-    """Write the coordinator's held-out dataset at ``<data_dir>/coordinator`` unless it exists."""
+def prepare_coordinator_data(data_dir: Path, transactions: int, seed: int, tasks: tuple[str, ...] = CHAIN_TASKS,
+                             on_episode: Callable[[], None] | None = None) -> Path:
+    """Write the coordinator's held-out dataset at ``<data_dir>/coordinator`` unless it exists, and add the
+    ``network`` task to it when ``tasks`` has it and it lacks it (simulated nodes watched under attack:
+    ``network_data.add_coordinator_network_data``; ``on_episode`` after each watched episode)."""
+    from core.data.datasets import load_dataset, write_federation_data
+
     target = Path(data_dir) / "coordinator"
     if not (target / "manifest.json").is_file():
-        from core.data.datasets import write_federation_data
-
         write_federation_data(data_dir, transactions, seed, nodes=1)
+    if "network" in tasks and "network" not in load_dataset(target)[0]:
+        from anya_fl.experiments.network_data import add_coordinator_network_data
+
+        add_coordinator_network_data(Path(data_dir), seed, on_episode)
     return target
 
 

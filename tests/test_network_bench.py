@@ -3,6 +3,7 @@ hours raise nothing above INFO, and the keys are the documented ones."""
 
 from __future__ import annotations
 
+from anya_fl.experiments import arrival_bench as ab
 from anya_fl.experiments import network_bench as nb
 
 
@@ -17,6 +18,23 @@ def test_scenario_runner_and_keys() -> None:
                          "network.eclipse.within_stated", "network.clean_week.false_alarms",
                          "network.clean_week.info"}
     assert keys["network.eclipse.detected"]["value"] == 1.0
+    alarmed = nb.run_clean_week(seed=1, transactions=20_000, model=lambda _v: 0.9)  # a model that always alarms
+    assert alarmed["model_max_score"] == 0.9 and alarmed["model_polls"] == round(alarmed["simulated_days"] * 144)
+    assert alarmed["false_alarms"] == 1 and alarmed["by_detector"] == ["network-model:WARNING", *week["by_detector"]]
+
+
+def test_slow_arrival_scores_each_predictor_against_the_truth() -> None:
+    """Per test block (forecast, persistence, rule, truly slow, observed slow, height): the forecast ranks the two
+    truly slow blocks first; persistence and the rule are scored on the same blocks; unscored rows are counted."""
+    rows = [(0.9, 1.0, True, True, True, 1), (0.7, 0.0, False, True, False, 2), (0.6, 1.0, True, False, True, 3),
+            (0.1, 0.0, False, False, False, 4), (None, None, False, False, False, 5)]
+    r = ab.score(rows)
+    assert (r["blocks"], r["slow"], r["unscored"]) == (4, 2, 1)
+    assert r["roc_auc"] == 1.0 and r["precision"] == 2 / 3 and r["recall"] == 1.0
+    assert r["persistence_roc_auc"] == 0.5 and r["persistence_precision"] == 0.5 and r["persistence_recall"] == 0.5
+    assert r["rule_precision"] == 0.5 and r["rule_recall"] == 0.5 and r["label_agreement"] == 3 / 5
+    keys = ab.arrival_metrics(r | {"lead_minutes": 30.0, "rule_lead_minutes": 10.0})
+    assert keys["network.slow_arrival.lead_minutes"] == {"value": 30.0, "unit": "min", "target": 10.0}
 
 
 def test_flood_and_fee_bump_scenarios(monkeypatch) -> None:

@@ -155,3 +155,25 @@ def test_the_served_network_model_joins_the_watch_detectors(tmp_path) -> None:
     assert [f.active for f in scored] == [False, False, False, False, True, True, True]
     assert all(f.value < 0.5 for f in scored[:3]) and all(f.value >= 0.5 for f in scored[3:])
     assert scored[-1].severity.name == "WARNING" and "for 4 polls in a row" in scored[-1].message
+
+
+def test_a_deployments_coordinator_holds_out_network_episodes_once(tmp_path) -> None:
+    """`coordinator run --tasks ...,network` adds the network task to the coordinator's held-out set, val and test
+    from different chains, every scenario in each, and leaves it as it is on the next run."""
+    from anya_fl.deployment import prepare_coordinator_data
+    from core.bitcoin.features import TASKS
+    from core.data.datasets import load_dataset
+
+    target = prepare_coordinator_data(tmp_path, 60_000, 2)
+    assert "network" not in load_dataset(target)[0]  # the chain tasks only by default
+    episodes = []
+    prepare_coordinator_data(tmp_path, 60_000, 2, TASKS, on_episode=lambda: episodes.append(1))
+    data = load_dataset(target)[0]
+    assert set(data) == set(TASKS) and len(episodes) == 2 * (1 + len(MODEL_KINDS))
+    net = data["network"]
+    assert not np.array_equal(net.x["val"], net.x["test"]) and np.array_equal(net.x["train"], net.x["val"])
+    for s in SPLITS:
+        assert 0 < net.y[s].sum() < len(net.y[s]) and net.x[s].shape[1] == TELEMETRY_SCHEMA.width
+    written = (target / "manifest.json").stat().st_mtime_ns
+    prepare_coordinator_data(tmp_path, 60_000, 2, TASKS)
+    assert (target / "manifest.json").stat().st_mtime_ns == written

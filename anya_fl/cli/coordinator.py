@@ -108,6 +108,10 @@ def coordinator_run(
     nodes: Annotated[int, typer.Option(help="Nodes expected in the federation (a deployment's default: "
                                             "3, not the simulation's 10).")] = 3,
     rounds: Annotated[int, typer.Option(help="Federated rounds.")] = _FED.rounds,
+    tasks: Annotated[str, typer.Option(help="Tasks (comma-separated): fraud, fee, anomaly, network. Each node trains "
+                                            "network on its watch's telemetry and incidents (`anya-fl watch "
+                                            "incident add`); the coordinator's held-out network set is watched on "
+                                            "simulated nodes (about 1.3 s per episode, 12).")] = _FED.tasks,
     strategy: Annotated[str, typer.Option(help="Aggregation strategy (default median, with screening).")] = _FED.strategy,
     screening: Annotated[bool, typer.Option(help="Server-side update screening (reject, flag, clip, exclude).")]
     = _FED.screening,
@@ -130,7 +134,7 @@ def coordinator_run(
     from anya_fl.deployment import launch_run, prepare_coordinator_data, wait_for_nodes
 
     pki_dir, signing_key, key_note = coordinator_run_keys(pki_dir, signing_key)
-    cfg = FederationConfig(nodes=nodes, rounds=rounds, strategy=strategy, screening=screening, min_nodes=min_nodes, epsilon=epsilon,
+    cfg = FederationConfig(nodes=nodes, rounds=rounds, tasks=tasks, strategy=strategy, screening=screening, min_nodes=min_nodes, epsilon=epsilon,
                            local_epochs=local_epochs, seed=seed, run_dir=str(run_dir.resolve()),
                            data_dir=str(data_dir.resolve()), run_name=run_dir.name,
                            registry_dir=str(registry.expanduser().resolve()) if signing_key else "",
@@ -140,7 +144,11 @@ def coordinator_run(
         err_console.print(f"[yellow]{escape(key_note)}[/yellow]", soft_wrap=True)
     else:
         console.print(escape(key_note), soft_wrap=True)
-    prepare_coordinator_data(Path(cfg.data_dir), cfg.transactions, cfg.seed)
+    if "network" in cfg.task_list:
+        with console.status("the coordinator's held-out network set (simulated nodes watched under attack)"):
+            prepare_coordinator_data(Path(cfg.data_dir), cfg.transactions, cfg.seed, cfg.task_list)
+    else:
+        prepare_coordinator_data(Path(cfg.data_dir), cfg.transactions, cfg.seed)
     with console.status(f"waiting for {cfg.min_nodes} SuperNodes to come online (up to {wait_nodes:.0f} s)"):
         online = wait_for_nodes(_flwr_home("coordinator"), name, cfg.min_nodes, timeout=wait_nodes)
     key_names = _registered_node_names(pki_dir, name)

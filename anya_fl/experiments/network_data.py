@@ -14,7 +14,6 @@ data. Splits are by episode (train, val, test), so no episode's rows leak across
 
 from __future__ import annotations
 
-import functools
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -147,12 +146,20 @@ def add_network_data(data_dir: Path, seed: int, nodes: int, on_episode: Callable
         data, manifest = load_dataset(d)
         data["network"] = node_network_data(i, nodes, seed, on_episode=on_episode)
         save_dataset(d, data, {**manifest.get("info", {}), "network_kinds": list(own_kinds(i, nodes))})
+    add_coordinator_network_data(data_dir, seed, on_episode)
+
+
+def add_coordinator_network_data(data_dir: Path, seed: int, on_episode: Callable[[], None] | None = None) -> None:
+    """Add the ``network`` task to the coordinator's held-out set (``<data_dir>/coordinator``): val (and train)
+    and test episodes of every kind on separate chains no node trains on. The coordinator has no telemetry
+    truth of its own, so in a deployment too its held-out network set is simulated (as its chain tasks' is)."""
+    from core.data.datasets import load_dataset, save_dataset
+
     d = data_dir / "coordinator"
     data, manifest = load_dataset(d)
-    val = held_out_network_data(seed + 1, on_episode=on_episode)
-    test = held_out_network_data(seed, on_episode=on_episode)
-    both = {"train": list(val.values()), "val": list(val.values()), "test": list(test.values())}
-    data["network"] = _splits(both)
+    val = _held_out_episodes(seed + 1, on_episode)
+    test = _held_out_episodes(seed, on_episode)
+    data["network"] = _splits({"train": val, "val": val, "test": test})
     save_dataset(d, data, manifest.get("info", {}))
 
 
@@ -162,14 +169,22 @@ def episodes_total(nodes: int) -> int:
     return nodes * per_node + 2 * (1 + len(MODEL_KINDS))
 
 
-@functools.lru_cache(maxsize=4)
-def _sample_episodes(seed: int) -> tuple[Episode, ...]:
-    return tuple(held_out_network_data(seed).values())
+_HELD_OUT: dict[int, tuple[Episode, ...]] = {}  # seed -> held_out_network_data's episodes, watched once per process
+
+
+def _held_out_episodes(seed: int, on_episode: Callable[[], None] | None = None) -> list[Episode]:
+    """Copies of ``held_out_network_data(seed)``'s episodes (clean first), each seed watched once per process."""
+    if seed not in _HELD_OUT:
+        _HELD_OUT[seed] = tuple(held_out_network_data(seed, on_episode=on_episode).values())
+    elif on_episode is not None:
+        for _ in _HELD_OUT[seed]:
+            on_episode()
+    return [Episode(e.kind, e.x.copy(), e.y.copy()) for e in _HELD_OUT[seed]]
 
 
 def sample_network_splits(seed: int = 0) -> TaskSplits:
     """Realistic labeled telemetry rows (a clean episode and one of each scenario), the same rows in every
     split: for benchmarks and export checks that need rows, not a fair evaluation (fresh arrays each call;
     the episodes are watched once per seed and process)."""
-    episodes = [Episode(e.kind, e.x.copy(), e.y.copy()) for e in _sample_episodes(seed)]
+    episodes = _held_out_episodes(seed)
     return _splits({s: episodes for s in SPLITS})
