@@ -1,0 +1,71 @@
+"""The simulated Lightning network: deterministic, conserving, failing where the balances say, and each router's
+view consistent with the others' and with the truth."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import pytest
+
+from anya_fl.simln.network import RESERVE_SHARE, SimLN, SimLNConfig, hop_fee
+from core.errors import ConfigError
+from core.lightning.model import FAILED, LOCAL_FAILED, SETTLED
+
+
+@pytest.fixture(scope="module")
+def net() -> SimLN:
+    n = SimLN(SimLNConfig(seed=4, nodes=20, payments_per_hour=400))
+    n.advance(6 * 3600)
+    return n
+
+
+def test_the_same_seed_gives_the_same_network_and_payments(net) -> None:
+    again = SimLN(SimLNConfig(seed=4, nodes=20, payments_per_hour=400))
+    again.advance(6 * 3600)
+    assert again.payments == net.payments and again.forwards == net.forwards
+    assert [c.balance_msat for c in again.channels] == [c.balance_msat for c in net.channels]
+    other = SimLN(SimLNConfig(seed=5, nodes=20, payments_per_hour=400))
+    assert [c.capacity_sat for c in other.channels] != [c.capacity_sat for c in net.channels]
+
+
+def test_balances_are_conserved_and_failures_follow_them(net) -> None:
+    assert len(net.payments) > 1000 and 0.3 < sum(p.succeeded for p in net.payments) / len(net.payments) < 1.0
+    for c in net.channels:
+        assert sum(c.balance_msat) == c.capacity_sat * 1000 and min(c.balance_msat) >= 0
+    reasons = defaultdict(int)
+    for h in net.hop_log:  # a hop passes exactly when the sender can spend the amount and the next router is up
+        assert h.passed == (h.spendable_msat >= h.amount_msat and h.dst_online)
+        reasons[h.passed] += 1
+    assert reasons[True] and reasons[False]
+    assert all(h.spendable_msat <= net.channels[h.channel].capacity_sat * 1000 * (1 - RESERVE_SHARE) + 1000
+               for h in net.hop_log)
+
+
+def test_each_router_sees_its_own_side_and_the_forwards_agree_along_a_path(net) -> None:
+    short = {c.short_id: c for c in net.channels}
+    for node in range(net.config.nodes):
+        view = net.router(node)
+        for ch in view.channels():
+            c = short[ch.channel_id]
+            assert ch.local_msat == c.balance_msat[c.side(node)] and ch.local_msat + ch.remote_msat == \
+                c.capacity_sat * 1000
+            assert ch.peer == net.pubkeys[c.b if node == c.a else c.a] and ch.peer != view.info().pubkey
+        for f in view.forwards(0, float("inf")):
+            assert f.outcome in (SETTLED, FAILED, LOCAL_FAILED) and f.in_msat >= f.out_msat
+            if f.outcome == SETTLED:
+                policy = short[f.out_channel].policy[short[f.out_channel].side(node)]
+                assert f.fee_msat == f.in_msat - f.out_msat == hop_fee(policy, f.out_msat) and f.failure is None
+            else:
+                assert f.fee_msat == 0 and (f.failure is not None) == (f.outcome == LOCAL_FAILED)
+    settled = sum(f.fee_msat for fs in net.forwards.values() for f in fs)
+    assert settled == sum(p.fee_msat for p in net.payments if p.succeeded) > 0  # what payers paid, routers earned
+
+
+def test_bad_settings_name_the_field() -> None:
+    for kw, name in (({"nodes": 2}, "simln.nodes"), ({"payments_per_hour": 0}, "simln.payments_per_hour"),
+                     ({"nodes": 5, "channels_per_node": 5}, "simln.channels_per_node"), ({"seed": -1}, "simln.seed")):
+        with pytest.raises(ConfigError) as err:
+            SimLN(SimLNConfig(**kw))
+        assert err.value.setting == name
+    with pytest.raises(ConfigError):
+        SimLN(SimLNConfig(nodes=5)).router(5)
