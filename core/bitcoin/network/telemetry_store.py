@@ -26,8 +26,8 @@ import numpy as np
 
 from core.bitcoin.network.telemetry_schema import TELEMETRY_SCHEMA
 from core.data.datasets import DEFAULT_SPLIT, SPLITS, TaskSplits
-from core.errors import ConfigError, DatasetError
-from core.sqlite_db import write_transaction
+from core.errors import ConfigError
+from core.sqlite_db import open_store, write_transaction
 
 FILE = "telemetry.sqlite"
 WATCH_DIR = "watch"  # the watch's state directory under a node's data dir (`anya-fl node`)
@@ -57,42 +57,9 @@ class TelemetryStore:
 
     def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
         self.path = Path(path)
-        if readonly:
-            if not self.path.is_file():
-                raise DatasetError(f"no telemetry store at {self.path}: the watch writes it (`anya-fl watch` or "
-                                   "`anya-fl node --watch`)")
-            self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None, timeout=30,
-                                      check_same_thread=False)
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
-        try:
-            self._init(readonly)
-        except sqlite3.DatabaseError as exc:
-            self.db.close()
-            raise DatasetError(f"{self.path} is not a readable SQLite database ({exc}); move it away") from None
-        except BaseException:
-            self.db.close()
-            raise
-
-    def _init(self, readonly: bool) -> None:
-        db = self.db
-        app_id = db.execute("PRAGMA application_id").fetchone()[0]
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        if app_id == 0 and version == 0 and not readonly:
-            db.execute("PRAGMA journal_mode = WAL")
-            with self._write():
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        elif app_id != APPLICATION_ID:
-            raise DatasetError(f"{self.path} is not an anya-fl telemetry store (application_id {app_id:#x})")
-        elif version != SCHEMA_VERSION:
-            raise DatasetError(f"{self.path}: telemetry store version {version}, this build reads {SCHEMA_VERSION}")
-        if not readonly:
-            db.execute("PRAGMA synchronous = NORMAL")
+        self.db = open_store(self.path, application_id=APPLICATION_ID, version=SCHEMA_VERSION, schema=_SCHEMA,
+                             kind="telemetry store", readonly=readonly,
+                             missing="the watch writes it (`anya-fl watch` or `anya-fl node --watch`)")
 
     def close(self) -> None:
         self.db.close()

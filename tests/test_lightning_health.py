@@ -1,0 +1,47 @@
+"""Channel health figures and findings from a node's own channels, forwards and balance history."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.lightning.health import DEPLETED, channel_health, days_to_depleted, trend
+from core.lightning.model import FAILED, LOCAL_FAILED, OPEN, PENDING_OPEN, SETTLED, Channel, ChannelPolicy, Forward
+
+DAY = 86_400
+
+
+def _channel(cid: str | None, local: int, ppm: int, *, state: str = OPEN, uptime: int = 30 * DAY) -> Channel:
+    return Channel(channel_id=cid, channel_point=f"{'ab' * 32}:0", peer="02" + "11" * 32, state=state, active=True,
+                   capacity_sat=1_000_000, local_msat=local * 1000, remote_msat=(1_000_000 - local) * 1000,
+                   uptime_s=uptime, lifetime_s=30 * DAY, local_policy=ChannelPolicy(1000, ppm))
+
+
+def _fwd(t: float, inc: str, out: str | None, outcome: str, failure: str | None = None, fee: int = 0) -> Forward:
+    return Forward(t, t + 1, inc, out, 100_000 + fee, 100_000, fee, outcome, failure)
+
+
+def test_figures_and_findings_per_channel() -> None:
+    channels = [_channel("1x1x0", 100_000, 50), _channel("1x2x0", 500_000, 100), _channel("1x3x0", 900_000, 900),
+                _channel("1x4x0", 500_000, 100, uptime=20 * DAY), _channel(None, 0, 100, state=PENDING_OPEN)]
+    forwards = [_fwd(1, "1x2x0", "1x1x0", SETTLED, fee=60), _fwd(2, "1x2x0", "1x1x0", SETTLED, fee=60),
+                _fwd(3, "1x2x0", "1x1x0", LOCAL_FAILED, "temporary_channel_failure"),
+                _fwd(4, "1x4x0", "1x1x0", FAILED), _fwd(5, "1x4x0", None, LOCAL_FAILED, "unknown_next_peer")]
+    history = {"1x1x0": [(0.0, 0.5), (DAY, 0.3), (2 * DAY, 0.1)]}
+    rows = {r.channel_id: r for r in channel_health(channels, forwards, history)}
+    assert set(rows) == {"1x1x0", "1x2x0", "1x3x0", "1x4x0"}  # a pending channel has no id yet
+    a = rows["1x1x0"]
+    assert (a.out_settled, a.out_failed_balance, a.out_failed_other, a.fee_msat) == (2, 1, 1, 120)
+    assert a.out_success == pytest.approx(2 / 3) and a.ratio == pytest.approx(0.1)
+    assert a.trend_per_day == pytest.approx(-0.2) and a.days_to_depleted == 0.0
+    assert {f.kind for f in a.findings} == {"rebalance", "fee"}  # depleted with failures; draining at 50 < 100 ppm
+    assert rows["1x2x0"].in_forwards == 3 and rows["1x2x0"].findings == []
+    assert [f.kind for f in rows["1x3x0"].findings] == ["rebalance", "idle", "fee"]  # full, unused, dear
+    assert [f.kind for f in rows["1x4x0"].findings] == ["uptime"] and rows["1x4x0"].uptime == pytest.approx(2 / 3)
+
+
+def test_trend_and_forecast_edges() -> None:
+    assert trend([]) is None and trend([(5.0, 0.4), (5.0, 0.6)]) is None
+    assert trend([(0.0, 0.2), (DAY, 0.4)]) == pytest.approx(0.2)
+    assert days_to_depleted(0.5, -0.1) == pytest.approx((0.5 - DEPLETED) / 0.1)
+    assert days_to_depleted(0.5, 0.1) == pytest.approx((1 - DEPLETED - 0.5) / 0.1)
+    assert days_to_depleted(0.5, 0.0) is None and days_to_depleted(0.5, None) is None
