@@ -8,9 +8,6 @@ is absent is skipped, never guessed.
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 import math
 import re
@@ -18,6 +15,14 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from anya_fl.report_html import CSS as _CSS
+from anya_fl.report_html import esc as _e
+from anya_fl.report_html import figure as _figure
+from anya_fl.report_html import fmt as _fmt
+from anya_fl.report_html import html_table as _table
+from anya_fl.report_html import img as _img
+from anya_fl.report_html import pyplot as _pyplot
+from anya_fl.report_html import save_png as _save
 from core.health.agent_checker import SystemStage
 from core.scoring import PRIMARY_METRIC
 from core.storage import atomic_write_bytes
@@ -150,35 +155,10 @@ def _unit_group(metric: str) -> tuple[int, str]:
     return 0, "rate or score (0 to 1)"
 
 
-def _fmt(v: Any) -> str:
-    """Display text of a table cell."""
-    if v is None:
-        return "–"
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            return "∞" if v > 0 else ("−∞" if v < 0 else "NaN")
-        if v == int(v) and abs(v) < 1e15 and abs(v) >= 1:
-            return f"{int(v):,}"
-        if abs(v) >= 1e4:
-            return f"{v:,.0f}"
-        return f"{v:.4g}"
-    return str(v)
+
 
 
 # ----------------------------------------------------------------------------- plots
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _round_axis(ax, rounds: Sequence[int]) -> None:
@@ -192,25 +172,6 @@ def _round_axis(ax, rounds: Sequence[int]) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.grid(True, alpha=0.3)
-
-
-def _figure(ncols: int = 1, *, figsize: tuple[float, float]):
-    """A figure with ``ncols`` axes in one row, laid out by matplotlib's constrained layout.
-
-    Constrained layout keeps titles, axis labels and legends placed outside the axes inside the
-    image; titles are set with ``wrap=True`` so that a long one breaks into lines instead of being cut.
-    """
-    return _pyplot().subplots(1, ncols, figsize=figsize, squeeze=False, layout="constrained")
-
-
-def _save(fig, path: Path) -> Path:
-    plt = _pyplot()
-    try:
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100)
-    finally:
-        plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
 
 
 def _plot_task(history: Sequence[RoundRecord], rounds: list[int], task: str):
@@ -547,26 +508,6 @@ def node_epsilon_rows(metrics: dict, names: Mapping[str, str] | None = None) -> 
 
 # ----------------------------------------------------------------------------- HTML
 
-_CSS = """
-body { font-family: -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif; margin: 2em auto;
-       max-width: 1200px; padding: 0 1em; color: #222; line-height: 1.45; }
-h1 { border-bottom: 2px solid #f7931a; padding-bottom: .3em; }
-h2 { margin-top: 2em; border-bottom: 1px solid #ddd; padding-bottom: .2em; }
-table { border-collapse: collapse; margin: .8em 0; font-size: 14px; }
-th, td { border: 1px solid #ccc; padding: 4px 10px; text-align: right; }
-th { background: #f4f4f4; }
-td:first-child, th:first-child, td.text { text-align: left; }
-tr:nth-child(even) td { background: #fafafa; }
-figure { margin: 1.2em 0; }
-figure img { max-width: 100%; border: 1px solid #eee; }
-figcaption { color: #555; font-size: 13px; }
-.note { color: #555; font-size: 13px; }
-code { background: #f4f4f4; padding: 0 3px; }
-details { margin-top: 2em; }
-details > summary { cursor: pointer; font-size: 1.2em; font-weight: bold; }
-"""
-
-
 def node_health_rows(history: Sequence[RoundRecord]) -> tuple[list[str], list[list[Any]]]:
     """Per round: nodes by stage, lowest readiness, declined nodes, largest RSS and least free memory."""
     cols = ["round", "stages of nodes that trained", "lowest readiness", "declined", "max RSS (MB)",
@@ -588,34 +529,6 @@ def node_health_rows(history: Sequence[RoundRecord]) -> tuple[list[str], list[li
                      min(vals["health.readiness"], default=None), declined, max(vals["health.rss-mb"], default=None),
                      min(vals["health.memory-available-mb"], default=None)])
     return cols, rows
-
-
-def _e(v: Any) -> str:
-    return html.escape(str(v), quote=True)
-
-
-def _table(columns: Sequence[str], rows: Iterable[Sequence[Any]], raw: bool = False, text_cols: int = 1) -> str:
-    """An HTML table; cells are formatted with ``_fmt`` unless ``raw`` (already text), always escaped.
-
-    The first ``text_cols`` columns (and, unless ``raw``, every string cell) are left aligned.
-    """
-    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
-    body = []
-    for row in rows:
-        cells = []
-        for i, v in enumerate(row):
-            text = str(v) if raw else _fmt(v)
-            cls = ' class="text"' if i < text_cols or (isinstance(v, str) and not raw) else ""
-            cells.append(f"<td{cls}>{_e(text)}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-def _img(path: Path) -> str:
-    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    name = Path(path).stem
-    return (f'<figure><img src="data:image/png;base64,{data}" alt="{_e(name)}">'
-            f"<figcaption>{_e(Path(path).name)}</figcaption></figure>")
 
 
 def _node_label(names: Mapping[str, str], node: Any) -> str:

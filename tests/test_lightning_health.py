@@ -45,3 +45,25 @@ def test_trend_and_forecast_edges() -> None:
     assert days_to_depleted(0.5, -0.1) == pytest.approx((0.5 - DEPLETED) / 0.1)
     assert days_to_depleted(0.5, 0.1) == pytest.approx((1 - DEPLETED - 0.5) / 0.1)
     assert days_to_depleted(0.5, 0.0) is None and days_to_depleted(0.5, None) is None
+
+
+def test_the_store_keeps_snapshots_and_each_forward_once(tmp_path) -> None:
+    from core.errors import DatasetError
+    from core.lightning.store import LightningStore
+
+    path = tmp_path / "lightning.sqlite"
+    with pytest.raises(DatasetError, match="lightning collect"):
+        LightningStore(path, readonly=True)
+    f = _fwd(10.0, "1x2x0", None, LOCAL_FAILED, "unknown_next_peer")
+    with LightningStore(path) as store:
+        assert store.record(0.0, [_channel("1x1x0", 500_000, 10)], [f]) == (1, 1)
+        assert store.record(DAY, [_channel("1x1x0", 300_000, 10), _channel(None, 0, 1)], [f]) == (1, 0)
+    with LightningStore(path, readonly=True) as store:
+        assert store.history(0.0) == {"1x1x0": [(0.0, 0.5), (DAY, 0.3)]}
+        assert store.forwards(0.0, 20.0) == [f] and store.last_forward_time() == 10.0
+        when, (latest,) = store.latest()
+        assert when == DAY and latest.channel_id == "1x1x0" and latest.local_msat == 300_000_000
+        assert (latest.local_policy.fee_rate_ppm, latest.uptime_s, latest.peer) == (10, 30 * DAY, "02" + "11" * 32)
+    (tmp_path / "other.sqlite").write_bytes(b"not a database at all" * 100)
+    with pytest.raises(DatasetError, match="not a readable SQLite"):
+        LightningStore(tmp_path / "other.sqlite")

@@ -7,7 +7,7 @@ import sys
 
 from rich.markup import escape
 
-from anya_fl.cli import bench, collect, coordinator, node, quality, serve, simnode, simulate, watch
+from anya_fl.cli import bench, collect, coordinator, lightning, node, quality, serve, simnode, simulate, watch
 from anya_fl.cli.app import app
 from anya_fl.cli.models import models_app
 from anya_fl.cli.security import audit_app, token_app
@@ -30,6 +30,7 @@ app.command()(bench.bench)
 app.add_typer(collect.collect_app, name="collect")
 app.add_typer(watch.watch_app, name="watch")
 app.add_typer(watch.alerts_app, name="alerts")
+app.add_typer(lightning.lightning_app, name="lightning")
 
 __all__ = ["app", "main"]
 

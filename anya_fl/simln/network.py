@@ -1,6 +1,6 @@
 """A simulated Lightning network: a channel graph with balances, a payment workload, and routing whose failures
-follow the balances. Everything is determined by the seed; time is simulated seconds (UNIX time =
-``GENESIS_EPOCH`` + seconds) and moves only with ``advance``.
+follow the balances. Everything is determined by the seed; time is simulated seconds (UNIX time = ``epoch`` + seconds,
+``GENESIS_EPOCH`` by default) and moves only with ``advance``.
 
 * **Graph.** ``nodes`` routers join one by one, each opening ``channels_per_node`` channels to earlier ones chosen
   in proportion to their channel count (preferential attachment: a few hubs, many small routers, as in the real
@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -167,9 +168,11 @@ class SimLN:
     forwards: dict[int, list[Forward]] = field(default_factory=dict)  # router -> its forwards, oldest first
     hop_log: list[HopAttempt] = field(default_factory=list)  # the truth of every hop tried, oldest first
     estimator: Estimator = uniform_prior
+    epoch: float = GENESIS_EPOCH  # UNIX time of simulated second 0
 
     def __post_init__(self) -> None:
         cfg = self.config.validate()
+        self.lock = threading.RLock()  # routers are read from server threads while the clock advances
         self.rng = np.random.default_rng(cfg.seed)
         self.pubkeys = [_pubkey(cfg.seed, i) for i in range(cfg.nodes)]
         self.implementation = ["cln" if i % 3 == 2 else "lnd" for i in range(cfg.nodes)]
@@ -242,6 +245,10 @@ class SimLN:
         """Play the payments due in the next ``seconds``; returns them."""
         if not (isinstance(seconds, int | float) and 0 <= seconds < math.inf):
             raise ConfigError("seconds", f"{seconds!r} must be a finite number >= 0")
+        with self.lock:
+            return self._advance(seconds)
+
+    def _advance(self, seconds: float) -> list[Payment]:
         end = self.now + seconds
         done = []
         while self.next_payment < end:
@@ -351,7 +358,7 @@ class SimLN:
             else:
                 outcome, why, fee = FAILED, None, 0
             self.forwards[router].append(Forward(
-                received=GENESIS_EPOCH + t, resolved=GENESIS_EPOCH + resolved,
+                received=self.epoch + t, resolved=self.epoch + resolved,
                 in_channel=self.channels[path[j - 1].channel].short_id,
                 out_channel=self.channels[path[j].channel].short_id, in_msat=amounts[j - 1], out_msat=amounts[j],
                 fee_msat=fee, outcome=outcome, failure=why))
@@ -384,12 +391,20 @@ class RouterView:
     node: int
 
     def info(self) -> NodeInfo:
+        with self.net.lock:
+            return self._info()
+
+    def _info(self) -> NodeInfo:
         impl = self.net.implementation[self.node]
         return NodeInfo(pubkey=self.net.pubkeys[self.node], alias=f"simln-{self.node:03d}", implementation=impl,
                         version=LND_VERSION if impl == "lnd" else CLN_VERSION,
                         block_height=START_HEIGHT + int(self.net.now // 600), synced_to_chain=True)
 
     def channels(self) -> list[Channel]:
+        with self.net.lock:
+            return self._channels()
+
+    def _channels(self) -> list[Channel]:
         net, me = self.net, self.node
         out = []
         for c in net.by_node[me]:
@@ -407,4 +422,5 @@ class RouterView:
         return out
 
     def forwards(self, start: float, end: float) -> list[Forward]:
-        return [f for f in self.net.forwards[self.node] if start <= f.received < end]
+        with self.net.lock:
+            return [f for f in self.net.forwards[self.node] if start <= f.received < end]

@@ -171,12 +171,14 @@ def _show(value: Any) -> str:
 
 
 class _Entry:
-    """One JSON object of a reply, read field by field; ``where`` is its path (``channels[2]``)."""
+    """One JSON object of a reply, read field by field; ``where`` is its path (``channels[2]``). ``x(name)``
+    requires the field, ``opt_x(name)`` gives None when it is absent; a present field must be right."""
 
     def __init__(self, obj: Any, where: str, node: str, call: str) -> None:
         self.node, self.call, self.where = node, call, where
         if not isinstance(obj, dict):
-            raise LightningReplyError(f"expected an object, got {_show(obj)}", node=node, call=call, field=where)
+            raise LightningReplyError(f"expected an object, got {_show(obj)}", node=node, call=call,
+                                      field=where or None)
         self.obj: dict[str, Any] = obj
 
     def path(self, name: str) -> str:
@@ -185,61 +187,34 @@ class _Entry:
     def bad(self, name: str, problem: str) -> LightningReplyError:
         return LightningReplyError(problem, node=self.node, call=self.call, field=self.path(name))
 
-    def get(self, name: str, required: bool) -> Any:
+    def need(self, name: str) -> Any:
         if name not in self.obj:
-            if required:
-                raise self.bad(name, "missing")
-            return None
+            raise self.bad(name, "missing")
         return self.obj[name]
 
-    def string(self, name: str, required: bool = True, pattern: re.Pattern[str] | None = None,
-               what: str = "a string") -> str | None:
-        value = self.get(name, required)
-        if value is None and not required:
-            return None
+    # ---- checks of one present value
+
+    def _string(self, name: str, value: Any, pattern: re.Pattern[str] | None = None, what: str = "a string") -> str:
         if not isinstance(value, str) or (pattern is not None and not pattern.fullmatch(value)):
             raise self.bad(name, f"{_show(value)} is not {what}")
         return value
 
-    def pubkey(self, name: str) -> str:
-        return self.string(name, pattern=_PUBKEY_RE, what="a node public key (66 hex digits)")  # type: ignore[return-value]
-
-    def scid(self, name: str, required: bool = True) -> str | None:
-        return self.string(name, required, _SCID_RE, "a short channel id (BLOCKxTXxOUTPUT)")
-
-    def integer(self, name: str, required: bool = True) -> int | None:
-        value = self.get(name, required)
-        if value is None and not required:
-            return None
+    def _integer(self, name: str, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.bad(name, f"{_show(value)} is not an integer")
         if value < 0:
             raise self.bad(name, f"{value} is negative")
         return value
 
-    def number(self, name: str, required: bool = True) -> float | None:
-        value = self.get(name, required)
-        if value is None and not required:
-            return None
+    def _number(self, name: str, value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise self.bad(name, f"{_show(value)} is not a number")
         if value < 0:
             raise self.bad(name, f"{value} is negative")
         return float(value)
 
-    def boolean(self, name: str, required: bool = True) -> bool | None:
-        value = self.get(name, required)
-        if value is None and not required:
-            return None
-        if not isinstance(value, bool):
-            raise self.bad(name, f"{_show(value)} is not a boolean")
-        return value
-
-    def msat(self, name: str, required: bool = True) -> int | None:
-        """An msat amount: a JSON integer (v23.05+) or a ``"1000msat"`` string (before); never negative."""
-        value = self.get(name, required)
-        if value is None and not required:
-            return None
+    def _msat(self, name: str, value: Any) -> int:
+        """A JSON integer (v23.05+) or a ``"1000msat"`` string (before); never negative."""
         if isinstance(value, int) and not isinstance(value, bool):
             if value < 0:
                 raise self.bad(name, f"{value} is negative")
@@ -249,19 +224,69 @@ class _Entry:
             raise self.bad(name, f"{_show(value)} is not an msat amount")
         return int(m[1])
 
-    def entry(self, name: str, required: bool = True) -> _Entry | None:
-        value = self.get(name, required)
-        if value is None and not required:
-            return None
-        return _Entry(value, self.path(name), self.node, self.call)
+    def _scid(self, name: str, value: Any) -> str:
+        return self._string(name, value, _SCID_RE, "a short channel id (BLOCKxTXxOUTPUT)")
 
-    def array(self, name: str, required: bool = True) -> list[Any] | None:
-        value = self.get(name, required)
-        if value is None and not required:
-            return None
+    # ---- required fields
+
+    def string(self, name: str) -> str:
+        return self._string(name, self.need(name))
+
+    def pubkey(self, name: str) -> str:
+        return self._string(name, self.need(name), _PUBKEY_RE, "a node public key (66 hex digits)")
+
+    def txid(self, name: str) -> str:
+        return self._string(name, self.need(name), _TXID_RE, "a txid (64 hex digits)")
+
+    def scid(self, name: str) -> str:
+        return self._scid(name, self.need(name))
+
+    def integer(self, name: str) -> int:
+        return self._integer(name, self.need(name))
+
+    def boolean(self, name: str) -> bool:
+        value = self.need(name)
+        if not isinstance(value, bool):
+            raise self.bad(name, f"{_show(value)} is not a boolean")
+        return value
+
+    def msat(self, name: str) -> int:
+        return self._msat(name, self.need(name))
+
+    def entry(self, name: str) -> _Entry:
+        return _Entry(self.need(name), self.path(name), self.node, self.call)
+
+    def array(self, name: str) -> list[Any]:
+        value = self.need(name)
         if not isinstance(value, list):
             raise self.bad(name, f"expected an array, got {_show(value)}")
         return value
+
+    # ---- optional fields
+
+    def opt_string(self, name: str) -> str | None:
+        return self.string(name) if name in self.obj else None
+
+    def opt_scid(self, name: str) -> str | None:
+        return self.scid(name) if name in self.obj else None
+
+    def opt_integer(self, name: str) -> int | None:
+        return self.integer(name) if name in self.obj else None
+
+    def opt_number(self, name: str) -> float | None:
+        return self._number(name, self.obj[name]) if name in self.obj else None
+
+    def opt_boolean(self, name: str) -> bool | None:
+        return self.boolean(name) if name in self.obj else None
+
+    def opt_msat(self, name: str) -> int | None:
+        return self.msat(name) if name in self.obj else None
+
+    def opt_entry(self, name: str) -> _Entry | None:
+        return self.entry(name) if name in self.obj else None
+
+    def opt_array(self, name: str) -> list[Any] | None:
+        return self.array(name) if name in self.obj else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -273,7 +298,6 @@ def parse_getinfo(result: Any, node: str = "lightning-rpc") -> NodeInfo:
     """``getinfo``'s result -> NodeInfo (synced unless a ``warning_*_sync`` is present); checks the version."""
     e = _Entry(result, "", node, "getinfo")
     version = e.string("version")
-    assert version is not None
     parsed = parse_version(version)
     if parsed is None:
         raise LightningVersionError(f"{version!r} is not a Core Lightning version (vYY.MM[.P])", node=node,
@@ -282,41 +306,37 @@ def parse_getinfo(result: Any, node: str = "lightning-rpc") -> NodeInfo:
         raise LightningVersionError(
             f"Core Lightning {version} is older than {format_version(MIN_VERSION)}, the first with "
             "listpeerchannels, which this adapter reads", node=node, call="getinfo", field="version")
-    warned = any(e.string(w, required=False) is not None for w in ("warning_bitcoind_sync",
-                                                                  "warning_lightningd_sync"))
-    return NodeInfo(pubkey=e.pubkey("id"), alias=e.string("alias") or "", implementation="cln", version=version,
-                    block_height=e.integer("blockheight") or 0, synced_to_chain=not warned)
+    warned = [w for w in ("warning_bitcoind_sync", "warning_lightningd_sync") if e.opt_string(w) is not None]
+    return NodeInfo(pubkey=e.pubkey("id"), alias=e.string("alias"), implementation="cln", version=version,
+                    block_height=e.integer("blockheight"), synced_to_chain=not warned)
 
 
 def _policy(e: _Entry) -> ChannelPolicy:
     """A gossip update (``updates.local`` / ``updates.remote``) -> ChannelPolicy."""
-    return ChannelPolicy(base_fee_msat=e.msat("fee_base_msat"),  # type: ignore[arg-type]
-                         fee_rate_ppm=e.integer("fee_proportional_millionths"),  # type: ignore[arg-type]
-                         time_lock_delta=e.integer("cltv_expiry_delta"),
-                         min_htlc_msat=e.msat("htlc_minimum_msat"), max_htlc_msat=e.msat("htlc_maximum_msat"))
+    return ChannelPolicy(base_fee_msat=e.msat("fee_base_msat"), fee_rate_ppm=e.integer("fee_proportional_millionths"),
+                         time_lock_delta=e.integer("cltv_expiry_delta"), min_htlc_msat=e.msat("htlc_minimum_msat"),
+                         max_htlc_msat=e.msat("htlc_maximum_msat"))
 
 
 def _policies(e: _Entry) -> tuple[ChannelPolicy | None, ChannelPolicy | None]:
     """Ours and the peer's: ``updates`` (v24.02+) or, for ours, the top-level fee fields."""
-    updates = e.entry("updates", required=False)
-    local = updates.entry("local", required=False) if updates else None
-    remote = updates.entry("remote", required=False) if updates else None
+    updates = e.opt_entry("updates")
+    local = updates.opt_entry("local") if updates else None
+    remote = updates.opt_entry("remote") if updates else None
+    ours: ChannelPolicy | None = None
     if local is not None:
-        ours: ChannelPolicy | None = _policy(local)
+        ours = _policy(local)
     elif "fee_base_msat" in e.obj or "fee_proportional_millionths" in e.obj:
-        ours = ChannelPolicy(base_fee_msat=e.msat("fee_base_msat"),  # type: ignore[arg-type]
-                             fee_rate_ppm=e.integer("fee_proportional_millionths"),  # type: ignore[arg-type]
-                             min_htlc_msat=e.msat("minimum_htlc_out_msat", required=False),
-                             max_htlc_msat=e.msat("maximum_htlc_out_msat", required=False))
-    else:
-        ours = None
+        ours = ChannelPolicy(base_fee_msat=e.msat("fee_base_msat"),
+                             fee_rate_ppm=e.integer("fee_proportional_millionths"),
+                             min_htlc_msat=e.opt_msat("minimum_htlc_out_msat"),
+                             max_htlc_msat=e.opt_msat("maximum_htlc_out_msat"))
     return ours, _policy(remote) if remote is not None else None
 
 
 def _state(e: _Entry) -> tuple[str, str]:
     """(Core Lightning's state name, the model's state); an unknown name is a LightningVersionError."""
     name = e.string("state")
-    assert name is not None
     if name not in CLN_STATES:
         raise LightningVersionError(f"{_show(name)} is not a channel state this adapter knows (a newer Core "
                                     "Lightning?)", node=e.node, call=e.call, field=e.path("state"))
@@ -325,14 +345,14 @@ def _state(e: _Entry) -> tuple[str, str]:
 
 def _htlcs(e: _Entry) -> tuple[int, int]:
     """(count, total msat) of the HTLCs in flight."""
-    total, items = 0, e.array("htlcs", required=False) or []
-    for j, item in enumerate(items):
-        total += _Entry(item, e.path(f"htlcs[{j}]"), e.node, e.call).msat("amount_msat") or 0
+    items = e.opt_array("htlcs") or []
+    total = sum(_Entry(item, e.path(f"htlcs[{j}]"), e.node, e.call).msat("amount_msat")
+                for j, item in enumerate(items))
     return len(items), total
 
 
 def _opener(e: _Entry) -> bool:
-    opener = e.get("opener", True)
+    opener = e.need("opener")
     if opener not in ("local", "remote"):
         raise e.bad("opener", f"{_show(opener)} is not 'local' or 'remote'")
     return opener == "local"
@@ -340,23 +360,21 @@ def _opener(e: _Entry) -> bool:
 
 def _channel(e: _Entry, state: str) -> Channel:
     """One committed channel of ``listpeerchannels``."""
-    connected = e.boolean("peer_connected")
+    peer, connected = e.pubkey("peer_id"), e.boolean("peer_connected")
+    scid, point = e.opt_scid("short_channel_id"), f"{e.txid('funding_txid')}:{e.integer('funding_outnum')}"
     total, to_us = e.msat("total_msat"), e.msat("to_us_msat")
-    assert total is not None and to_us is not None
     if to_us > total:
         raise e.bad("to_us_msat", f"{to_us} exceeds total_msat {total}")
     n_htlcs, htlc_msat = _htlcs(e)
-    our_reserve, their_reserve = e.msat("our_reserve_msat", False), e.msat("their_reserve_msat", False)
+    our_reserve, their_reserve = e.opt_msat("our_reserve_msat"), e.opt_msat("their_reserve_msat")
     local_policy, remote_policy = _policies(e)
     return Channel(
-        channel_id=e.scid("short_channel_id", required=False),
-        channel_point=f"{e.string('funding_txid', pattern=_TXID_RE, what='a txid')}:{e.integer('funding_outnum')}",
-        peer=e.pubkey("peer_id"), state=state, active=state == OPEN and bool(connected),
+        channel_id=scid, channel_point=point, peer=peer, state=state, active=state == OPEN and connected,
         capacity_sat=total // 1000, local_msat=to_us, remote_msat=total - to_us,
         pending_htlcs=n_htlcs, pending_htlc_msat=htlc_msat,
         local_reserve_sat=None if our_reserve is None else our_reserve // 1000,
         remote_reserve_sat=None if their_reserve is None else their_reserve // 1000,
-        initiator_local=_opener(e), private=bool(e.boolean("private", required=False)),
+        initiator_local=_opener(e), private=bool(e.opt_boolean("private")),
         local_policy=local_policy, remote_policy=remote_policy,
     )
 
@@ -366,7 +384,7 @@ def parse_listpeerchannels(result: Any, node: str = "lightning-rpc") -> tuple[li
     top = _Entry(result, "", node, "listpeerchannels")
     channels: list[Channel] = []
     problems: list[str] = []
-    for i, item in enumerate(top.array("channels") or []):
+    for i, item in enumerate(top.array("channels")):
         e = _Entry(item, f"channels[{i}]", node, "listpeerchannels")
         name, state = _state(e)
         if name == "OPENINGD":
@@ -384,19 +402,17 @@ def _forward(e: _Entry) -> Forward:
         raise LightningVersionError(f"{_show(status)} is not a forward status this adapter knows (a newer Core "
                                     "Lightning?)", node=e.node, call=e.call, field=e.path("status"))
     outcome = _STATUSES[status]
-    in_msat, out_msat = e.msat("in_msat"), e.msat("out_msat", required=False)
-    fee = e.msat("fee_msat", required=False)
+    in_channel, out_channel = e.scid("in_channel"), e.opt_scid("out_channel")
+    in_msat, out_msat, fee = e.msat("in_msat"), e.opt_msat("out_msat"), e.opt_msat("fee_msat")
     if outcome == SETTLED and out_msat is None:
         raise e.bad("out_msat", "missing for a settled forward")
     if outcome == SETTLED and fee is None:
-        fee = max(0, (in_msat or 0) - (out_msat or 0))
-    failcode, failreason = e.integer("failcode", required=False), e.string("failreason", required=False)
+        fee = max(0, in_msat - (out_msat or 0))
+    failcode, failreason = e.opt_integer("failcode"), e.opt_string("failreason")
     failure = failreason or (f"failcode {failcode}" if failcode is not None else None)
     return Forward(
-        received=e.number("received_time", required=False) or 0.0,
-        resolved=e.number("resolved_time", required=False),
-        in_channel=e.scid("in_channel"), out_channel=e.scid("out_channel", required=False),  # type: ignore[arg-type]
-        in_msat=in_msat, out_msat=out_msat,  # type: ignore[arg-type]
+        received=e.opt_number("received_time") or 0.0, resolved=e.opt_number("resolved_time"),
+        in_channel=in_channel, out_channel=out_channel, in_msat=in_msat, out_msat=out_msat,
         fee_msat=(fee or 0) if outcome == SETTLED else 0, outcome=outcome,
         failure=failure if outcome in (FAILED, LOCAL_FAILED) else None,
     )
@@ -406,9 +422,9 @@ def _forward_page(result: Any, node: str, offset: int = 0) -> list[tuple[int | N
     """(created_index or None, Forward) for each entry; fields are named ``forwards[offset + i]``."""
     top = _Entry(result, "", node, "listforwards")
     out = []
-    for i, item in enumerate(top.array("forwards") or []):
+    for i, item in enumerate(top.array("forwards")):
         e = _Entry(item, f"forwards[{offset + i}]", node, "listforwards")
-        out.append((e.integer("created_index", required=False), _forward(e)))
+        out.append((e.opt_integer("created_index"), _forward(e)))
     return out
 
 

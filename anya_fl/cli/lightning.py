@@ -1,0 +1,111 @@
+"""`anya-fl lightning collect|report`: a routing node's channel history on the node, and its health report."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from anya_fl.console import console, err_console, table
+
+lightning_app = typer.Typer(help="Lightning routing nodes (LND or Core Lightning, read-only): channel history and "
+                                 "health. Nothing leaves the node.", no_args_is_help=True)
+
+LndUrl = Annotated[str | None, typer.Option(help="LND's REST URL, e.g. https://127.0.0.1:8080.")]
+TlsCert = Annotated[Path | None, typer.Option(help="LND's tls.cert (the only certificate trusted for --lnd-url).")]
+Macaroon = Annotated[Path | None, typer.Option(help="An LND macaroon file; readonly.macaroon is enough.")]
+ClnSocket = Annotated[Path | None, typer.Option(help="Core Lightning's JSON-RPC socket (<lightning-dir>/<network>/"
+                                                     "lightning-rpc).")]
+StateDir = Annotated[Path, typer.Option(help="Where the channel history is kept (lightning.sqlite).")]
+
+
+def lightning_source(lnd_url: str | None, tls_cert: Path | None, macaroon: Path | None,
+                     cln_socket: Path | None) -> Any:
+    """The node the flags name: LND over REST or Core Lightning over its socket (exactly one)."""
+    from core.errors import ConfigError
+
+    if bool(lnd_url) == bool(cln_socket):
+        raise ConfigError("lnd-url", "give either --lnd-url (with --tls-cert and --macaroon) or --cln-socket")
+    if cln_socket is not None:
+        from core.lightning.cln import CLNClient, CLNConfig
+
+        return CLNClient(CLNConfig(socket_path=cln_socket))
+    for name, value in (("tls-cert", tls_cert), ("macaroon", macaroon)):
+        if value is None:
+            raise ConfigError(name, "missing: LND over REST needs --tls-cert and --macaroon")
+        if not value.is_file():
+            raise ConfigError(name, f"{value} is not a file")
+    from core.lightning.lnd import LNDClient, LNDConfig
+
+    assert tls_cert is not None and macaroon is not None and lnd_url is not None
+    return LNDClient(LNDConfig(url=lnd_url, tls_cert=tls_cert, macaroon=macaroon))
+
+
+def collect_once(source: Any, state_dir: Path, now: float, lookback_s: float = 7 * 86_400.0) -> tuple[int, int]:
+    """One poll into ``state_dir``'s store: every channel's snapshot, the forwards since the last one stored (or
+    ``lookback_s`` on a new store). Returns (channels, new forwards)."""
+    from core.lightning.store import LightningStore, lightning_store_path
+
+    with LightningStore(lightning_store_path(state_dir)) as store:
+        last = store.last_forward_time()
+        since = now - lookback_s if last is None else last
+        channels = source.channels()
+        forwards = source.forwards(since, now + 1.0)
+        failures = source.drain_failures() if hasattr(source, "drain_failures") else []
+        return store.record(now, channels, [*forwards, *failures])
+
+
+@lightning_app.command("collect")
+def collect(
+    state_dir: StateDir = Path("runs/lightning"),
+    lnd_url: LndUrl = None,
+    tls_cert: TlsCert = None,
+    macaroon: Macaroon = None,
+    cln_socket: ClnSocket = None,
+    interval: Annotated[float, typer.Option(help="Seconds between polls.")] = 60.0,
+    once: Annotated[bool, typer.Option(help="Poll once and exit.")] = False,
+) -> None:
+    """Poll the node's channels and forwards into STATE_DIR/lightning.sqlite (Ctrl-C stops)."""
+    from core.errors import AnyaError, ConfigError
+
+    if not interval > 0:
+        raise ConfigError("interval", f"{interval} must be > 0 seconds")
+    source = lightning_source(lnd_url, tls_cert, macaroon, cln_socket)
+    info = source.info()
+    console.print(f"{escape(info.alias)} ({info.implementation} {escape(info.version)}), block {info.block_height}")
+    while True:
+        try:
+            channels, added = collect_once(source, state_dir, time.time())
+            console.print(f"{time.strftime('%H:%M:%S')} {channels} channels, {added} new forwards")
+        except AnyaError as exc:  # a node that stops answering: say so and try again at the next poll
+            if once:
+                raise
+            err_console.print(f"[yellow]{escape(str(exc))}[/yellow]", soft_wrap=True)
+        if once:
+            return
+        time.sleep(interval)
+
+
+@lightning_app.command("report")
+def report(
+    state_dir: StateDir = Path("runs/lightning"),
+    out: Annotated[Path | None, typer.Option(help="Directory for channels.png and channels.html (default: "
+                                                  "STATE_DIR/report).")] = None,
+    days: Annotated[float, typer.Option(help="Forwards over this many days before the newest snapshot.")] = 7.0,
+) -> None:
+    """Channel health from the collected history: tables, a PNG and an HTML page."""
+    from anya_fl.lightning_report import COLUMNS, finding_rows, table_rows, write_report
+    from core.errors import ConfigError
+
+    if not 0 < days <= 365:
+        raise ConfigError("days", f"{days} must be in (0, 365]")
+    result = write_report(state_dir, out or state_dir / "report", days)
+    console.print(table(f"channels ({len(result.rows)}; forwards over {days:g} days)", COLUMNS,
+                        table_rows(result.rows)))
+    findings = finding_rows(result.rows)
+    if findings:
+        console.print(table("findings", ["channel", "kind", "why"], findings))
+    console.print(f"wrote {result.png} and {result.html}")
