@@ -7,7 +7,7 @@ from collections import defaultdict
 
 import pytest
 
-from anya_fl.simln.network import RESERVE_SHARE, SimLN, SimLNConfig, hop_fee
+from anya_fl.simln.network import FEE_SPREAD, RESERVE_SHARE, SimLN, SimLNConfig, hop_fee
 from core.errors import ConfigError
 from core.lightning.model import FAILED, LOCAL_FAILED, SETTLED
 
@@ -53,12 +53,29 @@ def test_each_router_sees_its_own_side_and_the_forwards_agree_along_a_path(net) 
         for f in view.forwards(0, float("inf")):
             assert f.outcome in (SETTLED, FAILED, LOCAL_FAILED) and f.in_msat >= f.out_msat
             if f.outcome == SETTLED:
-                policy = short[f.out_channel].policy[short[f.out_channel].side(node)]
-                assert f.fee_msat == f.in_msat - f.out_msat == hop_fee(policy, f.out_msat) and f.failure is None
+                assert f.fee_msat == f.in_msat - f.out_msat and f.failure is None
+                if not net.manages_fees[node]:  # a static policy: the fee is the one it charges now
+                    policy = short[f.out_channel].policy[short[f.out_channel].side(node)]
+                    assert f.fee_msat == hop_fee(policy, f.out_msat)
             else:
                 assert f.fee_msat == 0 and (f.failure is not None) == (f.outcome == LOCAL_FAILED)
     settled = sum(f.fee_msat for fs in net.forwards.values() for f in fs)
     assert settled == sum(p.fee_msat for p in net.payments if p.succeeded) > 0  # what payers paid, routers earned
+
+
+def test_fee_managers_charge_more_where_their_side_is_empty() -> None:
+    small = SimLN(SimLNConfig(seed=2, nodes=12, payments_per_hour=400))
+    small.advance(3 * 3600)
+    small.update_fees()
+    factors = []
+    for c in small.channels:
+        for s, node in ((0, c.a), (1, c.b)):
+            share, base = c.balance_msat[s] / (c.capacity_sat * 1000), small.base_ppm[(c.index, s)]
+            want = min(5_000, max(1, round(base * FEE_SPREAD ** (0.5 - share)))) if small.manages_fees[node] else base
+            assert c.policy[s].fee_rate_ppm == want
+            factors.append(want / base)
+    assert max(factors) > 2 and min(factors) < 0.5  # some channels empty on one side, some full
+    assert any(small.manages_fees) and not all(small.manages_fees)
 
 
 def test_bad_settings_name_the_field() -> None:

@@ -291,6 +291,7 @@ class CLNServer:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
+        self._acceptor: threading.Thread | None = None
         self._threads: list[threading.Thread] = []
         self._conns: set[socket.socket] = set()
 
@@ -318,12 +319,17 @@ class CLNServer:
             raise
         self._stop.clear()
         self._listener = listener
-        self._spawn(self._accept_loop, "cln-server-accept")
+        self._acceptor = threading.Thread(target=self._accept_loop, args=(listener,), name="cln-server-accept",
+                                          daemon=True)
+        self._acceptor.start()
         return self
 
     def stop(self) -> None:
         """Close the socket and every connection, remove the file, join the threads."""
         self._stop.set()
+        if self._acceptor is not None:  # it polls the stop flag every 50 ms; the listener is closed after it
+            self._acceptor.join()
+            self._acceptor = None
         if self._listener is not None:
             self._listener.close()
             self._listener = None
@@ -350,9 +356,8 @@ class CLNServer:
             self._threads.append(thread)
         thread.start()
 
-    def _accept_loop(self) -> None:
-        listener = self._listener
-        while listener is not None and not self._stop.is_set():
+    def _accept_loop(self, listener: socket.socket) -> None:
+        while not self._stop.is_set():
             try:
                 conn, _ = listener.accept()
             except TimeoutError:
@@ -383,7 +388,10 @@ class CLNServer:
                         break
                     try:
                         request, end = decoder.raw_decode(stripped)
-                    except json.JSONDecodeError:
+                    except RecursionError:
+                        self._send(conn, self._error(None, INVALID_REQUEST, "Malformed request"))
+                        return
+                    except json.JSONDecodeError:  # incomplete, until it passes the size limit
                         if len(buf) > _MAX_REQUEST:
                             self._send(conn, self._error(None, INVALID_REQUEST, "Malformed request"))
                             return

@@ -8,6 +8,9 @@ follow the balances. Everything is determined by the seed; time is simulated sec
   drawn from Beta(0.5, 0.5): an aged network, whose balances are mostly near one side or the other (what LND's
   bimodal estimator assumes). Each side keeps a reserve of 1 % of the capacity that it cannot send.
 * **Fees.** Each direction has a base fee (0 or 1,000 msat) and a proportional fee (log-normal, median 100 ppm).
+  A share ``FEE_MANAGERS`` of the routers manage their fees as charge-lnd's proportional strategy does: every
+  ``FEE_UPDATE_S`` each of their channels charges its base rate x 16^(0.5 - our share), so 4x when empty on our
+  side and a quarter when full. That is public (gossip), and the only public sign of a channel's balance.
 * **Workload.** Payments arrive as a Poisson process (``payments_per_hour``); the payer is any router, the payee
   is drawn with Zipf-like popularity (a few merchants receive most) and so is the payer, mostly (merchants spend
   too), so flows roughly balance per router while single channels drift to one side and deplete. Amounts are log-normal (median ``AMOUNT_MEDIAN_SAT``).
@@ -32,7 +35,7 @@ import heapq
 import math
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -53,6 +56,9 @@ CAPACITY_MEDIAN_SAT = 2_000_000
 AMOUNT_MEDIAN_SAT = 20_000
 RESERVE_SHARE = 0.01
 MAX_ATTEMPTS = 10
+FEE_MANAGERS = 0.6  # share of routers that move their fees with their balance
+FEE_UPDATE_S = 6 * 3600.0
+FEE_SPREAD = 16.0  # a managed fee is base x FEE_SPREAD ** (0.5 - our share)
 PAYER_POPULAR = 0.7  # share of payments paid by a router drawn by popularity (the rest: any router)
 PENALTY_MSAT = 1_000.0  # the payer's cost of a hop's -log P(success), in msat (a fee it would pay to avoid a failure)
 OFFLINE_EVERY_S = 2 * 86_400.0
@@ -182,6 +188,9 @@ class SimLN:
         self.popularity = self.rng.permutation(self.popularity / self.popularity.sum())
         self.next_payment = self._gap()
         self.forwards = {i: [] for i in range(cfg.nodes)}
+        self.base_ppm = {(c.index, s): c.policy[s].fee_rate_ppm for c in self.channels for s in (0, 1)}
+        self.manages_fees = [bool(u < FEE_MANAGERS) for u in self.rng.random(cfg.nodes)]
+        self.next_fee_update = 0.0
 
     # ---- the graph
 
@@ -214,11 +223,7 @@ class SimLN:
         for c in self.channels:
             self.by_node[c.a].append(c)
             self.by_node[c.b].append(c)
-        # the hops into each node (fixed: capacities and policies do not change)
-        self.into: dict[int, list[Hop]] = {i: [] for i in range(cfg.nodes)}
-        for c in self.channels:
-            self.into[c.b].append(Hop(c.index, c.a, c.b, c.capacity_sat, c.policy[0]))
-            self.into[c.a].append(Hop(c.index, c.b, c.a, c.capacity_sat, c.policy[1]))
+        self._index_hops()
 
     def _offline_periods(self) -> list[list[tuple[float, float]]]:
         horizon = 60 * 86_400.0
@@ -253,6 +258,8 @@ class SimLN:
         done = []
         while self.next_payment < end:
             self.now = self.next_payment
+            if self.now >= self.next_fee_update:
+                self.update_fees()
             # merchants receive most, and spend too (to suppliers, exchanges): flows roughly balance per node
             payer = int(self.rng.choice(self.config.nodes, p=self.popularity)) if self.rng.random() < PAYER_POPULAR \
                 else int(self.rng.integers(self.config.nodes))
@@ -263,6 +270,27 @@ class SimLN:
             self.next_payment = self._gap()
         self.now = end
         return done
+
+    def update_fees(self) -> None:
+        """Fee managers set each channel's proportional fee from their share of its balance (``advance`` does it
+        every ``FEE_UPDATE_S``)."""
+        for c in self.channels:
+            for s, node in ((0, c.a), (1, c.b)):
+                if self.manages_fees[node]:
+                    share = c.balance_msat[s] / (c.capacity_sat * 1000)
+                    ppm = min(5_000, max(1, round(self.base_ppm[(c.index, s)] * FEE_SPREAD ** (0.5 - share))))
+                    policies = list(c.policy)
+                    policies[s] = replace(c.policy[s], fee_rate_ppm=ppm)
+                    c.policy = (policies[0], policies[1])
+        self._index_hops()
+        self.next_fee_update = self.now + FEE_UPDATE_S
+
+    def _index_hops(self) -> None:
+        """The hops into each node, with the channels' current policies."""
+        self.into = {i: [] for i in range(self.config.nodes)}
+        for c in self.channels:
+            self.into[c.b].append(Hop(c.index, c.a, c.b, c.capacity_sat, c.policy[0]))
+            self.into[c.a].append(Hop(c.index, c.b, c.a, c.capacity_sat, c.policy[1]))
 
     def hops(self, node: int) -> list[Hop]:
         return [Hop(c.index, node, c.b if node == c.a else c.a, c.capacity_sat, c.policy[c.side(node)])

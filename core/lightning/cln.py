@@ -450,8 +450,10 @@ class CLNClient:
     """A read-only ``LightningSource`` over Core Lightning's RPC socket. ``problems`` lists what the last
     ``channels()`` skipped."""
 
-    def __init__(self, config: CLNConfig) -> None:
-        self.config = config
+    def __init__(self, config: CLNConfig, *, page_limit: int = PAGE_LIMIT) -> None:
+        if isinstance(page_limit, bool) or not isinstance(page_limit, int) or page_limit < 1:
+            raise ConfigError("cln.page_limit", f"{page_limit!r} must be an integer >= 1")
+        self.config, self.page_limit = config, page_limit
         self.node = str(config.socket_path)
         self.problems: list[str] = []
         self._version: tuple[int, int, int] | None = None
@@ -496,10 +498,10 @@ class CLNClient:
         out: list[Forward] = []
         start = 0
         while True:
-            params = {"index": "created", "start": start, "limit": PAGE_LIMIT}
+            params = {"index": "created", "start": start, "limit": self.page_limit}
             page = _forward_page(self.call("listforwards", params), self.node, len(out))
             out.extend(f for _, f in page)
-            if len(page) < PAGE_LIMIT:
+            if len(page) < self.page_limit:
                 return out
             last = page[-1][0]
             if last is None or last < start:
@@ -510,7 +512,7 @@ class CLNClient:
     def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
         """Send one allow-listed read-only ``method`` and return its ``result``; anything else is refused
         before a connection is made."""
-        if method not in ALLOWED_METHODS:
+        if not isinstance(method, str) or method not in ALLOWED_METHODS:
             raise LightningError(f"{method!r} is not one of the read-only methods this client sends "
                                  f"({', '.join(sorted(ALLOWED_METHODS))})", node=self.node, call=str(method)[:40])
         with self._lock:
@@ -625,9 +627,9 @@ class CLNClient:
 
         if not isinstance(reply, dict):
             raise bad(f"not a JSON-RPC reply object (got {type(reply).__name__})")
-        if reply.get("id") != req_id:
+        if reply.get("id") not in (req_id, None) or (reply.get("id") is None and reply.get("error") is None):
             raise bad(f"{_show(reply.get('id'))} does not match the request id {req_id!r}", "id")
-        error = reply.get("error")
+        error = reply.get("error")  # lightningd answers a request it cannot parse with id null
         if error is not None:
             if not isinstance(error, dict):
                 raise bad(f"expected an object, got {_show(error)}", "error")
