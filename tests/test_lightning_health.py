@@ -67,3 +67,43 @@ def test_the_store_keeps_snapshots_and_each_forward_once(tmp_path) -> None:
     (tmp_path / "other.sqlite").write_bytes(b"not a database at all" * 100)
     with pytest.raises(DatasetError, match="not a readable SQLite"):
         LightningStore(tmp_path / "other.sqlite")
+
+
+def test_a_simulated_routers_report_renders_in_a_browser(tmp_path) -> None:
+    """A router of the simulated network, polled hourly into its store: the report's HTML holds every channel and
+    finding and its PNG; where Chromium is installed, scripts/screenshot renders the page (not a blank image)."""
+    import os
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    import matplotlib.image
+
+    from anya_fl.lightning_report import write_report
+    from anya_fl.simln.network import SimLN, SimLNConfig
+    from core.lightning.store import LightningStore
+
+    net = SimLN(SimLNConfig(seed=1, nodes=12, payments_per_hour=300))
+    router = net.router(max(range(12), key=lambda i: len(net.by_node[i])))
+    with LightningStore(tmp_path / "lightning.sqlite") as store:
+        last = 0.0
+        for _ in range(12):
+            net.advance(3600)
+            now = net.epoch + net.now
+            store.record(now, router.channels(), router.forwards(last, now))
+            last = now
+    report = write_report(tmp_path, tmp_path / "report")
+    page = report.html.read_text()
+    assert len(report.rows) == len(router.channels()) >= 3
+    assert all(r.channel_id in page for r in report.rows) and report.png.stat().st_size > 10_000
+    assert sum(r.out_settled for r in report.rows) > 0 and "<script" not in page
+    for f in (f for r in report.rows for f in r.findings):
+        assert f.message.replace("'", "&#x27;") in page
+    if shutil.which("chromium") is None:
+        pytest.skip("no chromium on this machine (apt-get install chromium); the page and PNG were checked")
+    shot = tmp_path / "shot.png"
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([str(root / "scripts" / "screenshot"), str(report.html), str(shot), "1200x900"], check=True,
+                   timeout=60, env={**os.environ, "HOME": str(tmp_path)}, capture_output=True)
+    pixels = matplotlib.image.imread(shot)
+    assert pixels.shape[:2] == (900, 1200) and pixels.std() > 0.05  # text and tables, not a blank page

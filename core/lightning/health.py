@@ -144,9 +144,9 @@ def _findings(r: ChannelHealth, lifetime_s: int | None, window_s: float,
         draining = r.trend_per_day is not None and r.trend_per_day < 0 and r.days_to_depleted is not None \
             and r.days_to_depleted <= DRAIN_DAYS
         if draining and r.fee_rate_ppm < median_fee:
-            out.append(LightningFinding(r.channel_id, "fee", f"draining (depleted in {r.days_to_depleted:.1f} days) "
-                                        f"at {r.fee_rate_ppm} ppm, below this node's median {median_fee:.0f}: "
-                                        "raise it"))
+            when = "depleted already" if r.days_to_depleted == 0 else f"depleted in {r.days_to_depleted:.1f} days"
+            out.append(LightningFinding(r.channel_id, "fee", f"draining ({when}) at {r.fee_rate_ppm} ppm, below this "
+                                        f"node's median {median_fee:.0f}: raise it"))
         elif r.ratio > 1 - DEPLETED and not r.out_settled and r.fee_rate_ppm > median_fee:
             out.append(LightningFinding(r.channel_id, "fee", f"full on our side with nothing sent out at "
                                         f"{r.fee_rate_ppm} ppm, above this node's median {median_fee:.0f}: lower it"))
