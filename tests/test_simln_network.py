@@ -86,3 +86,21 @@ def test_bad_settings_name_the_field() -> None:
         assert err.value.setting == name
     with pytest.raises(ConfigError):
         SimLN(SimLNConfig(nodes=5)).router(5)
+
+
+def test_the_priors_and_their_scores() -> None:
+    from anya_fl.simln.estimators import bimodal_prior, score
+    from anya_fl.simln.network import Hop, uniform_prior
+    from core.lightning.model import ChannelPolicy
+
+    hop = Hop(0, 0, 1, 1_000_000, ChannelPolicy(0, 1))
+    grid = [0, 1_000, 100_000, 500_000, 900_000, 999_000, 1_000_000]
+    for prior in (uniform_prior, bimodal_prior):
+        p = [prior(hop, a) for a in grid]
+        assert p[0] == 1.0 and p[-1] == 0.0 and all(x >= y for x, y in zip(p, p[1:], strict=False))
+        assert prior(hop, 500_000) == pytest.approx(0.5, abs=1e-6)
+    # most of the bimodal mass lies near the ends: small amounts pass more often than under the uniform prior
+    assert bimodal_prior(hop, 100_000) > uniform_prior(hop, 100_000) and bimodal_prior(hop, 100_000) < 1
+    perfect, coin = score([0.999, 0.001], [True, False]), score([0.5, 0.5], [True, False])
+    assert perfect.log_loss < 0.01 < coin.log_loss == pytest.approx(0.6931, abs=1e-3) and coin.ece == 0.0
+    assert score([0.9] * 10, [True] * 5 + [False] * 5).ece == pytest.approx(0.4)

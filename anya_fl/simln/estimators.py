@@ -1,0 +1,71 @@
+"""The payer's estimates of P(a hop forwards an amount), and how good they are against the simulator's truth.
+
+* ``uniform_prior``: probabilistic pathfinding's (Pickhardt and Richter): a balance uniform on [0, c], so
+  P(a) = (c + 1 - a) / (c + 1).
+* ``bimodal_prior``: LND's bimodal estimator without observations (routing/probability_bimodal.go): a balance
+  density proportional to exp(-x / s) + exp(-(c - x) / s), most channels being nearly empty on one side, with
+  LND's default scale s = 300,000 sat; P(a) is that density's mass above a.
+
+``score`` gives the log-loss, the Brier score and the calibration (expected calibration error over 10 bins) of
+an estimator on hops whose outcome the simulator knows; ``success_rate`` plays the same workload with a payer
+that routes by each estimator.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from anya_fl.simln.network import Hop, SimLN, SimLNConfig, uniform_prior
+
+BIMODAL_SCALE_SAT = 300_000  # LND's DefaultBimodalScaleMsat, 300,000,000 msat
+EPS = 1e-6
+
+
+def bimodal_prior(hop: Hop, amount_sat: int, scale_sat: float = BIMODAL_SCALE_SAT) -> float:
+    """P(balance >= amount) under LND's bimodal density on [0, c]."""
+    c, a = float(hop.capacity_sat), float(amount_sat)
+    if a <= 0:
+        return 1.0
+    if a >= c:
+        return 0.0
+    s = scale_sat
+    total = 2.0 * -math.expm1(-c / s)  # the density's mass on [0, c], times s
+    above = (math.exp(-a / s) - math.exp(-c / s)) + -math.expm1(-(c - a) / s)
+    return min(1.0, max(0.0, above / total))
+
+
+ESTIMATORS: dict[str, Callable[[Hop, int], float]] = {"uniform": uniform_prior, "bimodal": bimodal_prior}
+
+
+@dataclass(frozen=True)
+class Scores:
+    log_loss: float
+    brier: float
+    ece: float  # expected calibration error, 10 equal-width bins
+    n: int
+    positive_rate: float
+
+
+def score(p: Sequence[float], y: Sequence[bool]) -> Scores:
+    """How well probabilities ``p`` predict outcomes ``y``."""
+    pa = np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
+    ya = np.asarray(y, dtype=np.float64)
+    log_loss = float(-np.mean(ya * np.log(pa) + (1 - ya) * np.log(1 - pa)))
+    brier = float(np.mean((pa - ya) ** 2))
+    bins = np.minimum((pa * 10).astype(int), 9)
+    ece = float(sum(abs(pa[bins == b].mean() - ya[bins == b].mean()) * (bins == b).mean()
+                    for b in range(10) if (bins == b).any()))
+    return Scores(log_loss, brier, ece, len(pa), float(ya.mean()))
+
+
+def success_rate(config: SimLNConfig, estimator: Callable[[Hop, int], float], hours: float) -> dict[str, float]:
+    """The same network and workload, the payer routing by ``estimator``: payments that succeeded, mean attempts."""
+    net = SimLN(config, estimator=estimator)
+    payments = net.advance(hours * 3600)
+    done = [p for p in payments if p.attempts > 0]
+    return {"payments": float(len(payments)), "success_rate": sum(p.succeeded for p in payments) / len(payments),
+            "mean_attempts": float(np.mean([p.attempts for p in done])) if done else 0.0}
