@@ -7,7 +7,7 @@ import sys
 
 from rich.markup import escape
 
-from anya_fl.cli import bench, collect, coordinator, lightning, node, quality, serve, simnode, simulate, watch
+from anya_fl.cli import bench, collect, coordinator, lightning, node, quality, serve, simln, simnode, simulate, watch
 from anya_fl.cli.app import app
 from anya_fl.cli.models import models_app
 from anya_fl.cli.security import audit_app, token_app
@@ -20,6 +20,7 @@ app.add_typer(coordinator.coordinator_app, name="coordinator")
 app.command()(node.node)
 app.command()(node.check)
 app.command()(simnode.simnode)
+app.command()(simln.simln)
 app.command()(serve.serve)
 app.add_typer(models_app, name="models")
 app.add_typer(token_app, name="token")

@@ -44,9 +44,11 @@ def lightning_source(lnd_url: str | None, tls_cert: Path | None, macaroon: Path 
     return LNDClient(LNDConfig(url=lnd_url, tls_cert=tls_cert, macaroon=macaroon))
 
 
-def collect_once(source: Any, state_dir: Path, now: float, lookback_s: float = 7 * 86_400.0) -> tuple[int, int]:
+def collect_once(source: Any, state_dir: Path, now: float, failures: list[Any] | None = None,
+                 lookback_s: float = 7 * 86_400.0) -> tuple[int, int]:
     """One poll into ``state_dir``'s store: every channel's snapshot, the forwards since the last one stored (or
-    ``lookback_s`` on a new store). Returns (channels, new forwards)."""
+    ``lookback_s`` on a new store) and ``failures`` heard meanwhile (LND keeps no history of failed forwards: they
+    come from its HTLC event stream while we listen). Returns (channels, new forwards)."""
     from core.lightning.store import LightningStore, lightning_store_path
 
     with LightningStore(lightning_store_path(state_dir)) as store:
@@ -54,8 +56,7 @@ def collect_once(source: Any, state_dir: Path, now: float, lookback_s: float = 7
         since = now - lookback_s if last is None else last
         channels = source.channels()
         forwards = source.forwards(since, now + 1.0)
-        failures = source.drain_failures() if hasattr(source, "drain_failures") else []
-        return store.record(now, channels, [*forwards, *failures])
+        return store.record(now, channels, [*forwards, *(failures or [])])
 
 
 @lightning_app.command("collect")
@@ -68,7 +69,10 @@ def collect(
     interval: Annotated[float, typer.Option(help="Seconds between polls.")] = 60.0,
     once: Annotated[bool, typer.Option(help="Poll once and exit.")] = False,
 ) -> None:
-    """Poll the node's channels and forwards into STATE_DIR/lightning.sqlite (Ctrl-C stops)."""
+    """Poll the node's channels and forwards into STATE_DIR/lightning.sqlite (Ctrl-C stops).
+
+    LND keeps settled forwards only; its failed ones are heard on its HTLC event stream between polls, so a
+    failure while the collector was stopped is not seen. Core Lightning keeps both."""
     from core.errors import AnyaError, ConfigError
 
     if not interval > 0:
@@ -76,9 +80,12 @@ def collect(
     source = lightning_source(lnd_url, tls_cert, macaroon, cln_socket)
     info = source.info()
     console.print(f"{escape(info.alias)} ({info.implementation} {escape(info.version)}), block {info.block_height}")
+    listens = info.implementation == "lnd"  # between polls, listen to LND's HTLC events for failed forwards
+    failures: list[Any] = []
     while True:
         try:
-            channels, added = collect_once(source, state_dir, time.time())
+            channels, added = collect_once(source, state_dir, time.time(), failures)
+            failures = []
             console.print(f"{time.strftime('%H:%M:%S')} {channels} channels, {added} new forwards")
         except AnyaError as exc:  # a node that stops answering: say so and try again at the next poll
             if once:
@@ -86,7 +93,14 @@ def collect(
             err_console.print(f"[yellow]{escape(str(exc))}[/yellow]", soft_wrap=True)
         if once:
             return
-        time.sleep(interval)
+        if listens:
+            try:
+                failures = source.htlc_events(interval)
+            except AnyaError as exc:
+                err_console.print(f"[yellow]{escape(str(exc))}[/yellow]", soft_wrap=True)
+                time.sleep(interval)
+        else:
+            time.sleep(interval)
 
 
 @lightning_app.command("report")
