@@ -46,14 +46,17 @@ def simln(
     payments_per_hour: Annotated[float, typer.Option(help="Payments a simulated hour, network-wide.")] = 300.0,
     serve: Annotated[int, typer.Option(help="How many routers to serve (the best connected first), each as LND "
                                             "REST or a Core Lightning socket.")] = 2,
-    speed: Annotated[float, typer.Option(help="Simulated seconds per wall second.")] = 60.0,
+    history: Annotated[float, typer.Option(help="Simulated hours played at start, ending now (the routers' "
+                                                "forwarding history).")] = 24.0,
+    speed: Annotated[float, typer.Option(help="Simulated seconds per wall second after that (above 1 the "
+                                              "routers' clocks run ahead of this machine's).")] = 1.0,
     state_dir: Annotated[Path, typer.Option(help="Where the servers' certificates, macaroons and sockets go.")]
     = DEFAULT_STATE,
 ) -> None:
     """Run a simulated Lightning network and serve some of its routers for `anya-fl lightning collect`.
 
     Payments route through the graph and fail where the balances say; each served router shows only its own
-    channels and forwards. Ctrl-C stops.
+    channels and forwards. How to reach each one is printed and written to STATE_DIR/routers.json. Ctrl-C stops.
     """
     import time
 
@@ -62,16 +65,26 @@ def simln(
 
     if not 0 < speed <= 1e6:
         raise ConfigError("speed", f"{speed} must be in (0, 1,000,000]")
+    if not 0 <= history <= 24 * 90:
+        raise ConfigError("history", f"{history} must be from 0 to 2,160 hours")
     net = SimLN(SimLNConfig(seed=seed, nodes=nodes, channels_per_node=channels_per_node,
-                            payments_per_hour=payments_per_hour), epoch=time.time())
+                            payments_per_hour=payments_per_hour), epoch=time.time() - history * 3600)
     if not 1 <= serve <= nodes:
         raise ConfigError("serve", f"{serve} must be from 1 to nodes ({nodes})")
+    with console.status(f"playing {history:g} simulated hours of payments"):
+        net.advance(history * 3600)
     busiest = sorted(range(nodes), key=lambda i: (-len(net.by_node[i]), i))[:serve]
     servers = serve_routers(net, busiest, state_dir)
     try:
+        from core.storage import atomic_write_json
+
+        atomic_write_json(state_dir / "routers.json", {str(i): {"implementation": net.implementation[i], **how}
+                                                       for i, _, how in servers})
         rows = [[i, net.implementation[i], len(net.by_node[i]), " ".join(f"{k} {v}" for k, v in how.items())]
                 for i, _, how in servers]
-        console.print(table(f"simln: {nodes} routers, {len(net.channels)} channels, seed {seed}, {speed:g}x",
+        ok = sum(p.succeeded for p in net.payments)
+        console.print(table(f"simln: {nodes} routers, {len(net.channels)} channels, seed {seed}; {len(net.payments)} "
+                            f"payments in {history:g} h ({ok} succeeded), now {speed:g}x",
                             ["router", "as", "channels", "anya-fl lightning collect ..."], rows))
         last = time.monotonic()
         while True:
