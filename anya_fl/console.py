@@ -53,11 +53,14 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
-def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
-    """A rich table; numbers right-aligned."""
+def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], keep_first: bool = False) -> Table:
+    """A rich table; numbers right-aligned; ``keep_first``: the first column (an id) is never wrapped or cut."""
     t = Table(title=title, title_justify="left")
     for i, c in enumerate(columns):
-        t.add_column(c, justify="left" if i == 0 else "right")
+        if i == 0 and keep_first:
+            t.add_column(c, justify="left", no_wrap=True, min_width=max((len(fmt(r[0])) for r in rows), default=0))
+        else:
+            t.add_column(c, justify="left" if i == 0 else "right")
     for r in rows:
         t.add_row(*(fmt(v) for v in r))
     return t

@@ -36,11 +36,21 @@ def _pct(v: float | None) -> str | None:
     return None if v is None else f"{100 * v:.0f} %"
 
 
-def table_rows(rows: Sequence[ChannelHealth]) -> list[list[Any]]:
-    return [[r.channel_id, r.peer[:12] + "…", r.capacity_sat, _pct(r.ratio), r.out_settled, r.out_failed_balance,
-             r.out_failed_other, r.in_forwards, _pct(r.out_success), round(r.fee_msat / 1000, 3), r.fee_rate_ppm,
-             _pct(r.uptime), None if r.trend_per_day is None else f"{100 * r.trend_per_day:+.1f} pts",
-             None if r.days_to_depleted is None else round(r.days_to_depleted, 1)] for r in rows]
+# the console's table: the main figures under short titles (the HTML page has them all, and the peers)
+SHORT_COLUMNS = ["channel", "sat", "ours", "out ok", "fail: bal", "fail: other", "fees sat", "ppm", "up", "trend/d",
+                 "empty in d"]
+
+
+def table_rows(rows: Sequence[ChannelHealth], short: bool = False) -> list[list[Any]]:
+    """One row per channel under COLUMNS (``short``: under SHORT_COLUMNS)."""
+    out = []
+    for r in rows:
+        row = [r.channel_id, r.peer[:12] + "…", r.capacity_sat, _pct(r.ratio), r.out_settled, r.out_failed_balance,
+               r.out_failed_other, r.in_forwards, _pct(r.out_success), round(r.fee_msat / 1000, 3), r.fee_rate_ppm,
+               _pct(r.uptime), None if r.trend_per_day is None else f"{100 * r.trend_per_day:+.1f} pts",
+               None if r.days_to_depleted is None else round(r.days_to_depleted, 1)]
+        out.append([row[0], *row[2:7], *row[9:]] if short else row)
+    return out
 
 
 def finding_rows(rows: Sequence[ChannelHealth]) -> list[list[str]]:

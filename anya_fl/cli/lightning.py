@@ -111,15 +111,15 @@ def report(
     days: Annotated[float, typer.Option(help="Forwards over this many days before the newest snapshot.")] = 7.0,
 ) -> None:
     """Channel health from the collected history: tables, a PNG and an HTML page."""
-    from anya_fl.lightning_report import COLUMNS, finding_rows, table_rows, write_report
+    from anya_fl.lightning_report import SHORT_COLUMNS, finding_rows, table_rows, write_report
     from core.errors import ConfigError
 
     if not 0 < days <= 365:
         raise ConfigError("days", f"{days} must be in (0, 365]")
     result = write_report(state_dir, out or state_dir / "report", days)
-    console.print(table(f"channels ({len(result.rows)}; forwards over {days:g} days)", COLUMNS,
-                        table_rows(result.rows)))
+    console.print(table(f"channels ({len(result.rows)}; forwards over {days:g} days; the page has the peers)",
+                        SHORT_COLUMNS, table_rows(result.rows, short=True), keep_first=True))
     findings = finding_rows(result.rows)
     if findings:
-        console.print(table("findings", ["channel", "kind", "why"], findings))
+        console.print(table("findings", ["channel", "kind", "why"], findings, keep_first=True))
     console.print(f"wrote {result.png} and {result.html}")

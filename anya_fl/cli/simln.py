@@ -13,10 +13,12 @@ DEFAULT_STATE = Path(".anya-fl/simln")
 
 
 def serve_routers(net: Any, routers: list[int], state_dir: Path) -> list[tuple[int, Any, dict[str, str]]]:
-    """Start one server per router in its implementation's shape, under ``state_dir/router-<i>``; returns
-    (router, server, how to connect) per router. The caller stops the servers."""
+    """Start one server per router in its implementation's shape, under ``state_dir/router-<i>`` (with
+    ``collect.args``: the `anya-fl lightning collect` flags that reach it); returns (router, server, how to
+    connect) per router. The caller stops the servers."""
     from anya_fl.simln.cln_server import CLNServer
     from anya_fl.simln.lnd_server import LNDServer
+    from core.storage import atomic_write_bytes
 
     out: list[tuple[int, Any, dict[str, str]]] = []
     try:
@@ -32,6 +34,7 @@ def serve_routers(net: Any, routers: list[int], state_dir: Path) -> list[tuple[i
                 server = CLNServer(view, home / "lightning-rpc").start()
                 how = {"--cln-socket": str(home / "lightning-rpc")}
             out.append((i, server, how))
+            atomic_write_bytes(home / "collect.args", (" ".join(f"{k} {v}" for k, v in how.items()) + "\n").encode())
     except BaseException:
         for _, server, _ in out:
             server.stop()
