@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from anya_fl.report_html import CSS, esc, figure, html_table, img, save_png
-from core.lightning.health import DEPLETED, ChannelHealth, channel_health
-from core.lightning.store import LightningStore, lightning_store_path
+from core.lightning.health import DEPLETED, ChannelHealth, store_report
 from core.storage import atomic_write_bytes
 
 COLUMNS = ["channel", "peer", "capacity (sat)", "ours", "out settled", "out failed: balance", "out failed: other",
@@ -59,11 +58,7 @@ def finding_rows(rows: Sequence[ChannelHealth]) -> list[list[str]]:
 
 def build_report(state_dir: Path, days: float = 7.0) -> LightningReport:
     """The figures from the store in ``state_dir`` over the last ``days`` before its newest snapshot."""
-    with LightningStore(lightning_store_path(state_dir), readonly=True) as store:
-        when, channels = store.latest()
-        end = max(when or 0.0, store.last_forward_time() or 0.0) or time.time()
-        start = end - days * 86_400.0
-        rows = channel_health(channels, store.forwards(start, end + 1.0), store.history(start), days * 86_400.0)
+    rows, when = store_report(state_dir, days)
     return LightningReport(rows, when, days)
 
 

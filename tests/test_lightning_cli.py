@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,23 @@ ROOT = Path(__file__).resolve().parents[1]
 def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "anya_fl.cli", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _scrape(port: int) -> str:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+                return reply.read().decode()
+        except OSError:
+            assert time.monotonic() < deadline, "no /metrics within 30 s"
+            time.sleep(0.2)
 
 
 def test_collect_from_simulated_lnd_and_cln_routers_and_report(tmp_path) -> None:
@@ -57,6 +76,21 @@ def test_collect_from_simulated_lnd_and_cln_routers_and_report(tmp_path) -> None
         shown = _cli("lightning", "report", "--state-dir", str(state))
         assert shown.returncode == 0, shown.stderr
         assert (state / "report" / "channels.html").is_file() and (state / "report" / "channels.png").is_file()
+        port = _free_port()
+        watcher = subprocess.Popen([sys.executable, "-m", "anya_fl.cli", "lightning", "collect", "--state-dir",
+                                    str(state), "--cln-socket", routers[cln]["--cln-socket"], "--interval", "0.5",
+                                    "--metrics-port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        try:
+            text = _scrape(port)
+        finally:
+            watcher.send_signal(signal.SIGTERM)
+            watcher.wait(timeout=30)
+        with LightningStore(state / "lightning.sqlite", readonly=True) as store:
+            _, channels = store.latest()
+        for c in channels:  # the report's figures, per channel, on the operator's own /metrics
+            assert f'anya_fl_ln_channel_balance_ratio{{channel="{c.channel_id}"}}' in text
+        assert 'anya_fl_ln_channel_out_forwards{channel="' in text and 'outcome="failed_balance"' in text
         lnd = next(r for r in routers.values() if r["implementation"] == "lnd")
         wrong = tmp_path / "wrong.macaroon"
         wrong.write_bytes(os.urandom(32))

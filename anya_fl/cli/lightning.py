@@ -68,17 +68,54 @@ def collect(
     cln_socket: ClnSocket = None,
     interval: Annotated[float, typer.Option(help="Seconds between polls.")] = 60.0,
     once: Annotated[bool, typer.Option(help="Poll once and exit.")] = False,
+    metrics_port: Annotated[int, typer.Option(help="Serve the channel figures on http://127.0.0.1:PORT/metrics "
+                                                   "(Prometheus; 0: off).")] = 0,
 ) -> None:
     """Poll the node's channels and forwards into STATE_DIR/lightning.sqlite (Ctrl-C stops).
 
     LND keeps settled forwards only; its failed ones are heard on its HTLC event stream between polls, so a
     failure while the collector was stopped is not seen. Core Lightning keeps both."""
-    from core.errors import AnyaError, ConfigError
+    from core.errors import ConfigError
 
     if not interval > 0:
         raise ConfigError("interval", f"{interval} must be > 0 seconds")
+    if not 0 <= metrics_port <= 65535:
+        raise ConfigError("metrics-port", f"{metrics_port} must be a port 1-65535 (0: off)")
     source = lightning_source(lnd_url, tls_cert, macaroon, cln_socket)
     info = source.info()
+    server = metrics_server(state_dir, metrics_port) if metrics_port and not once else None
+    try:
+        _collect_loop(source, info, state_dir, interval, once)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def metrics_server(state_dir: Path, port: int) -> Any:
+    """/metrics with the channel figures (``core.lightning.metrics``) on 127.0.0.1:``port``, in a thread."""
+    from fastapi import FastAPI
+    from fastapi.responses import PlainTextResponse
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+    from core.health.http import BackgroundServer
+    from core.lightning.metrics import ChannelCollector, store_rows
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ChannelCollector(store_rows(state_dir)))
+    app = FastAPI(title="anya-fl lightning metrics", version="1")
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def metrics() -> PlainTextResponse:
+        return PlainTextResponse(generate_latest(registry).decode(), media_type=CONTENT_TYPE_LATEST)
+
+    server = BackgroundServer(app, "127.0.0.1", port).start()
+    console.print(f"channel metrics: http://127.0.0.1:{server.port}/metrics")
+    return server
+
+
+def _collect_loop(source: Any, info: Any, state_dir: Path, interval: float, once: bool) -> None:
+    from core.errors import AnyaError
+
     console.print(f"{escape(info.alias)} ({info.implementation} {escape(info.version)}), block {info.block_height}")
     listens = info.implementation == "lnd"  # between polls, listen to LND's HTLC events for failed forwards
     failures: list[Any] = []

@@ -23,8 +23,10 @@ Everything here is the node's own view and stays on the node.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -154,3 +156,16 @@ def _findings(r: ChannelHealth, lifetime_s: int | None, window_s: float,
         out.append(LightningFinding(r.channel_id, "uptime", f"the peer was connected {100 * r.uptime:.0f} % of "
                                     "the channel's life"))
     return out
+
+
+def store_report(state_dir: Path, days: float = 7.0) -> tuple[list[ChannelHealth], float | None]:
+    """The rows from the store in ``state_dir`` over the ``days`` before its newest snapshot (or forward), and that
+    snapshot's time (None before the first one)."""
+    from core.lightning.store import LightningStore, lightning_store_path
+
+    with LightningStore(lightning_store_path(state_dir), readonly=True) as store:
+        when, channels = store.latest()
+        end = max(when or 0.0, store.last_forward_time() or 0.0) or time.time()
+        start = end - days * 86_400.0
+        rows = channel_health(channels, store.forwards(start, end + 1.0), store.history(start), days * 86_400.0)
+    return rows, when
