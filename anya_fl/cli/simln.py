@@ -74,6 +74,7 @@ def simln(
                             payments_per_hour=payments_per_hour), epoch=time.time() - history * 3600)
     if not 1 <= serve <= nodes:
         raise ConfigError("serve", f"{serve} must be from 1 to nodes ({nodes})")
+    (state_dir / "routers.json").unlink(missing_ok=True)  # a previous run's: written again once the routers serve
     with console.status(f"playing {history:g} simulated hours of payments"):
         net.advance(history * 3600)
     busiest = sorted(range(nodes), key=lambda i: (-len(net.by_node[i]), i))[:serve]
