@@ -57,3 +57,32 @@ def test_fee_asymmetry_carries_the_balance_signal(rows) -> None:
     small = x[:, LIQUIDITY_SCHEMA.index("amount_share")] < 0.3
     dear, cheap = y[(asym > 0.3) & small].mean(), y[(asym < -0.3) & small].mean()
     assert 1 - dear > 2 * (1 - cheap)  # a side charging more than its reverse is short twice as often or more
+
+
+def test_a_real_nodes_store_labels_the_same_rows_as_the_simulators_truth(tmp_path) -> None:
+    """A simulated router served as Core Lightning, read by the real adapter into the node's store: the rows its
+    snapshots give are exactly those the simulator labels from its truth (same amounts drawn)."""
+    import tempfile
+    from pathlib import Path
+
+    from anya_fl.simln.cln_server import CLNServer
+    from core.lightning.cln import CLNClient, CLNConfig
+    from core.lightning.liquidity import labelled_rows
+    from core.lightning.store import LightningStore
+
+    net = SimLN(SimLNConfig(seed=5, nodes=10))
+    net.advance(4 * 3600)
+    router = max((i for i in range(10) if net.implementation[i] == "cln"), key=lambda i: len(net.by_node[i]))
+    view = net.router(router)
+    with tempfile.TemporaryDirectory(dir="/tmp") as d:
+        with CLNServer(view, Path(d) / "rpc"):
+            client = CLNClient(CLNConfig(socket_path=Path(d) / "rpc"))
+            info = client.info()
+            with LightningStore(tmp_path / "lightning.sqlite") as store:
+                store.record(1000.0, client.channels(), [], block_height=info.block_height)
+                (when, height, channels), = store.snapshots(0.0)
+    assert (when, height) == (1000.0, tip(net)) and len(channels) == len(net.by_node[router])
+    got = labelled_rows(sorted(channels, key=lambda c: c.channel_id), height, np.random.default_rng(9))
+    want = labelled_rows(sorted(view.channels(), key=lambda c: c.channel_id), tip(net), np.random.default_rng(9))
+    assert len(got[0]) == len(net.by_node[router]) * 2 * 4
+    assert np.array_equal(np.stack(got[0]), np.stack(want[0])) and got[1] == want[1]

@@ -54,9 +54,10 @@ def collect_once(source: Any, state_dir: Path, now: float, failures: list[Any] |
     with LightningStore(lightning_store_path(state_dir)) as store:
         last = store.last_forward_time()
         since = now - lookback_s if last is None else last
+        height = source.info().block_height
         channels = source.channels()
         forwards = source.forwards(since, now + 1.0)
-        return store.record(now, channels, [*forwards, *(failures or [])])
+        return store.record(now, channels, [*forwards, *(failures or [])], block_height=height)
 
 
 @lightning_app.command("collect")

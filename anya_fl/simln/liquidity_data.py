@@ -10,15 +10,20 @@ payer asks of a channel it does not own.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from anya_fl.simln.network import AMOUNT_MEDIAN_SAT, START_HEIGHT, Hop, SimChannel, SimLN, SimLNConfig
-from core.lightning.liquidity import LIQUIDITY_SCHEMA, Direction, features, funding_height
-
-AMOUNTS_PER_DIRECTION = 4
+from anya_fl.simln.network import START_HEIGHT, Hop, SimChannel, SimLN, SimLNConfig
+from core.lightning.liquidity import (
+    AMOUNTS_PER_DIRECTION,
+    LIQUIDITY_SCHEMA,
+    Direction,
+    features,
+    funding_height,
+    labelled_rows,
+    sample_amount,
+)
 
 
 def direction(c: SimChannel, src: int) -> Direction:
@@ -26,12 +31,6 @@ def direction(c: SimChannel, src: int) -> Direction:
     p, r = c.policy[s], c.policy[1 - s]
     return Direction(c.capacity_sat, p.fee_rate_ppm, r.fee_rate_ppm, p.base_fee_msat, p.max_htlc_msat,
                      funding_height(c.short_id))
-
-
-def _amount(rng: np.random.Generator, capacity_sat: int, payment_sized: bool) -> int:
-    if payment_sized:
-        return int(np.clip(rng.lognormal(math.log(AMOUNT_MEDIAN_SAT), 1.2), 1_000, capacity_sat))
-    return max(1, int(rng.uniform(0.0, 1.0) * capacity_sat))
 
 
 def tip(net: SimLN) -> int:
@@ -59,15 +58,11 @@ class LiquidityRows:
 
 def router_rows(net: SimLN, router: int, rng: np.random.Generator, out: LiquidityRows,
                 per_direction: int = AMOUNTS_PER_DIRECTION) -> None:
-    """What ``router`` labels now from its own channels (both directions, ``per_direction`` amounts each)."""
-    height = tip(net)
-    for c in net.by_node[router]:
-        peer = c.b if router == c.a else c.a
-        for src in (router, peer):
-            d = direction(c, src)
-            for k in range(per_direction):
-                a = _amount(rng, c.capacity_sat, payment_sized=k % 2 == 0)
-                out.add(features(d, a, height), c.spendable_msat(src) >= a * 1000)
+    """What ``router`` labels now from its own channels, as its node would (``labelled_rows`` over what its
+    adapter reads: both directions, ``per_direction`` amounts each)."""
+    x, y = labelled_rows(net.router(router).channels(), tip(net), rng, per_direction)
+    out.x += x
+    out.y += y
 
 
 def held_out_rows(net: SimLN, rng: np.random.Generator, n: int, out: LiquidityRows) -> None:
@@ -76,7 +71,7 @@ def held_out_rows(net: SimLN, rng: np.random.Generator, n: int, out: LiquidityRo
     for _ in range(n):
         c = net.channels[int(rng.integers(len(net.channels)))]
         src = c.a if rng.random() < 0.5 else c.b
-        a = _amount(rng, c.capacity_sat, payment_sized=True)
+        a = sample_amount(rng, c.capacity_sat, payment_sized=True)
         hop = Hop(c.index, src, c.b if src == c.a else c.a, c.capacity_sat, c.policy[c.side(src)])
         out.add(features(direction(c, src), a, height), c.spendable_msat(src) >= a * 1000, hop, a)
 

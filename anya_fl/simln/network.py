@@ -41,6 +41,7 @@ import numpy as np
 
 from anya_fl.simnode.config import GENESIS_EPOCH
 from core.errors import ConfigError
+from core.lightning.liquidity import PAYMENT_MEDIAN_SAT
 from core.lightning.model import (
     FAILED,
     LOCAL_FAILED,
@@ -53,7 +54,7 @@ from core.lightning.model import (
 )
 
 CAPACITY_MEDIAN_SAT = 2_000_000
-AMOUNT_MEDIAN_SAT = 20_000
+AMOUNT_MEDIAN_SAT = PAYMENT_MEDIAN_SAT
 RESERVE_SHARE = 0.01
 MAX_ATTEMPTS = 10
 FEE_MANAGERS = 0.6  # share of routers that move their fees with their balance

@@ -21,8 +21,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.bitcoin.schema import Column, Schema
+from core.lightning.model import OPEN, Channel
 
 BLOCKS_PER_DAY = 144
+PAYMENT_MEDIAN_SAT = 20_000  # a typical Lightning payment: half of the labelled amounts are drawn around it
+AMOUNTS_PER_DIRECTION = 4
 
 LIQUIDITY_SCHEMA = Schema(
     "liquidity",
@@ -69,3 +72,38 @@ def features(d: Direction, amount_sat: float, tip_height: int) -> np.ndarray:
 def funding_height(short_channel_id: str) -> int:
     """The block of a short channel id ``BLOCKxTXxOUTPUT``."""
     return int(short_channel_id.split("x", 1)[0])
+
+
+def own_directions(c: Channel) -> list[tuple[Direction, int]]:
+    """Both directions of one of our open channels with what can be sent each way (out: our balance less our
+    reserve; in: the peer's less its reserve), msat; [] without both policies or a short channel id."""
+    if c.state != OPEN or c.channel_id is None or c.local_policy is None or c.remote_policy is None:
+        return []
+    cap, lp, rp, height = c.capacity_sat, c.local_policy, c.remote_policy, funding_height(c.channel_id)
+    out = Direction(cap, lp.fee_rate_ppm, rp.fee_rate_ppm, lp.base_fee_msat, lp.max_htlc_msat, height)
+    into = Direction(cap, rp.fee_rate_ppm, lp.fee_rate_ppm, rp.base_fee_msat, rp.max_htlc_msat, height)
+    return [(out, max(0, c.local_msat - (c.local_reserve_sat or 0) * 1000)),
+            (into, max(0, c.remote_msat - (c.remote_reserve_sat or 0) * 1000))]
+
+
+def sample_amount(rng: np.random.Generator, capacity_sat: int, payment_sized: bool) -> int:
+    """An amount to label: payment-sized (log-normal around PAYMENT_MEDIAN_SAT) or a uniform share of the
+    capacity, so that small payments and the whole range are both covered."""
+    if payment_sized:
+        return int(np.clip(rng.lognormal(math.log(PAYMENT_MEDIAN_SAT), 1.2), 1_000, max(capacity_sat, 1_000)))
+    return max(1, int(rng.uniform(0.0, 1.0) * capacity_sat))
+
+
+def labelled_rows(channels: list[Channel], tip_height: int, rng: np.random.Generator,
+                  per_direction: int = AMOUNTS_PER_DIRECTION) -> tuple[list[np.ndarray], list[bool]]:
+    """One router's rows at one snapshot: per direction of each of its channels, ``per_direction`` amounts,
+    labelled by whether the sending side could spend them. The same code labels a simulated router and a real
+    node's snapshots."""
+    x, y = [], []
+    for c in channels:
+        for d, spendable_msat in own_directions(c):
+            for k in range(per_direction):
+                a = sample_amount(rng, d.capacity_sat, payment_sized=k % 2 == 0)
+                x.append(features(d, a, tip_height))
+                y.append(spendable_msat >= a * 1000)
+    return x, y
