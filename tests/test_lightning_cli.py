@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from anya_fl.deployment import wait_for_port
 from core.lightning.store import LightningStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,28 +32,33 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _scrape(port: int) -> str:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
-                return reply.read().decode()
-        except OSError:
-            assert time.monotonic() < deadline, "no /metrics within 30 s"
-            time.sleep(0.2)
+def _scrape(port: int, proc: subprocess.Popen) -> str:
+    wait_for_port("127.0.0.1", port, timeout=60, proc=proc)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as reply:
+        return reply.read().decode()
+
+
+def _wait_for_routers(sim_dir: Path, proc: subprocess.Popen, log: Path) -> dict:
+    """simln's routers.json, written once its routers serve (a failure if simln exits, or after 2 minutes)."""
+    deadline = time.monotonic() + 120
+    while not (sim_dir / "routers.json").is_file():
+        if proc.poll() is not None:
+            pytest.fail(f"simln exited ({proc.returncode}): {log.read_text()[-2000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"simln wrote no routers.json: {log.read_text()[-2000:]}")
+        time.sleep(0.1)
+    return json.loads((sim_dir / "routers.json").read_text())
 
 
 def test_collect_from_simulated_lnd_and_cln_routers_and_report(tmp_path) -> None:
     sim_dir = tmp_path / "s"
-    proc = subprocess.Popen([sys.executable, "-m", "anya_fl.cli", "simln", "--nodes", "12", "--serve", "3",
-                             "--history", "6", "--state-dir", str(sim_dir)], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "simln.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "anya_fl.cli", "simln", "--nodes", "12", "--serve", "3",
+                                 "--history", "6", "--state-dir", str(sim_dir)], cwd=ROOT, stdout=out,
+                                stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
-        while not (sim_dir / "routers.json").is_file():
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
-            time.sleep(0.1)
-        routers = json.loads((sim_dir / "routers.json").read_text())
+        routers = _wait_for_routers(sim_dir, proc, log)
         kinds = {r["implementation"] for r in routers.values()}
         assert kinds == {"lnd", "cln"}, routers
         for i, r in routers.items():
@@ -82,7 +88,7 @@ def test_collect_from_simulated_lnd_and_cln_routers_and_report(tmp_path) -> None
                                     "--metrics-port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
         try:
-            text = _scrape(port)
+            text = _scrape(port, watcher)
         finally:
             watcher.send_signal(signal.SIGTERM)
             watcher.wait(timeout=30)

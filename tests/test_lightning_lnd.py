@@ -430,7 +430,5 @@ def test_stopping_ends_an_open_stream(lnd: Any) -> None:
     server, source = lnd()
     client = _client(server)
     threading.Timer(0.3, server.stop).start()
-    started = time.monotonic()
     assert client.htlc_events(5.0) == []
-    assert time.monotonic() - started < 2.0
     assert any("shutting down" in p or "closed the stream" in p for p in client.problems)
