@@ -13,7 +13,7 @@ follow the balances. Everything is determined by the seed; time is simulated sec
   side and a quarter when full. That is public (gossip), and the only public sign of a channel's balance.
 * **Workload.** Payments arrive as a Poisson process (``payments_per_hour``); the payer is any router, the payee
   is drawn with Zipf-like popularity (a few merchants receive most) and so is the payer, mostly (merchants spend
-  too), so flows roughly balance per router while single channels drift to one side and deplete. Amounts are log-normal (median ``AMOUNT_MEDIAN_SAT``).
+  too), so flows roughly balance per router while single channels drift to one side and deplete. Amounts are log-normal (median ``PAYMENT_MEDIAN_SAT``).
 * **Routing.** The payer finds the cheapest path by fee plus a penalty of ``-log P(success)`` per hop, where P is
   its estimator of a hop's success (``Estimator``; by default the uniform prior of probabilistic pathfinding,
   (c + 1 - a) / (c + 1)). It knows its own channels' balances exactly. Each hop forwards only if the sending
@@ -54,7 +54,6 @@ from core.lightning.model import (
 )
 
 CAPACITY_MEDIAN_SAT = 2_000_000
-AMOUNT_MEDIAN_SAT = PAYMENT_MEDIAN_SAT
 RESERVE_SHARE = 0.01
 MAX_ATTEMPTS = 10
 FEE_MANAGERS = 0.6  # share of routers that move their fees with their balance
@@ -265,7 +264,7 @@ class SimLN:
             payer = int(self.rng.choice(self.config.nodes, p=self.popularity)) if self.rng.random() < PAYER_POPULAR \
                 else int(self.rng.integers(self.config.nodes))
             payee = int(self.rng.choice(self.config.nodes, p=self.popularity))
-            amount = int(np.clip(self.rng.lognormal(math.log(AMOUNT_MEDIAN_SAT), 1.2), 1_000, 5_000_000))
+            amount = int(np.clip(self.rng.lognormal(math.log(PAYMENT_MEDIAN_SAT), 1.2), 1_000, 5_000_000))
             if payee != payer and self.online(payer) and self.online(payee):
                 done.append(self.pay(payer, payee, amount))
             self.next_payment = self._gap()
@@ -292,10 +291,6 @@ class SimLN:
         for c in self.channels:
             self.into[c.b].append(Hop(c.index, c.a, c.b, c.capacity_sat, c.policy[0]))
             self.into[c.a].append(Hop(c.index, c.b, c.a, c.capacity_sat, c.policy[1]))
-
-    def hops(self, node: int) -> list[Hop]:
-        return [Hop(c.index, node, c.b if node == c.a else c.a, c.capacity_sat, c.policy[c.side(node)])
-                for c in self.by_node[node]]
 
     def _route(self, payer: int, payee: int, amount_sat: int, excluded: set[tuple[int, int]]) -> list[Hop] | None:
         """The cheapest path by fees + ``PENALTY_MSAT`` x -log P(success) per hop, searched backwards from the payee

@@ -103,7 +103,7 @@ class LightningStore:
         row = self.db.execute("SELECT MAX(time) FROM snapshots").fetchone()
         if row[0] is None:
             return None, []
-        return float(row[0]), next(iter(self.snapshots(float(row[0]))))[2]
+        return float(row[0]), self.snapshots(float(row[0]))[0][2]
 
     def snapshots(self, start: float) -> list[tuple[float, int | None, list[Channel]]]:
         """(time, block height, channels) of every snapshot since ``start``, oldest first."""
