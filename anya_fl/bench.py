@@ -180,7 +180,6 @@ def _fixture() -> dict:
     if "fixture" in _CACHE:
         return _CACHE["fixture"]
     from core.data.chain import ChainConfig, simulate_chain
-    from core.data.datasets import task_arrays
     from core.security.signing import generate_signing_key, load_private_key
     from core.serving.registry import ModelRegistry
     from models.export import export_onnx
@@ -194,10 +193,9 @@ def _fixture() -> dict:
         v = reg.publish(task, export_onnx(task, build_model(task, seed=0), {"version": 1}), run="bench", round=0,
                         metrics={})
         reg.promote(v.ref, "production")
-    from anya_fl.experiments.network_data import sample_network_splits
+    from anya_fl.experiments.sample_data import sample_task_arrays
 
-    arrays = {**task_arrays(simulate_chain(ChainConfig(n_transactions=60_000, seed=3))),
-              "network": sample_network_splits(3)}
+    arrays = sample_task_arrays(simulate_chain(ChainConfig(n_transactions=60_000, seed=3)))
     rows = {t: np.ascontiguousarray(np.concatenate([s.x[k] for k in ("train", "val", "test")]), np.float32)
             for t, s in arrays.items()}
     _CACHE["fixture"] = {"root": root, "registry": root / "registry", "pub": root / "keys" / "k.pub", "rows": rows}

@@ -26,12 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from anya_fl.simulation_report import FEE_ESTIMATORS
+from anya_fl.simulation_report import COMPARISON_METRICS, FEE_ESTIMATORS
 from core.data.datasets import load_dataset
 from core.errors import DatasetError
 from core.fedconfig import FederationConfig
 
-PRIMARY = {"fraud": ["pr_auc"], "fee": ["pinball_loss", "hit_rate", "median_overpay_sat_vb"], "anomaly": ["roc_auc"], "network": ["pr_auc"]}
+PRIMARY = COMPARISON_METRICS
 
 
 def _fit(task: str, train_dir: str, held_out_dir: str, run_config: dict[str, Any], seed: int) -> dict[str, float]:

@@ -458,7 +458,8 @@ def prepare_coordinator_data(data_dir: Path, transactions: int, seed: int, tasks
                              on_episode: Callable[[], None] | None = None) -> Path:
     """Write the coordinator's held-out dataset at ``<data_dir>/coordinator`` unless it exists, and add the
     ``network`` task to it when ``tasks`` has it and it lacks it (simulated nodes watched under attack:
-    ``network_data.add_coordinator_network_data``; ``on_episode`` after each watched episode)."""
+    ``network_data.add_coordinator_network_data``; ``on_episode`` after each watched episode), and the
+    ``liquidity`` task likewise (questions about the channels of simulated Lightning networks)."""
     from core.data.datasets import load_dataset, write_federation_data
 
     target = Path(data_dir) / "coordinator"
@@ -468,6 +469,10 @@ def prepare_coordinator_data(data_dir: Path, transactions: int, seed: int, tasks
         from anya_fl.experiments.network_data import add_coordinator_network_data
 
         add_coordinator_network_data(Path(data_dir), seed, on_episode)
+    if "liquidity" in tasks and "liquidity" not in load_dataset(target)[0]:
+        from anya_fl.simln.liquidity_data import LiquiditySim, add_coordinator_liquidity_data
+
+        add_coordinator_liquidity_data(Path(data_dir), LiquiditySim(seed=seed))
     return target
 
 

@@ -68,7 +68,8 @@ def prepare_run(cfg: FederationConfig, run_dir: Path, resources: SimulationResou
     """Create the run directory with its config and data; return the config bound to it.
 
     With the network task, each node's telemetry comes from simulated nodes watched under attack
-    (``anya_fl.experiments.network_data``); ``on_network_episode`` is called after each watched episode."""
+    (``anya_fl.experiments.network_data``); ``on_network_episode`` is called after each watched episode. With the
+    liquidity task, node i is router i of a simulated Lightning network (``anya_fl.simln.liquidity_data``)."""
     if (run_dir / RUN_FILE).exists():
         raise ConfigError("run-dir", f"{run_dir} already holds a run; use --resume {run_dir} or another directory")
     data_dir = run_dir / "data"
@@ -81,6 +82,10 @@ def prepare_run(cfg: FederationConfig, run_dir: Path, resources: SimulationResou
         from anya_fl.experiments.network_data import add_network_data
 
         add_network_data(data_dir, cfg.seed, cfg.nodes, on_network_episode)
+    if "liquidity" in cfg.task_list:
+        from anya_fl.simln.liquidity_data import LiquiditySim, add_liquidity_data
+
+        add_liquidity_data(data_dir, LiquiditySim(seed=cfg.seed, nodes=cfg.nodes))
     if not key.exists():
         generate_signing_key(key, key.with_suffix(".pub"))
     atomic_write_json(run_dir / RUN_FILE, {"config": cfg.to_run_config(), "profiles": profiles,

@@ -36,6 +36,7 @@ COMPARISON_METRICS: dict[str, list[str]] = {
     "fee": ["pinball_loss", "hit_rate", "median_overpay_sat_vb"],
     "anomaly": ["roc_auc"],
     "network": ["pr_auc"],
+    "liquidity": ["log_loss", "ece"],
 }
 COMPARISON_COLUMNS = [
     "task",

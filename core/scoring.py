@@ -20,7 +20,10 @@ import numpy as np
 ArrayLike = Any  # anything np.asarray accepts
 
 # The main metric of each task: the one per-round tables and plots lead with.
-PRIMARY_METRIC = {"fraud": "pr_auc", "fee": "hit_rate", "anomaly": "roc_auc", "network": "pr_auc"}
+PRIMARY_METRIC = {"fraud": "pr_auc", "fee": "hit_rate", "anomaly": "roc_auc", "network": "pr_auc",
+                  "liquidity": "log_loss"}
+PROBABILITY_EPS = 1e-6  # log-loss clips probabilities to [eps, 1 - eps]
+CALIBRATION_BINS = 10
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,6 +195,24 @@ def anomaly_metrics(y_true: ArrayLike, score: ArrayLike) -> dict[str, float]:
     """Anomaly task (higher score = more anomalous): roc_auc and pr_auc."""
     y, s = _labels_scores(y_true, score)
     return {"roc_auc": roc_auc(y, s), "pr_auc": pr_auc(y, s)}
+
+
+def probability_metrics(y_true: ArrayLike, probability: ArrayLike) -> dict[str, float]:
+    """A probability estimate (liquidity: P(a channel forwards)): log_loss, brier, ece (expected calibration error
+    over ``CALIBRATION_BINS`` equal-width bins), roc_auc (when both outcomes occur) and positive_rate."""
+    y, p = _labels_scores(y_true, probability)
+    if ((p < 0) | (p > 1)).any():
+        i = int(np.argmax((p < 0) | (p > 1)))
+        raise ValueError(f"probability: must be in [0, 1], element {i} is {p[i]!r}")
+    pc = np.clip(p.astype(np.float64), PROBABILITY_EPS, 1 - PROBABILITY_EPS)
+    bins = np.minimum((pc * CALIBRATION_BINS).astype(int), CALIBRATION_BINS - 1)
+    ece = sum(abs(pc[bins == b].mean() - y[bins == b].mean()) * (bins == b).mean()
+              for b in range(CALIBRATION_BINS) if (bins == b).any())
+    out = {"log_loss": float(-np.mean(y * np.log(pc) + (1 - y) * np.log(1 - pc))),
+           "brier": float(np.mean((pc - y) ** 2)), "ece": float(ece), "positive_rate": float(y.mean())}
+    if 0 < y.sum() < y.size:
+        out["roc_auc"] = roc_auc(y, p)
+    return out
 
 
 def fee_metrics(predicted_rate: ArrayLike, required_rate: ArrayLike, conf_target: ArrayLike) -> dict[str, float]:

@@ -237,8 +237,8 @@ def train_reply(msg: Message, context: Context, *, label_transform: LabelTransfo
 
 def _examples(data: NodeData, cfg: FederationConfig, split: str) -> int:
     """Rows a reply stands for (the strategies' weight): the node's transactions (fraud's, else anomaly's
-    rows, which are the same transactions), else its fee snapshots, else its telemetry vectors."""
-    for task in ("fraud", "anomaly", "fee", "network"):
+    rows, which are the same transactions), else its fee snapshots, else its telemetry vectors, else its channel rows."""
+    for task in ("fraud", "anomaly", "fee", "network", "liquidity"):
         if task in cfg.task_list and task in data:
             return data[task].size(split)
     return 0

@@ -9,7 +9,9 @@ Two sources, chosen by what the node's data directory holds:
   on fresh data. A task the store cannot supply (fraud without operator labels) is listed in
   :attr:`NodeData.unavailable` with the reason; the node trains the others. The network task comes from the
   watch's telemetry history (``<data-dir>/watch/telemetry.sqlite``) labelled by the operator's incidents
-  (``anya-fl watch incident add``).
+  (``anya-fl watch incident add``), the liquidity task from the Lightning store (``<data-dir>/lightning/
+  lightning.sqlite``, written by ``anya-fl lightning collect``) labelled by the node's own balances. A
+  Lightning-only node (no collector store) trains liquidity alone.
 """
 
 from __future__ import annotations
@@ -60,16 +62,23 @@ def _load(path: str, mtime: float) -> NodeData:
 
 @functools.lru_cache(maxsize=4)
 def _from_store(path: str, version: tuple[int, ...]) -> NodeData:
+    from core.bitcoin.features import CHAIN_TASKS
     from core.bitcoin.network.telemetry_store import network_splits, node_telemetry_path
     from core.collector.datasets import task_splits_from_store
+    from core.lightning.liquidity_splits import liquidity_splits, node_lightning_path
 
-    splits, summary = task_splits_from_store(path)
-    unavailable = dict(summary.get("unavailable", {}))
-    network, why = network_splits(node_telemetry_path(path))
-    if network is not None:
-        splits["network"] = network
-    else:
-        unavailable["network"] = why
+    if store_path(path).is_file():
+        splits, summary = task_splits_from_store(path)
+        unavailable = dict(summary.get("unavailable", {}))
+    else:  # a Lightning-only node
+        splits, unavailable = {}, {t: "no collector store (`anya-fl node --rpc-url` or `anya-fl collect` writes it)"
+                                   for t in CHAIN_TASKS}
+    for task, (rows, why) in (("network", network_splits(node_telemetry_path(path))),
+                              ("liquidity", liquidity_splits(node_lightning_path(path)))):
+        if rows is not None:
+            splits[task] = rows
+        else:
+            unavailable[task] = why
     return NodeData(splits, unavailable, source="collector")
 
 
@@ -87,14 +96,16 @@ def load_node_data(directory: Path) -> NodeData:
     manifest = directory / "manifest.json"
     if manifest.is_file():
         return _load(str(directory), manifest.stat().st_mtime)
-    store = store_path(directory)
-    if store.is_file():
-        from core.bitcoin.network.telemetry_store import node_telemetry_path
+    from core.bitcoin.network.telemetry_store import node_telemetry_path
+    from core.lightning.liquidity_splits import node_lightning_path
 
-        data = _from_store(str(directory), _store_version(store, node_telemetry_path(directory)))
+    store, lightning = store_path(directory), node_lightning_path(directory)
+    if store.is_file() or lightning.is_file():
+        data = _from_store(str(directory), _store_version(store, node_telemetry_path(directory), lightning))
         if not data.splits:
-            raise DatasetError(f"data-dir: the collector store in {directory} has no training data yet "
+            raise DatasetError(f"data-dir: the stores in {directory} have no training data yet "
                                f"({'; '.join(sorted(set(data.unavailable.values()))) or 'empty'})")
         return data
     raise DatasetError(f"data-dir: {directory} is not a dataset directory (no manifest.json) and holds no collector "
-                       "store (collector/store.sqlite); write one with `anya-fl data` or `anya-fl collect`")
+                       "store (collector/store.sqlite) or Lightning store (lightning/lightning.sqlite); write one "
+                       "with `anya-fl data`, `anya-fl collect` or `anya-fl lightning collect`")

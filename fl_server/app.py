@@ -1,5 +1,5 @@
-"""Flower ServerApp: one run trains its tasks (fraud, fee and anomaly by default; network on request), round
-by round, with checkpoints and resume.
+"""Flower ServerApp: one run trains its tasks (fraud, fee and anomaly by default; network and liquidity on
+request), round by round, with checkpoints and resume.
 
 The round loop uses the chosen Flower strategy's own ``configure_train`` / ``aggregate_train`` /
 ``configure_evaluate`` / ``aggregate_evaluate`` (Flower's ``Strategy.start`` always starts at round
@@ -203,8 +203,9 @@ def run_federation(grid: Grid, cfg: FederationConfig) -> list[RoundRecord]:
     tasks = cfg.task_list
     if missing := [t for t in tasks if t not in held_out]:
         raise DatasetError(f"data-dir: the coordinator's held-out set ({Path(cfg.data_dir) / 'coordinator'}) has no "
-                           f"{', '.join(missing)} rows; the network task's come from `anya-fl simulate --tasks "
-                           "...,network` (telemetry of simulated nodes under attack)")
+                           f"{', '.join(missing)} rows; the network and liquidity tasks' come from `anya-fl simulate --tasks "
+                           "...,network,liquidity` (telemetry of simulated nodes under attack, channels of a "
+                           "simulated Lightning network) or `anya-fl coordinator run --tasks`")
     models = {t: build_model(t, seed=cfg.seed) for t in tasks}
     strategy = build_strategy(cfg)
     ckpt = load_checkpoint(run_dir)

@@ -1,9 +1,9 @@
-"""ONNX export of the four task models: raw features in, the task's answer out.
+"""ONNX export of the task models: raw features in, the task's answer out.
 
 Each graph takes ``features`` (float32, [batch, width], dynamic batch) and returns the user-facing value:
-``fraud_probability``, ``fee_rate_sat_vb`` (calibrated), ``anomaly_score`` or ``attack_probability``. Normalization (schema
-typical ranges, log columns, clipping) and the fee model's conformal offsets are inside the graph, so
-an inference engine needs no preprocessing. ``metadata_props`` carry the task, version, feature names,
+``fraud_probability``, ``fee_rate_sat_vb`` (calibrated), ``anomaly_score``, ``attack_probability`` or
+``success_probability``. Normalization (schema typical ranges, log columns, clipping) and the fee model's
+conformal offsets are inside the graph, so an inference engine needs no preprocessing. ``metadata_props`` carry the task, version, feature names,
 schema version, epsilon/delta and the training run and round.
 """
 

@@ -1,4 +1,5 @@
-"""The four tasks: fraud classifier, fee-rate estimator, anomaly autoencoder, network-attack classifier.
+"""The five tasks: fraud classifier, fee-rate estimator, anomaly autoencoder, network-attack classifier, channel
+liquidity (P(a channel forwards an amount in a direction)).
 
 Each model starts with a ``Normalizer`` built from its schema's *typical ranges* (public knowledge,
 no node data), so the module - and the ONNX graph exported from it - takes raw feature rows. That is
@@ -161,6 +162,16 @@ class NetworkNet(BinaryClassifier):
         super().__init__("network", hidden)
 
 
+class LiquidityNet(BinaryClassifier):
+    """One direction of a public channel and an amount (``LIQUIDITY_SCHEMA``) -> logit of P(it can forward the
+    amount). Each router learns from its own channels' balances; the model answers for any channel of the graph.
+    Its output is used as a probability (pathfinding's success estimate), so it is judged by log-loss and
+    calibration, not by a threshold."""
+
+    def __init__(self, hidden: tuple[int, ...] = (32, 16)) -> None:
+        super().__init__("liquidity", hidden)
+
+
 def fraud_loss(out: Tensor, y: Tensor) -> Tensor:
     return nn.functional.binary_cross_entropy_with_logits(out, y)
 
@@ -197,6 +208,7 @@ TASK_SPECS: dict[str, TaskSpec] = {
     "fee": TaskSpec("fee", FeeNet, fee_loss, "fee_rate_sat_vb", 30, 256, 3e-3),
     "anomaly": TaskSpec("anomaly", AnomalyAE, anomaly_loss, "anomaly_score", 10, 512, 2e-3),
     "network": TaskSpec("network", NetworkNet, fraud_loss, "attack_probability", 20, 64, 3e-3),
+    "liquidity": TaskSpec("liquidity", LiquidityNet, fraud_loss, "success_probability", 10, 256, 3e-3),
 }
 
 
@@ -233,6 +245,8 @@ def evaluate_outputs(task: str, output: np.ndarray, x: np.ndarray, y: np.ndarray
         return scoring.fraud_metrics(y, output, thr)
     if task == "anomaly":
         return scoring.anomaly_metrics(y, output)
+    if task == "liquidity":
+        return scoring.probability_metrics(y, output)
     k = x[:, TASK_SCHEMAS["fee"].index("conf_target_blocks")].astype(int)
     metrics = scoring.fee_metrics(output, y, k)
     # one number for a quantile estimator: the pinball loss of log rates at FEE_QUANTILE (lower is better)

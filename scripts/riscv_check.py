@@ -38,7 +38,7 @@ from core.bitcoin.features import TASKS
 
 ROWS = 10_000
 CHAIN = {"n_transactions": 30_000, "seed": 5}
-NETWORK_SEED = 3  # telemetry episodes of simulated nodes (the tests use the same, watched once per process)
+NETWORK_SEED = 3  # network episodes and the Lightning network of the samples (the tests use the same, once per process)
 TRAIN_STEPS = 200
 MODEL_SEED = 7
 FEE_CALIB_OFFSETS = (0.35, 0.2, 0.1, -0.15, -0.5)  # log-space; nonzero and distinct so the graph keeps them
@@ -46,7 +46,7 @@ FEE_CALIB_OFFSETS = (0.35, 0.2, 0.1, -0.15, -0.5)  # log-space; nonzero and dist
 MODES = {"float32": [], "int8": ["--int8"], "int8-tensor": ["--int8", "--activations", "tensor"]}
 FLOAT_MAX_ERROR = 1e-5
 INT8_VS_ORT_MAX_ERROR = 1e-4
-INT8_MAX_ERROR = {"fraud": 0.03, "fee": 1e-2, "anomaly": 1e-2, "network": 0.03}
+INT8_MAX_ERROR = {"fraud": 0.03, "fee": 1e-2, "anomaly": 1e-2, "network": 0.03, "liquidity": 0.03}
 DECISION_AGREEMENT = 0.995
 FEE_BUCKET_RATIO = 1.1
 
@@ -63,12 +63,13 @@ def decision(task: str, out: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """What a node does with each row's output; thresholds come from the float32 ``reference`` outputs.
 
     fraud: flag the riskiest 1 % (probability >= the reference's 99th percentile: a fixed 0.5 would flag
-    almost nothing for a rare class). network: flag an attack at probability 0.5. anomaly: alert on the top 1 % of scores. fee: the fee-rate bucket a
+    almost nothing for a rare class). network: flag an attack at probability 0.5; liquidity: expect the hop to
+    forward at probability 0.5. anomaly: alert on the top 1 % of scores. fee: the fee-rate bucket a
     wallet picks, ``floor(log(rate) / log(1.1))`` (10 % steps, two of Bitcoin Core's 5 % fee buckets: at
     5 % steps, int8 moves 0.4-6 % of rows to a neighbouring bucket, because many rows sit near a boundary).
     """
     out = np.asarray(out, dtype=np.float64)
-    if task == "network":  # the attack flag
+    if task in ("network", "liquidity"):  # the attack flag; whether a payer expects the hop to forward
         return out >= 0.5
     if task == "fee":
         return np.floor(np.log(np.maximum(out, 1e-9)) / np.log(FEE_BUCKET_RATIO))
@@ -80,12 +81,12 @@ def agreement(task: str, got: np.ndarray, want: np.ndarray) -> float:
 
 
 def _arrays() -> dict:
-    """Every task's rows: the simulated chain's, and telemetry of simulated nodes under attack (network)."""
-    from anya_fl.experiments.network_data import sample_network_splits
+    """Every task's rows: the simulated chain's, telemetry of simulated nodes under attack (network) and a simulated
+    Lightning network's channels (liquidity)."""
+    from anya_fl.experiments.sample_data import sample_task_arrays
     from core.data.chain import ChainConfig, simulate_chain
-    from core.data.datasets import task_arrays
 
-    return {**task_arrays(simulate_chain(ChainConfig(**CHAIN))), "network": sample_network_splits(NETWORK_SEED)}
+    return sample_task_arrays(simulate_chain(ChainConfig(**CHAIN)), NETWORK_SEED)
 
 
 def task_rows(task: str, n: int = ROWS, seed: int = 0) -> np.ndarray:

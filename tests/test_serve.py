@@ -17,9 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from anya_fl.experiments.sample_data import sample_task_arrays
 from core.bitcoin.features import TASKS
 from core.data.chain import ChainConfig, core_transaction_json, simulate_chain
-from core.data.datasets import task_arrays
 from core.errors import ConfigError, FeatureError
 from core.health.http import BackgroundServer
 from core.health.node_health import HealthSettings, NodeHealth
@@ -53,9 +53,7 @@ def world(tmp_path_factory) -> dict:
     generate_signing_key(root / "keys" / "coord.key", root / "keys" / "coord.pub")
     generate_signing_key(root / "keys" / "other.key", root / "keys" / "other.pub")
     chain = simulate_chain(ChainConfig(n_transactions=30_000, seed=5))
-    from anya_fl.experiments.network_data import sample_network_splits
-
-    arrays = {**task_arrays(chain), "network": sample_network_splits(3)}
+    arrays = sample_task_arrays(chain)
     rows = {t: np.concatenate([s.x[k] for k in ("train", "val", "test")]) for t, s in arrays.items()}
     models = {(t, s): _perturbed(t, s) for t in TASKS for s in (1, 2)}
     onnx_bytes = {k: export_onnx(k[0], m, {"version": k[1], "run": "test", "round": 3, "epsilon": 8.0})
@@ -87,7 +85,8 @@ def test_export_matches_torch_with_dynamic_batch_and_metadata(world) -> None:
         assert len(json.loads(meta["feature_names"])) == world["rows"][task].shape[1]
         assert proto.graph.input[0].name == "features"
         assert proto.graph.output[0].name == {"fraud": "fraud_probability", "fee": "fee_rate_sat_vb",
-                                              "anomaly": "anomaly_score", "network": "attack_probability"}[task]
+                                              "anomaly": "anomaly_score", "network": "attack_probability",
+                                              "liquidity": "success_probability"}[task]
         for n in (1, 7, 5000):  # the batch axis is dynamic
             x = world["rows"][task][:n]
             ref = infer(world["models"][(task, 1)], x)

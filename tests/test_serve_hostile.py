@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
+from anya_fl.experiments.sample_data import sample_task_arrays
 from core.bitcoin.features import TASK_SCHEMAS, TASKS
 from core.data.chain import ChainConfig, core_transaction_json, simulate_chain
-from core.data.datasets import task_arrays
 from core.health.http import BackgroundServer
 from core.health.node_health import HealthSettings, NodeHealth
 from core.security.signing import generate_signing_key, load_private_key, load_public_key
@@ -50,9 +50,7 @@ def world(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("hostile")
     generate_signing_key(root / "coord.key", root / "coord.pub")
     chain = simulate_chain(ChainConfig(n_transactions=3000, seed=11))
-    from anya_fl.experiments.network_data import sample_network_splits
-
-    arrays = {**task_arrays(chain), "network": sample_network_splits(3)}
+    arrays = sample_task_arrays(chain)
     rows = {t: np.concatenate([s.x[k] for k in ("train", "val", "test")])[:200] for t, s in arrays.items()}
     onnx_bytes = {t: export_onnx(t, build_model(t, seed=0), {"version": 1, "run": "hostile"}) for t in TASKS}
     return {"root": root, "chain": chain, "rows": rows, "onnx": onnx_bytes}
@@ -254,7 +252,8 @@ def hostile_request(draw) -> tuple[str, bytes, str, int]:
         inner = {"fraud": b'"transactions": [' + tx + b"]",
                  "anomaly": b'"transactions": [' + tx + b'], "mempool": ' + mempool,
                  "fee": b'"mempool": ' + mempool + b', "conf_targets": [' + t[2] + b"]",
-                 "network": b'"transactions": [' + tx + b"]"}[task]  # network takes rows only: a 422
+                 "network": b'"transactions": [' + tx + b"]",  # network and liquidity take rows only: a 422
+                 "liquidity": b'"mempool": ' + mempool}[task]
         body = b"{" + inner + b"}"
     else:
         cells = [_typical_row(task) for _ in range(n)]

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from anya_fl.experiments.sample_data import sample_task_arrays
 from core.bitcoin.features import TASK_SCHEMAS, TASKS
 from core.data.chain import ChainConfig, simulate_chain
-from core.data.datasets import FEE_TARGETS, task_arrays
+from core.data.datasets import FEE_TARGETS
 from core.errors import ConfigError
 from models.tasks import FEE_QUANTILE, Normalizer, build_model, calibrate_fee_model, infer, task_spec
 from models.training import TrainConfig, train
@@ -16,9 +17,7 @@ from models.training import TrainConfig, train
 
 @pytest.fixture(scope="module")
 def data():
-    from anya_fl.experiments.network_data import sample_network_splits
-
-    return {**task_arrays(simulate_chain(ChainConfig(n_transactions=60_000, seed=3))), "network": sample_network_splits(3)}
+    return sample_task_arrays(simulate_chain(ChainConfig(n_transactions=60_000, seed=3)))
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -38,7 +37,7 @@ def test_outputs_have_task_units(task, data) -> None:
     x = data[task].x["test"][:1000]
     out = infer(model, x)
     assert out.shape == (len(x),) and len(x) >= 200 and np.isfinite(out).all()
-    if task in ("fraud", "network"):
+    if task in ("fraud", "network", "liquidity"):
         assert ((out >= 0) & (out <= 1)).all()
     elif task == "fee":
         assert (out >= 1.0).all()  # never below the min relay fee

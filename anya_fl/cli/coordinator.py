@@ -108,10 +108,12 @@ def coordinator_run(
     nodes: Annotated[int, typer.Option(help="Nodes expected in the federation (a deployment's default: "
                                             "3, not the simulation's 10).")] = 3,
     rounds: Annotated[int, typer.Option(help="Federated rounds.")] = _FED.rounds,
-    tasks: Annotated[str, typer.Option(help="Tasks (comma-separated): fraud, fee, anomaly, network. Each node trains "
-                                            "network on its watch's telemetry and incidents (`anya-fl watch "
-                                            "incident add`); the coordinator's held-out network set is watched on "
-                                            "simulated nodes (about 1.3 s per episode, 12).")] = _FED.tasks,
+    tasks: Annotated[str, typer.Option(help="Tasks (comma-separated): fraud, fee, anomaly, network, liquidity. Each "
+                                            "node trains network on its watch's telemetry and incidents (`anya-fl "
+                                            "watch incident add`), liquidity on its Lightning store (`anya-fl "
+                                            "lightning collect --state-dir DATA_DIR/lightning`); the coordinator's "
+                                            "held-out sets for them are simulated (network: about 1.3 s per "
+                                            "episode, 12).")] = _FED.tasks,
     strategy: Annotated[str, typer.Option(help="Aggregation strategy (default median, with screening).")] = _FED.strategy,
     screening: Annotated[bool, typer.Option(help="Server-side update screening (reject, flag, clip, exclude).")]
     = _FED.screening,
@@ -144,8 +146,9 @@ def coordinator_run(
         err_console.print(f"[yellow]{escape(key_note)}[/yellow]", soft_wrap=True)
     else:
         console.print(escape(key_note), soft_wrap=True)
-    if "network" in cfg.task_list:
-        with console.status("the coordinator's held-out network set (simulated nodes watched under attack)"):
+    if {"network", "liquidity"} & set(cfg.task_list):
+        with console.status("the coordinator's held-out network and liquidity sets (simulated nodes watched under "
+                            "attack, simulated Lightning networks)"):
             prepare_coordinator_data(Path(cfg.data_dir), cfg.transactions, cfg.seed, cfg.task_list)
     else:
         prepare_coordinator_data(Path(cfg.data_dir), cfg.transactions, cfg.seed)

@@ -15,9 +15,11 @@ from core.fedconfig import FederationConfig
 def simulate(
     nodes: Annotated[int, typer.Option(help="Simulated nodes (Flower SuperNodes).")] = _FED.nodes,
     rounds: Annotated[int, typer.Option(help="Federated rounds.")] = _FED.rounds,
-    tasks: Annotated[str, typer.Option(help="Tasks (comma-separated): fraud, fee, anomaly, network. network learns "
-                                            "attacks from node telemetry watched on simulated nodes (about 1.3 s "
-                                            "per watched episode, 10 per node).")] = _FED.tasks,
+    tasks: Annotated[str, typer.Option(help="Tasks (comma-separated): fraud, fee, anomaly, network, liquidity. "
+                                            "network learns attacks from node telemetry watched on simulated nodes "
+                                            "(about 1.3 s per watched episode, 10 per node); liquidity learns "
+                                            "channel balances from a simulated Lightning network's routers (node i "
+                                            "is router i).")] = _FED.tasks,
     strategy: Annotated[str, typer.Option(help="fedavg, fedprox, fedadam, krum, multikrum, bulyan, median, trimmed-mean "
                                                "(default median, with --screening: chosen by `anya-fl bench "
                                                "robustness`).")] = _FED.strategy,

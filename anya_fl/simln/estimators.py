@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from anya_fl.simln.network import Hop, SimLN, SimLNConfig, uniform_prior
+from core.scoring import probability_metrics
 
 BIMODAL_SCALE_SAT = 300_000  # LND's DefaultBimodalScaleMsat, 300,000,000 msat
-EPS = 1e-6
 
 
 def bimodal_prior(hop: Hop, amount_sat: int, scale_sat: float = BIMODAL_SCALE_SAT) -> float:
@@ -51,15 +51,9 @@ class Scores:
 
 
 def score(p: Sequence[float], y: Sequence[bool]) -> Scores:
-    """How well probabilities ``p`` predict outcomes ``y``."""
-    pa = np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
-    ya = np.asarray(y, dtype=np.float64)
-    log_loss = float(-np.mean(ya * np.log(pa) + (1 - ya) * np.log(1 - pa)))
-    brier = float(np.mean((pa - ya) ** 2))
-    bins = np.minimum((pa * 10).astype(int), 9)
-    ece = float(sum(abs(pa[bins == b].mean() - ya[bins == b].mean()) * (bins == b).mean()
-                    for b in range(10) if (bins == b).any()))
-    return Scores(log_loss, brier, ece, len(pa), float(ya.mean()))
+    """How well probabilities ``p`` predict outcomes ``y`` (``core.scoring.probability_metrics``)."""
+    m = probability_metrics(np.asarray(y, dtype=np.float64), np.asarray(p, dtype=np.float64))
+    return Scores(m["log_loss"], m["brier"], m["ece"], len(p), m["positive_rate"])
 
 
 def success_rate(config: SimLNConfig, estimator: Callable[[Hop, int], float], hours: float) -> dict[str, float]:

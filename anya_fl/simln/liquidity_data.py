@@ -11,10 +11,12 @@ payer asks of a channel it does not own.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from anya_fl.simln.network import START_HEIGHT, Hop, SimChannel, SimLN, SimLNConfig
+from core.data.datasets import DEFAULT_SPLIT, SPLITS, TaskSplits
 from core.lightning.liquidity import (
     AMOUNTS_PER_DIRECTION,
     LIQUIDITY_SCHEMA,
@@ -24,6 +26,7 @@ from core.lightning.liquidity import (
     labelled_rows,
     sample_amount,
 )
+from core.lightning.liquidity_splits import SNAPSHOT_EVERY_S
 
 
 def direction(c: SimChannel, src: int) -> Direction:
@@ -91,3 +94,108 @@ def simulate_rows(config: SimLNConfig, hours: float, every_s: float = 3600.0, he
             router_rows(net, i, rng, own[i])
         held_out_rows(net, rng, held_out_per_snapshot, held)
     return own, held
+
+
+# ---- the liquidity task's datasets for a federation (``anya-fl simulate --tasks ...,liquidity``)
+
+LIQUIDITY_HOURS = 48.0  # simulated hours of snapshots each router labels
+LIQUIDITY_EVERY_S = SNAPSHOT_EVERY_S  # a labelled snapshot every 15 minutes, as a real node's store is thinned
+MIN_ROUTERS = 30  # the simulated network has at least this many routers; the federation's nodes are 0..nodes-1
+HELD_OUT_PER_SNAPSHOT = 40
+VAL_SEED_OFFSET, TEST_SEED_OFFSET = 1_000, 2_000  # the coordinator's questions come from networks no node is in
+
+
+@dataclass(frozen=True)
+class LiquiditySim:
+    """How a federation's liquidity data is simulated: one network of ``max(MIN_ROUTERS, 3 x nodes)`` routers whose
+    routers 0..nodes-1 are the federation's nodes (the first to join: the best connected, as routing nodes that
+    would run a federated client are)."""
+
+    seed: int = 0
+    nodes: int = 10
+    hours: float = LIQUIDITY_HOURS
+    every_s: float = LIQUIDITY_EVERY_S
+
+    def config(self, seed: int | None = None) -> SimLNConfig:
+        return SimLNConfig(seed=self.seed if seed is None else seed, nodes=max(MIN_ROUTERS, 3 * self.nodes))
+
+
+def federation_rows(sim: LiquiditySim, seed: int | None = None) -> tuple[dict[int, LiquidityRows], LiquidityRows]:
+    """Routers 0..nodes-1's own rows, and payers' questions about any channel of the same network."""
+    cfg = sim.config(seed)
+    net = SimLN(cfg)
+    rng = np.random.default_rng([cfg.seed, 7])
+    net.advance(6 * 3600.0)
+    own = {i: LiquidityRows() for i in range(sim.nodes)}
+    held = LiquidityRows()
+    for _ in range(int(sim.hours * 3600 // sim.every_s)):
+        net.advance(sim.every_s)
+        for i in range(sim.nodes):
+            router_rows(net, i, rng, own[i])
+        held_out_rows(net, rng, HELD_OUT_PER_SNAPSHOT, held)
+    return own, held
+
+
+def time_splits(rows: LiquidityRows, fractions: tuple[float, float, float] = DEFAULT_SPLIT) -> TaskSplits:
+    """Rows in snapshot order, split by time: the first ``fractions[0]`` train, then val, then test."""
+    x, y = rows.arrays()
+    a = int(len(y) * fractions[0])
+    b = a + int(len(y) * fractions[1])
+    cut = {"train": slice(0, a), "val": slice(a, b), "test": slice(b, len(y))}
+    return TaskSplits(x={s: x[c] for s, c in cut.items()}, y={s: y[c] for s, c in cut.items()})
+
+
+_ROWS: dict[tuple, tuple[dict[int, LiquidityRows], LiquidityRows]] = {}  # one simulation per settings and process
+
+
+def _cached_rows(sim: LiquiditySim, seed: int | None = None) -> tuple[dict[int, LiquidityRows], LiquidityRows]:
+    key = (sim, seed)
+    if key not in _ROWS:
+        _ROWS[key] = federation_rows(sim, seed)
+    return _ROWS[key]
+
+
+def held_out_liquidity_splits(sim: LiquiditySim) -> TaskSplits:
+    """The coordinator's set: payers' questions about the channels of two other networks (validation: seed +
+    VAL_SEED_OFFSET, test: seed + TEST_SEED_OFFSET), no router of which is in the federation, labelled by the
+    simulator's truth."""
+    short = LiquiditySim(sim.seed, sim.nodes, sim.hours / 2, sim.every_s)
+    _, val = _cached_rows(short, sim.seed + VAL_SEED_OFFSET)
+    _, test = _cached_rows(short, sim.seed + TEST_SEED_OFFSET)
+    xv, yv = val.arrays()
+    xt, yt = test.arrays()
+    return TaskSplits(x={"train": xv, "val": xv, "test": xt}, y={"train": yv, "val": yv, "test": yt})
+
+
+def add_liquidity_data(data_dir: Path, sim: LiquiditySim) -> None:
+    """Add the ``liquidity`` task to a simulation's datasets: node i's own channels' rows (router i, split by
+    time), and the coordinator's held-out questions (``held_out_liquidity_splits``)."""
+    from core.data.datasets import load_dataset, save_dataset
+
+    own, _ = _cached_rows(sim)
+    for i in range(sim.nodes):
+        d = data_dir / f"node-{i}"
+        data, manifest = load_dataset(d)
+        data["liquidity"] = time_splits(own[i])
+        save_dataset(d, data, {**manifest.get("info", {}), "liquidity_router": i})
+    add_coordinator_liquidity_data(data_dir, sim)
+
+
+def add_coordinator_liquidity_data(data_dir: Path, sim: LiquiditySim) -> None:
+    """Add the ``liquidity`` task to the coordinator's held-out set (``<data_dir>/coordinator``). The coordinator
+    has no channel truth of its own, so in a deployment too its held-out liquidity set is simulated."""
+    from core.data.datasets import load_dataset, save_dataset
+
+    d = data_dir / "coordinator"
+    data, manifest = load_dataset(d)
+    data["liquidity"] = held_out_liquidity_splits(sim)
+    save_dataset(d, data, manifest.get("info", {}))
+
+
+def sample_liquidity_splits(seed: int = 3) -> TaskSplits:
+    """Realistic labelled liquidity rows (three routers' and the held-out questions), the same rows in every split:
+    for benchmarks and export checks that need rows, not a fair evaluation."""
+    own, held = _cached_rows(LiquiditySim(seed=seed, nodes=3, hours=12.0, every_s=3600.0))
+    x = np.concatenate([*(r.arrays()[0] for r in own.values()), held.arrays()[0]])
+    y = np.concatenate([*(r.arrays()[1] for r in own.values()), held.arrays()[1]])
+    return TaskSplits(x={s: x.copy() for s in SPLITS}, y={s: y.copy() for s in SPLITS})

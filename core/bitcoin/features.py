@@ -23,6 +23,7 @@ import numpy as np
 from core.bitcoin.network.telemetry_schema import TELEMETRY_SCHEMA
 from core.bitcoin.schema import NORM_CLIP, Column, Schema  # noqa: F401 - NORM_CLIP re-exported
 from core.errors import FeatureError
+from core.lightning.liquidity import LIQUIDITY_SCHEMA
 
 SCHEMA_VERSION = 1
 SATS_PER_BTC = 100_000_000
@@ -106,10 +107,10 @@ FEE_SCHEMA = Schema("fee", (*MEMPOOL_SCHEMA.columns, CONF_TARGET))
 ANOMALY_SCHEMA = Schema("anomaly", (*TX_SCHEMA.columns, *MEMPOOL_SCHEMA.columns))
 FRAUD_SCHEMA = TX_SCHEMA
 NETWORK_SCHEMA = TELEMETRY_SCHEMA  # the network task: one node telemetry vector per row
-TASKS = ("fraud", "fee", "anomaly", "network")  # the one list of tasks (core/serving/inference/riscv.py, copied alone to boards, aside)
+TASKS = ("fraud", "fee", "anomaly", "network", "liquidity")  # the one list of tasks (core/serving/inference/riscv.py, copied alone to boards, aside)
 CHAIN_TASKS = TASKS[:3]  # learned from transactions and mempool snapshots (a simulated chain gives them all)
-TASK_SCHEMAS: dict[str, Schema] = dict(zip(TASKS, (FRAUD_SCHEMA, FEE_SCHEMA, ANOMALY_SCHEMA, NETWORK_SCHEMA),
-                                           strict=True))
+TASK_SCHEMAS: dict[str, Schema] = dict(zip(TASKS, (FRAUD_SCHEMA, FEE_SCHEMA, ANOMALY_SCHEMA, NETWORK_SCHEMA,
+                                                  LIQUIDITY_SCHEMA), strict=True))
 
 
 # --------------------------------------------------------------------------------------------

@@ -168,7 +168,8 @@ def load_dataset(directory: str | Path) -> tuple[dict[str, TaskSplits], dict]:
     return out, manifest
 
 
-CLASS_NAMES = {"fraud": ("licit", "illicit"), "anomaly": ("normal", "anomalous"), "network": ("normal", "attack")}
+CLASS_NAMES = {"fraud": ("licit", "illicit"), "anomaly": ("normal", "anomalous"), "network": ("normal", "attack"),
+               "liquidity": ("fails", "forwards")}
 
 
 def held_out_shortfall(held_out: dict[str, TaskSplits], tasks: tuple[str, ...] = CHAIN_TASKS) -> str:

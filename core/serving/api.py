@@ -7,6 +7,8 @@
   getrawmempool-true, "info": getmempoolinfo}}`` (transaction features joined with the mempool's)
 - fee: ``{"rows": [[13 numbers], ...]}`` or ``{"mempool": {...}, "conf_targets": [1, 3, 6]}``
 - network: ``{"rows": [[42 numbers], ...]}`` (``TELEMETRY_SCHEMA`` vectors, as ``anya-fl watch`` computes them)
+- liquidity: ``{"rows": [[9 numbers], ...]}`` (``LIQUIDITY_SCHEMA``: a channel direction from the public graph and an
+  amount, ``core.lightning.liquidity.features``); the answer is P(it forwards the amount)
 
 One input rule for both forms, enforced by the feature schema (:meth:`core.bitcoin.features.Schema.validate`):
 a cell must be a JSON number (strings, booleans and nulls are refused, never converted), and a value
@@ -56,9 +58,10 @@ DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 # about 8 deep; Python's JSON parser recurses once per level and fails near 1,000, so the limit is checked first.
 MAX_JSON_DEPTH = 32
 # The fields each task takes besides "rows" (its Bitcoin Core JSON form).
-# network: rows only (a telemetry vector is made by the node's own watch, from several calls a minute apart)
+# network: rows only (a telemetry vector is made by the node's own watch, from several calls a minute apart);
+# liquidity: rows only (a payer builds them from its gossip graph, core.lightning.liquidity.features)
 CORE_FIELDS = {"fraud": ("transactions",), "anomaly": ("transactions", "mempool"), "fee": ("mempool", "conf_targets"),
-               "network": ()}
+               "network": (), "liquidity": ()}
 
 
 class APIError(Exception):
@@ -342,7 +345,8 @@ def build_app(engine: InferenceEngine, health: NodeHealth, *, registry: Any = No
         return 200, json.dumps(answer).encode()
 
     @app.post("/v1/{task}/predict", openapi_extra={"requestBody": PREDICT_BODY},
-              summary="Predict: fraud_probability, fee_rate_sat_vb, anomaly_score or attack_probability per row")
+              summary="Predict: fraud_probability, fee_rate_sat_vb, anomaly_score, attack_probability or "
+                      "success_probability per row")
     async def predict(task: str, request: Request) -> Response:
         try:
             raw = await request.body()
