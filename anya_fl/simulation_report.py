@@ -24,7 +24,7 @@ from anya_fl.report_html import img as _img
 from anya_fl.report_html import pyplot as _pyplot
 from anya_fl.report_html import save_png as _save
 from core.health.agent_checker import SystemStage
-from core.scoring import PRIMARY_METRIC
+from core.scoring import PRIMARY_METRIC, PROBABILITY_LOSSES
 from core.storage import atomic_write_bytes
 from fl_server.round_record import RoundRecord, history_from_dicts
 
@@ -151,8 +151,10 @@ def _unit_group(metric: str) -> tuple[int, str]:
         return 1, "overpayment (sat/vB, lower is better)"
     if "ratio" in metric:
         return 2, "overpay ratio (predicted / required fee rate)"
-    if "loss" in metric:
+    if metric == "pinball_loss":
         return 3, "pinball loss of log fee rate (lower is better)"
+    if metric in PROBABILITY_LOSSES:
+        return 4, "log-loss, Brier score, calibration error (lower is better)"
     return 0, "rate or score (0 to 1)"
 
 
@@ -337,7 +339,7 @@ def plot_rounds(metrics: dict, out_dir: Path) -> list[Path]:
 def _metric_label(metric: str) -> str:
     if metric.startswith("median_overpay_sat_vb"):
         return f"{metric} (sat/vB, lower is better)"
-    if "overpay" in metric or "loss" in metric:
+    if "overpay" in metric or "loss" in metric or metric in PROBABILITY_LOSSES:
         return f"{metric} (lower is better)"
     return f"{metric} (higher is better)"
 

@@ -23,6 +23,7 @@ ArrayLike = Any  # anything np.asarray accepts
 PRIMARY_METRIC = {"fraud": "pr_auc", "fee": "hit_rate", "anomaly": "roc_auc", "network": "pr_auc",
                   "liquidity": "log_loss"}
 PROBABILITY_EPS = 1e-6  # log-loss clips probabilities to [eps, 1 - eps]
+PROBABILITY_LOSSES = ("log_loss", "brier", "ece")  # probability_metrics' lower-is-better metrics
 CALIBRATION_BINS = 10
 
 

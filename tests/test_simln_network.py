@@ -113,9 +113,9 @@ def test_success_rate_plays_the_same_workload_with_each_estimator() -> None:
     from anya_fl.simln.network import uniform_prior
 
     cfg = SimLNConfig(seed=6, nodes=10, payments_per_hour=200)
-    uniform, bimodal = success_rate(cfg, uniform_prior, 2), success_rate(cfg, bimodal_prior, 2)
+    uniform, bimodal = success_rate(cfg, lambda _: uniform_prior, 2), success_rate(cfg, lambda _: bimodal_prior, 2)
     assert uniform["payments"] == bimodal["payments"] > 100  # the routing does not draw from the workload's seed
     for r in (uniform, bimodal):
         assert 0 < r["success_rate"] <= 1 and 1 <= r["mean_attempts"] <= 10
-    never = success_rate(cfg, lambda hop, amount: 0.0, 2)  # a payer that trusts no hop but its own channels
+    never = success_rate(cfg, lambda _: lambda hop, amount: 0.0, 2)  # a payer that trusts no hop but its own channels
     assert never["success_rate"] < uniform["success_rate"]

@@ -17,21 +17,25 @@ def bench(
     list_only: Annotated[bool, typer.Option("--list", help="List benchmarks and exit.")] = False,
     out: Annotated[Path, typer.Option(help="robustness: output directory.")] = Path("runs/robustness"),
     tasks: Annotated[str, typer.Option(help="robustness: tasks (comma-separated).")] = "fraud",
-    rounds: Annotated[int | None, typer.Option(help="robustness, fee, network: rounds per federation (default: 5; "
+    rounds: Annotated[int | None, typer.Option(help="robustness, fee, network, liquidity: rounds per federation "
+                                                    "(default: 5; "
                                                 f"fee: the simulation's {_FED.rounds}).")] = None,
     local_epochs: Annotated[int, typer.Option(help="robustness: local epochs per round.")] = 5,
     strategies: Annotated[str | None, typer.Option(help="robustness: strategies (default: all).")] = None,
     attacks: Annotated[str | None, typer.Option(help="robustness: attacks (default: all).")] = None,
     fractions: Annotated[str, typer.Option(help="robustness: malicious shares.")] = "0.1,0.2,0.3",
-    dp: Annotated[bool | None, typer.Option("--dp/--no-dp", help="robustness (default off), network (default on): "
+    dp: Annotated[bool | None, typer.Option("--dp/--no-dp", help="robustness (default off), network and liquidity "
+                                                               "(default on): "
                                                                "DP-SGD on the nodes.")] = None,
     model: Annotated[bool, typer.Option("--model/--no-model", help="network: also federate the network-attack "
                                                                    "model and compare it with local-only models "
                                                                    "(about 3 minutes).")] = True,
-    seeds: Annotated[str, typer.Option(help="fee: RNG seeds, one federation each (comma-separated).")] = "0,1,2",
+    seeds: Annotated[str, typer.Option(help="fee, liquidity: RNG seeds, one federation each (comma-separated).")
+                     ] = "0,1,2",
     transactions: Annotated[int | None, typer.Option(help="fee: simulated chain size (default: the simulation's "
                                                           f"{_FED.transactions:,}).")] = None,
-    nodes: Annotated[int | None, typer.Option(help=f"fee: nodes per federation (default: {_FED.nodes}).")] = None,
+    nodes: Annotated[int | None, typer.Option(help=f"fee: nodes per federation (default: {_FED.nodes}; liquidity: "
+                                                   "5).")] = None,
     epsilon: Annotated[float | None, typer.Option(help="fee: DP budget per node and run (default: "
                                                        f"{_FED.epsilon:g}).")] = None,
 ) -> None:
@@ -45,6 +49,11 @@ def bench(
     then federates the network-attack model (5 nodes, each seeing 2 of 5 scenarios) and scores it against each
     node's local-only model on the scenarios that node never saw (`network.model.<federated|local>.*`).
 
+    `anya-fl bench liquidity` federates the liquidity model on a simulated Lightning network (per seed, node i is
+    router i) and scores it against the uniform and bimodal priors and each node's local-only model on another
+    network's channels (log-loss, Brier, calibration), then routes the same payments by each
+    (`liquidity.<estimator>.<metric>`).
+
     `anya-fl bench fee` runs the fee-estimator benchmark: per seed a DP federation of the fee model, scored
     with the Core-style and mempool.space-style estimators on the same replay (`--json` writes its figures).
     """
@@ -57,6 +66,9 @@ def bench(
         return
     if names == ["network"]:
         _network(json_out, model, 5 if rounds is None else rounds, True if dp is None else dp)
+        return
+    if names == ["liquidity"]:
+        _liquidity(json_out, seeds, nodes, rounds, True if dp is None else dp)
         return
     from anya_fl.bench import BENCHMARKS, run_benchmarks
 
@@ -220,4 +232,55 @@ def _network(json_out: Path | None, model: bool, rounds: int, dp: bool) -> None:
         from core.storage import atomic_write_json
 
         atomic_write_json(json_out, figures)
+        console.print(f"wrote {json_out}")
+
+
+def _liquidity(json_out: Path | None, seeds: str, nodes: int | None, rounds: int | None, dp: bool) -> None:
+    import numpy as np
+
+    from anya_fl.experiments import liquidity_bench as lb
+    from core.errors import ConfigError
+
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError("seeds", f"{seeds!r} must be comma-separated integers") from None
+    if not seed_list or any(s < 0 for s in seed_list):
+        raise ConfigError("seeds", f"{seeds!r} must name at least one integer >= 0")
+    results = []
+    for seed in seed_list:
+        with console.status(f"liquidity, seed {seed}") as status:
+            results.append(lb.run_liquidity_bench(seed=seed, nodes=nodes or lb.NODES, rounds=rounds or lb.ROUNDS,
+                                                  dp=dp, on_step=lambda m, s=seed: status.update(f"seed {s}: {m}")))
+    c = results[0]["config"]
+    how = (f"{c['nodes']} routers of {c['routers']} federated, {c['rounds']} rounds x {c['local_epochs']} local epochs, "
+           f"{c['strategy']}, " + (f"DP eps {c['epsilon']:g}" if c["dp"] else "no DP"))
+    names = list(results[0]["scores"])
+    metrics = ["log_loss", "brier", "ece", "roc_auc"]
+    rows = []
+    for name in names:
+        cells = []
+        for m in metrics:
+            vals = [r["scores"][name].get(m) for r in results]
+            cells.append("-" if any(v is None for v in vals) else
+                         f"{np.mean(vals):.3f}" + (f" ({', '.join(f'{v:.3f}' for v in vals)})" if len(vals) > 1 else ""))
+        succ = [r["success"][name]["success_rate"] for r in results]
+        att = [r["success"][name]["mean_attempts"] for r in results]
+        rows.append([name, *cells, f"{np.mean(succ):.3f}" + (f" ({', '.join(f'{v:.3f}' for v in succ)})"
+                                                             if len(succ) > 1 else ""), f"{np.mean(att):.2f}"])
+    questions = sum(r["questions"] for r in results)
+    console.print(table(f"liquidity: P(a channel forwards) on another network's channels ({questions:,} questions, "
+                        f"seeds {', '.join(map(str, seed_list))}; {how}), and payments routed by each",
+                        ["estimator", "log-loss", "Brier", "calibration error", "ROC-AUC", "payment success",
+                         "attempts"], rows))
+    figures: dict = {}
+    for r in results:
+        for key, v in lb.liquidity_metrics(r).items():
+            figures.setdefault(key, {**v, "per_seed": []})["per_seed"].append(v["value"])
+    for v in figures.values():
+        v["value"] = float(np.mean(v["per_seed"]))
+    if json_out:
+        from core.storage import atomic_write_json
+
+        atomic_write_json(json_out, {"figures": figures, "runs": results})
         console.print(f"wrote {json_out}")

@@ -8,7 +8,7 @@
 
 ``score`` gives the log-loss, the Brier score and the calibration (expected calibration error over 10 bins) of
 an estimator on hops whose outcome the simulator knows; ``success_rate`` plays the same workload with a payer
-that routes by each estimator.
+that routes by each estimator (``model_estimator``: a liquidity model as one).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from anya_fl.simln.network import Hop, SimLN, SimLNConfig, uniform_prior
+from anya_fl.simln.network import Estimator, Hop, SimLN, SimLNConfig, uniform_prior
+from core.lightning.liquidity import features
 from core.scoring import probability_metrics
 
 BIMODAL_SCALE_SAT = 300_000  # LND's DefaultBimodalScaleMsat, 300,000,000 msat
@@ -38,7 +39,7 @@ def bimodal_prior(hop: Hop, amount_sat: int, scale_sat: float = BIMODAL_SCALE_SA
     return min(1.0, max(0.0, above / total))
 
 
-ESTIMATORS: dict[str, Callable[[Hop, int], float]] = {"uniform": uniform_prior, "bimodal": bimodal_prior}
+ESTIMATORS: dict[str, Estimator] = {"uniform": uniform_prior, "bimodal": bimodal_prior}
 
 
 @dataclass(frozen=True)
@@ -56,9 +57,24 @@ def score(p: Sequence[float], y: Sequence[bool]) -> Scores:
     return Scores(m["log_loss"], m["brier"], m["ece"], len(p), m["positive_rate"])
 
 
-def success_rate(config: SimLNConfig, estimator: Callable[[Hop, int], float], hours: float) -> dict[str, float]:
-    """The same network and workload, the payer routing by ``estimator``: payments that succeeded, mean attempts."""
-    net = SimLN(config, estimator=estimator)
+def model_estimator(predict: Callable[[np.ndarray], np.ndarray]) -> Callable[[SimLN], Estimator]:
+    """A liquidity model as a payer's estimator on ``net``: each hop's LIQUIDITY_SCHEMA row (the channel as its
+    gossip shows it now, and the amount) through ``predict`` (rows -> P(forwards))."""
+    from anya_fl.simln.liquidity_data import direction, tip
+
+    def make(net: SimLN) -> Estimator:
+        def estimate(hop: Hop, amount_sat: int) -> float:
+            row = features(direction(net.channels[hop.channel], hop.src), amount_sat, tip(net))
+            return float(predict(row[None, :])[0])
+        return estimate
+    return make
+
+
+def success_rate(config: SimLNConfig, make_estimator: Callable[[SimLN], Estimator], hours: float) -> dict[str, float]:
+    """The same network and workload, the payer routing by ``make_estimator(net)``: payments that succeeded, mean
+    attempts."""
+    net = SimLN(config)
+    net.estimator = make_estimator(net)
     payments = net.advance(hours * 3600)
     done = [p for p in payments if p.attempts > 0]
     return {"payments": float(len(payments)), "success_rate": sum(p.succeeded for p in payments) / len(payments),

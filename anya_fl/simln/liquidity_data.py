@@ -155,13 +155,17 @@ def _cached_rows(sim: LiquiditySim, seed: int | None = None) -> tuple[dict[int, 
     return _ROWS[key]
 
 
+def held_out_liquidity_rows(sim: LiquiditySim, offset: int) -> LiquidityRows:
+    """Payers' questions about the channels of the network of seed ``sim.seed + offset`` (``sim.hours / 2`` of
+    snapshots), labelled by the simulator's truth, with the hops the priors need."""
+    return _cached_rows(LiquiditySim(sim.seed, sim.nodes, sim.hours / 2, sim.every_s), sim.seed + offset)[1]
+
+
 def held_out_liquidity_splits(sim: LiquiditySim) -> TaskSplits:
     """The coordinator's set: payers' questions about the channels of two other networks (validation: seed +
-    VAL_SEED_OFFSET, test: seed + TEST_SEED_OFFSET), no router of which is in the federation, labelled by the
-    simulator's truth."""
-    short = LiquiditySim(sim.seed, sim.nodes, sim.hours / 2, sim.every_s)
-    _, val = _cached_rows(short, sim.seed + VAL_SEED_OFFSET)
-    _, test = _cached_rows(short, sim.seed + TEST_SEED_OFFSET)
+    VAL_SEED_OFFSET, test: seed + TEST_SEED_OFFSET), no router of which is in the federation."""
+    val = held_out_liquidity_rows(sim, VAL_SEED_OFFSET)
+    test = held_out_liquidity_rows(sim, TEST_SEED_OFFSET)
     xv, yv = val.arrays()
     xt, yt = test.arrays()
     return TaskSplits(x={"train": xv, "val": xv, "test": xt}, y={"train": yv, "val": yv, "test": yt})

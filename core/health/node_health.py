@@ -32,6 +32,7 @@ from core.collector.store import store_path
 from core.errors import AnyaError, ConfigError
 from core.health.agent_checker import AgentChecker, Assessment, SystemStage
 from core.health.performance import PerformanceMonitor
+from core.lightning.liquidity_splits import node_lightning_path
 
 WEIGHTS = {"data": 2.0, "resources": 1.0, "bitcoin.sync": 3.0, "bitcoin.connection": 1.0,
            "bitcoin.mempool": 1.0, "bitcoin.fees": 0.5, "bitcoin.utxo": 0.5}
@@ -75,28 +76,37 @@ def _opt_str(value: Any) -> str | None:
 
 
 def _store_readiness(d: Path) -> tuple[float, str, dict[str, float]]:
-    """A collector node: ready once its store has something to train on (fee labels, or transactions
-    for the anomaly model); fraud needs operator labels, and a node without them trains the other tasks."""
+    """A node with stores: ready once its collector store has something to train on (fee labels, or transactions
+    for the anomaly model; fraud needs operator labels, and a node without them trains the other tasks), or, for
+    the network and liquidity tasks alone, its watch's labelled telemetry or its Lightning history."""
     from core.collector.store import CollectorStore
 
-    try:
-        with CollectorStore(store_path(d), readonly=True) as st:
-            counts = st.counts()
-    except (AnyaError, OSError, sqlite3.Error) as exc:
-        return 0.0, f"collector store in {d} is unreadable ({exc})", {}
-    figures = {f"collector_{k}": float(v) for k, v in counts.items()}
-    if not counts["transactions"] and not counts["fee_labels"]:
-        from core.bitcoin.network.telemetry_store import network_splits, node_telemetry_path
+    figures: dict[str, float] = {}
+    if store_path(d).is_file():
+        try:
+            with CollectorStore(store_path(d), readonly=True) as st:
+                counts = st.counts()
+        except (AnyaError, OSError, sqlite3.Error) as exc:
+            return 0.0, f"collector store in {d} is unreadable ({exc})", {}
+        figures = {f"collector_{k}": float(v) for k, v in counts.items()}
+        if counts["transactions"] or counts["fee_labels"]:
+            reason = "" if counts["operator_labels"] else "fraud: no operator labels (the node trains fee and anomaly)"
+            return 1.0, reason, figures
+    from core.bitcoin.network.telemetry_store import network_splits, node_telemetry_path
+    from core.lightning.liquidity_splits import node_lightning_path, trainable
 
-        try:  # the watch's telemetry with the operator's incidents: the network task alone
-            network, _ = network_splits(node_telemetry_path(d))
-        except (AnyaError, OSError, sqlite3.Error):
-            network = None
-        if network is not None:
-            return 1.0, "only the network task: the collector store has no transactions yet", figures
-        return 0.0, "the collector store has no training data yet", figures
-    reason = "" if counts["operator_labels"] else "fraud: no operator labels (the node trains fee and anomaly)"
-    return 1.0, reason, figures
+    alone = []
+    try:  # the watch's telemetry with the operator's incidents; the Lightning store's snapshots
+        if network_splits(node_telemetry_path(d))[0] is not None:
+            alone.append("network")
+        if trainable(node_lightning_path(d))[0]:
+            alone.append("liquidity")
+    except (AnyaError, OSError, sqlite3.Error):
+        pass
+    chain = "the collector store has no transactions yet" if store_path(d).is_file() else "no collector store"
+    if alone:
+        return 1.0, f"only the {' and '.join(alone)} task{'s' if len(alone) > 1 else ''}: {chain}", figures
+    return 0.0, f"no training data yet ({chain}; no labelled telemetry or Lightning history)", figures
 
 
 class NodeHealth:
@@ -129,10 +139,10 @@ class NodeHealth:
         d = self.settings.data_dir
         assert d is not None
         manifest = d / "manifest.json"
-        if not manifest.is_file() and store_path(d).is_file():
+        if not manifest.is_file() and (store_path(d).is_file() or node_lightning_path(d).is_file()):
             return _store_readiness(d)
         if not manifest.is_file():
-            return 0.0, f"{d} is not a dataset directory (no manifest.json) and holds no collector store", {}
+            return 0.0, f"{d} is not a dataset directory (no manifest.json) and holds no collector or Lightning store", {}
         try:
             tasks = json.loads(manifest.read_text())["tasks"]
             rows = {t: int(v["rows"]["train"]) for t, v in tasks.items()}

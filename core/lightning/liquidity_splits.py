@@ -36,6 +36,17 @@ def thinned(times: list[float], every_s: float = SNAPSHOT_EVERY_S) -> list[int]:
     return keep
 
 
+def trainable(path: str | Path) -> tuple[bool, str]:
+    """Whether the store has ``MIN_SNAPSHOTS`` thinned snapshots (cheap: their times only, for health checks)."""
+    if not Path(path).is_file():
+        return False, "no Lightning channel history"
+    with LightningStore(path, readonly=True) as store:
+        times = [float(t) for (t,) in store.db.execute(
+            "SELECT DISTINCT time FROM snapshots WHERE block_height IS NOT NULL ORDER BY time")]
+    n = len(thinned(times))
+    return n >= MIN_SNAPSHOTS, f"{n} of {MIN_SNAPSHOTS} Lightning snapshots needed"
+
+
 def liquidity_splits(path: str | Path, fractions: tuple[float, float, float] = DEFAULT_SPLIT
                      ) -> tuple[TaskSplits | None, str]:
     """The liquidity task's rows from a Lightning store, split by time; (None, why) when it cannot train yet."""
