@@ -190,3 +190,25 @@ def test_no_channel_id_peer_key_or_balance_leaves_the_node_in_a_liquidity_round(
     for wire in replies:
         for what, needle in needles:
             assert needle not in wire, f"{what} ({needle!r}) in a reply"
+
+
+def test_the_untrained_liquidity_model_is_lnds_bimodal_estimator_and_exports_so() -> None:
+    """The model starts as the bimodal prior (its correction's last layer is zero), in torch and in ONNX."""
+    from anya_fl.simln.estimators import bimodal_prior
+    from anya_fl.simln.liquidity_data import LiquidityRows, held_out_rows
+    from core.serving.inference.engine import InferenceEngine
+    from models.export import export_onnx
+    from models.tasks import build_model, infer
+
+    net = SimLN(SimLNConfig(seed=6, nodes=10))
+    net.advance(3600)
+    rows = LiquidityRows()
+    held_out_rows(net, np.random.default_rng(3), 300, rows)
+    x, _ = rows.arrays()
+    want = np.array([bimodal_prior(h, a) for h, a in rows.hops])
+    model = build_model("liquidity", seed=1)
+    assert np.abs(infer(model, x) - want).max() < 1e-4
+    engine = InferenceEngine()
+    engine.load("liquidity", export_onnx("liquidity", model, {"version": 1}))
+    assert np.abs(engine.predict_batch("liquidity", x) - want).max() < 1e-4
+    assert want.min() < 0.5 < want.max()  # amounts across the range, not only near-certain ones

@@ -20,10 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from anya_fl.simln.network import Estimator, Hop, SimLN, SimLNConfig, uniform_prior
-from core.lightning.liquidity import features
+from core.lightning.liquidity import BIMODAL_SCALE_SAT, features
 from core.scoring import probability_metrics
-
-BIMODAL_SCALE_SAT = 300_000  # LND's DefaultBimodalScaleMsat, 300,000,000 msat
 
 
 def bimodal_prior(hop: Hop, amount_sat: int, scale_sat: float = BIMODAL_SCALE_SAT) -> float:

@@ -26,6 +26,7 @@ from core.lightning.model import OPEN, Channel
 BLOCKS_PER_DAY = 144
 PAYMENT_MEDIAN_SAT = 20_000  # a typical Lightning payment: half of the labelled amounts are drawn around it
 AMOUNTS_PER_DIRECTION = 4
+BIMODAL_SCALE_SAT = 300_000  # LND's DefaultBimodalScaleMsat, 300,000,000 msat (the liquidity model starts from it)
 
 LIQUIDITY_SCHEMA = Schema(
     "liquidity",
