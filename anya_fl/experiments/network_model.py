@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from anya_fl.experiments.local_only import local_only_model
 from anya_fl.experiments.network_bench import run_clean_week
 from anya_fl.experiments.network_data import MODEL_KINDS, POLL_S, held_out_network_data, own_kinds
 from core import scoring
@@ -72,9 +73,6 @@ def run_network_model(seed: int = 0, nodes: int = NODES, rounds: int = ROUNDS, d
     from core.security.signing import load_public_key
     from core.serving.inference.engine import InferenceEngine
     from core.serving.registry import ModelRegistry
-    from models.tasks import build_model, infer, task_spec
-    from models.training import DPConfig, TrainConfig, train
-
     step = on_step or (lambda _msg: None)
     cfg = FederationConfig(nodes=nodes, min_nodes=nodes, rounds=rounds, tasks="network", seed=seed, dp=dp)
     if strategy:
@@ -94,18 +92,11 @@ def run_network_model(seed: int = 0, nodes: int = NODES, rounds: int = ROUNDS, d
         federated = lambda x: engine.predict_batch("network", x)  # noqa: E731 - the served model
         step("held-out episodes and local-only models")
         held_out = held_out_network_data(seed + 7)  # chains no node and not the coordinator saw
-        spec = task_spec("network")
         per_node: list[dict[str, Any]] = []
         for i in range(nodes):
             own = own_kinds(i, nodes)
             data = load_dataset(run_dir / "data" / f"node-{i}")[0]["network"]
-            model = build_model("network", seed=seed)
-            dp_cfg = DPConfig(target_epsilon=cfg.epsilon, delta=cfg.delta, max_grad_norm=cfg.max_grad_norm) if dp \
-                else None
-            train(model, spec.loss, data.x["train"], data.y["train"],
-                  TrainConfig(epochs=rounds * cfg.local_epochs, batch_size=spec.batch_size, lr=spec.lr,
-                              seed=seed + 1 + i, dp=dp_cfg))
-            local = lambda x, m=model: infer(m, x)  # noqa: E731
+            local = local_only_model("network", data, cfg, seed=seed + 1 + i)
             unseen = [k for k in MODEL_KINDS if k not in own]
             row: dict[str, Any] = {"node": i, "own": list(own), "unseen": unseen}
             for name, score in (("federated", federated), ("local", local)):
