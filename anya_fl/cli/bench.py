@@ -77,7 +77,8 @@ def bench(
                             [[b.name, b.unit, b.reference, b.target] for b in BENCHMARKS.values()]))
         console.print("tables: `anya-fl bench robustness` (strategies x attacks), `anya-fl bench fee` (the federated "
                       "fee model vs Core-style vs mempool.space-style, per seed), `anya-fl bench network` (the "
-                      "network watch against attack scenarios and a clean week)")
+                      "network watch against attack scenarios and a clean week), `anya-fl bench liquidity` (the "
+                      "federated liquidity model vs the pathfinding priors and local-only models)")
         return
     results = run_benchmarks(names or [])
     rows = []
