@@ -165,19 +165,9 @@ def test_deployment_tls_auth_node_killed_mid_run(tmp_path) -> None:
                                     data_dir=node_dirs[i], root_certificates=pki["ca_cert"], private_key=node["key"])
             started.append(p)
             nodes.append(p)
-        # a fourth node whose key was never registered: refused, and it exits
-        rogue_log = tmp_path / "rogue.log"
-        rogue = dep.start_supernode(address, tmp_path / "rogue-home", rogue_log, data_dir=node_dirs[0],
-                                    root_certificates=pki["ca_cert"], private_key=pki["nodes"][NODES]["key"],
-                                    max_retries=1, max_wait_time=20)
-        started.append(rogue)
         online = dep.wait_for_nodes(home, "anya", NODES, timeout=90)
         assert len(online) == NODES
         assert len(dep.list_nodes(home, "anya")) == NODES  # the stranger's key is not among the registered
-        assert rogue.wait(timeout=60) != 0  # Flower logs its own exit code (305); the process exits with 1
-        rogue_text = rogue_log.read_text()
-        assert "Exit Code: 305" in rogue_text and "[code: 2004] Failed to activate SuperNode." in rogue_text
-        assert "ApiError:2004" in (tmp_path / "superlink.log").read_text()
         for p in started:
             seen_pids.update(process_tree(p))
 
@@ -194,9 +184,12 @@ def test_deployment_tls_auth_node_killed_mid_run(tmp_path) -> None:
         on_nodes = [m for m in marks if m[0] == "ran" or m[1] != str(home.resolve())]
         assert not on_nodes, f"code of the foreign app ran on a node: {on_nodes}"
 
+        # export_models=False: exporting and publishing the final models is the simulation tests' subject
+        # (tests/test_federation.py); this run is about the deployment and the node that dies
         cfg = FederationConfig(rounds=2, nodes=NODES, min_nodes=2, local_epochs=1, transactions=20_000,
-                               round_timeout=120.0, tasks="fraud,fee,anomaly", seed=0,
+                               round_timeout=120.0, tasks="fraud,fee,anomaly", seed=0, export_models=False,
                                run_dir=str(tmp_path / "run"), data_dir=str(coordinator_data), run_name="deploy")
+        rogue_log = tmp_path / "rogue.log"
 
         def on_progress(progress: dict) -> None:
             # round 1's train replies are in: kill one node before the evaluate messages go out
@@ -206,16 +199,35 @@ def test_deployment_tls_auth_node_killed_mid_run(tmp_path) -> None:
                 seen_pids.update(victim["pids"])
                 os.kill(target.pid, signal.SIGKILL)
                 victim["rc"] = target.wait(timeout=10)
+                # a fourth node whose key was never registered: refused, and it exits (checked after the run).
+                # Started now: the coordinator waits ~40 s for the killed node's heartbeat to lapse, and the
+                # refused node's start (its ClientApp launcher imports torch) fills that idle time. Its exit is
+                # reaped here: its launcher watches its PID and stops once it is gone
+                rogue = victim["rogue"] = dep.start_supernode(
+                    address, tmp_path / "rogue-home", rogue_log, data_dir=node_dirs[0],
+                    root_certificates=pki["ca_cert"], private_key=pki["nodes"][NODES]["key"], max_retries=1,
+                    max_wait_time=20)
+                started.append(rogue)
+                deadline = time.monotonic() + 60
+                while rogue.poll() is None and time.monotonic() < deadline:
+                    seen_pids.update(process_tree(rogue))
+                    time.sleep(0.2)
             for p in started:
                 if p.poll() is None:
                     seen_pids.update(process_tree(p))
 
         metrics = dep.launch_run(home, "anya", cfg, log_file=tmp_path / "run.log", timeout=300,
                                  on_progress=on_progress)
+        rogue = victim.get("rogue")
+        assert rogue is not None, "the run never reached the point where a node is killed"
+        assert rogue.wait(timeout=60) != 0  # Flower logs its own exit code (305); the process exits with 1
     finally:
         leftover = stop_all(started, seen_pids)
     assert not leftover, f"processes left alive: {leftover}"
     assert victim.get("rc") == -signal.SIGKILL
+    rogue_text = rogue_log.read_text()
+    assert "Exit Code: 305" in rogue_text and "[code: 2004] Failed to activate SuperNode." in rogue_text
+    assert "ApiError:2004" in (tmp_path / "superlink.log").read_text()
     history = metrics["history"]
     assert [h["round"] for h in history] == [1, 2]
     assert history[0]["nodes_replied"] == NODES

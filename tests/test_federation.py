@@ -26,9 +26,13 @@ def anya(args: list[str], env: dict, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "anya_fl.cli", *args], capture_output=True, text=True, env=env, **kw)
 
 
+def _flwr_env(root: Path) -> dict:
+    return {**os.environ, "FLWR_HOME": str(root / "flwr-home"), "FLWR_TELEMETRY_ENABLED": "0"}
+
+
 @pytest.fixture()
 def env(tmp_path) -> dict:
-    return {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"), "FLWR_TELEMETRY_ENABLED": "0"}
+    return _flwr_env(tmp_path)
 
 
 def _kill_group(pid: int) -> None:
@@ -38,9 +42,9 @@ def _kill_group(pid: int) -> None:
         pass
 
 
-@pytest.mark.slow
-def test_kill_after_round_two_then_resume(tmp_path, env) -> None:
-    run = tmp_path / "run"
+def _simulate_killed_after_round_two(run: Path, env: dict) -> None:
+    """`simulate` (SMALL) in ``run``, killed (the CLI's and the runner's process groups) as soon as round 2's
+    checkpoint is written."""
     proc = subprocess.Popen([sys.executable, "-m", "anya_fl.cli", "simulate", *SMALL, "--run-dir", str(run)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     latest = run / "checkpoints" / "LATEST"
@@ -57,6 +61,28 @@ def test_kill_after_round_two_then_resume(tmp_path, env) -> None:
             _kill_group(int(runner.read_text()))
         _kill_group(proc.pid)
         proc.wait(timeout=30)
+
+
+def _round_models(run: Path, rnd: int) -> dict[str, np.ndarray]:
+    """The global models a run's checkpoint of round ``rnd`` holds (every round keeps its directory)."""
+    with np.load(run / "checkpoints" / f"round-{rnd:04d}" / "models.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+@pytest.fixture(scope="module")
+def killed_run(tmp_path_factory) -> tuple[Path, dict]:
+    """One SMALL simulation killed after round 2, shared: test_kill_after_round_two_then_resume resumes it, and
+    test_same_seed_same_models_wherever_the_run_lives compares its round checkpoints with another run's (a
+    resume adds the later rounds and leaves the checkpoints of rounds 1 and 2 as they were)."""
+    root = tmp_path_factory.mktemp("killed")
+    env = _flwr_env(root)
+    _simulate_killed_after_round_two(root / "run", env)
+    return root / "run", env
+
+
+@pytest.mark.slow
+def test_kill_after_round_two_then_resume(killed_run) -> None:
+    run, env = killed_run
     killed_at = load_checkpoint(run)
     assert killed_at is not None and 2 <= killed_at.round < 4
     saved = dict(killed_at.models)
@@ -91,15 +117,15 @@ def test_kill_after_round_two_then_resume(tmp_path, env) -> None:
 
 
 @pytest.mark.slow
-def test_same_seed_same_models_wherever_the_run_lives(tmp_path, env) -> None:
-    digests = []
-    for name in ("a", "b"):
-        run = tmp_path / name
-        proc = anya(["simulate", "--nodes", "3", "--rounds", "2", "--transactions", "40000", "--local-epochs", "1",
-                     "--no-compare", "--run-dir", str(run)], env, timeout=400)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        digests.append(weights_digest(load_checkpoint(run).models))
-    assert digests[0] == digests[1]
+def test_same_seed_same_models_wherever_the_run_lives(killed_run, tmp_path, env) -> None:
+    """A second run of the same settings in another directory (another run name, another FLWR_HOME), also
+    stopped after round 2: its global models after rounds 1 and 2 are bit-identical to the first run's."""
+    run, _ = killed_run
+    other = tmp_path / "elsewhere" / "b"
+    _simulate_killed_after_round_two(other, env)
+    for rnd in (1, 2):
+        mine, theirs = _round_models(other, rnd), _round_models(run, rnd)
+        assert mine and weights_digest(mine) == weights_digest(theirs), f"round {rnd}"
 
 
 @pytest.mark.parametrize(
