@@ -80,17 +80,18 @@ def held_out_rows(net: SimLN, rng: np.random.Generator, n: int, out: LiquidityRo
 
 
 def simulate_rows(config: SimLNConfig, hours: float, every_s: float = 3600.0, held_out_per_snapshot: int = 50,
-                  warmup_hours: float = 6.0) -> tuple[dict[int, LiquidityRows], LiquidityRows]:
-    """Run the network ``warmup_hours`` then ``hours``, a snapshot every ``every_s``: each router's own rows and
-    the held-out truth (seeded by the config's seed)."""
+                  warmup_hours: float = 6.0, routers: int | None = None
+                  ) -> tuple[dict[int, LiquidityRows], LiquidityRows]:
+    """Run the network ``warmup_hours`` then ``hours``, a snapshot every ``every_s``: the own rows of routers
+    0..``routers``-1 (all by default) and the held-out truth (seeded by the config's seed)."""
     net = SimLN(config)
     rng = np.random.default_rng([config.seed, 7])
     net.advance(warmup_hours * 3600)
-    own = {i: LiquidityRows() for i in range(config.nodes)}
+    own = {i: LiquidityRows() for i in range(config.nodes if routers is None else routers)}
     held = LiquidityRows()
     for _ in range(int(hours * 3600 // every_s)):
         net.advance(every_s)
-        for i in range(config.nodes):
+        for i in own:
             router_rows(net, i, rng, own[i])
         held_out_rows(net, rng, held_out_per_snapshot, held)
     return own, held
@@ -122,18 +123,7 @@ class LiquiditySim:
 
 def federation_rows(sim: LiquiditySim, seed: int | None = None) -> tuple[dict[int, LiquidityRows], LiquidityRows]:
     """Routers 0..nodes-1's own rows, and payers' questions about any channel of the same network."""
-    cfg = sim.config(seed)
-    net = SimLN(cfg)
-    rng = np.random.default_rng([cfg.seed, 7])
-    net.advance(6 * 3600.0)
-    own = {i: LiquidityRows() for i in range(sim.nodes)}
-    held = LiquidityRows()
-    for _ in range(int(sim.hours * 3600 // sim.every_s)):
-        net.advance(sim.every_s)
-        for i in range(sim.nodes):
-            router_rows(net, i, rng, own[i])
-        held_out_rows(net, rng, HELD_OUT_PER_SNAPSHOT, held)
-    return own, held
+    return simulate_rows(sim.config(seed), sim.hours, sim.every_s, HELD_OUT_PER_SNAPSHOT, routers=sim.nodes)
 
 
 def time_splits(rows: LiquidityRows, fractions: tuple[float, float, float] = DEFAULT_SPLIT) -> TaskSplits:
